@@ -25,7 +25,8 @@ const (
 )
 
 // Classify returns err wrapped in an *Error carrying its Kind, or nil for
-// nil. An err that already holds an *Error is returned unchanged. Deadlines
+// nil. An err that already holds an *Error is returned unchanged; one whose
+// Is method matches a kind sentinel keeps that kind. Deadlines
 // are reported as Timeout; use ClassifyConn where the connection state is
 // known.
 func Classify(err error) error {
@@ -49,6 +50,9 @@ func wrap(err error, conn connKnowledge) error {
 	var e *Error
 	if stderrors.As(err, &e) {
 		return err
+	}
+	if k, ok := declaredKind(err); ok {
+		return &Error{Kind: k, Err: err}
 	}
 	return &Error{Kind: classify(err, conn), Err: err}
 }

@@ -230,3 +230,22 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+// declaresInvalid is an error type of another package that declares its kind
+// through an Is method, as the keeper's usage errors do.
+type declaresInvalid struct{}
+
+func (declaresInvalid) Error() string        { return "caller mistake" }
+func (declaresInvalid) Is(target error) bool { return target == lkerrors.ErrInvalidArgument }
+
+func TestDeclaredKind(t *testing.T) {
+	err := fmt.Errorf("wrapped: %w", declaresInvalid{})
+	if got := lkerrors.KindOf(err); got != lkerrors.InvalidArgument {
+		t.Errorf("KindOf(declaresInvalid) = %v, want %v", got, lkerrors.InvalidArgument)
+	}
+	c := lkerrors.Classify(err)
+	var e *lkerrors.Error
+	if !stderrors.As(c, &e) || e.Kind != lkerrors.InvalidArgument || !stderrors.Is(c, declaresInvalid{}) {
+		t.Errorf("Classify(declaresInvalid) = %#v, want InvalidArgument wrapping the cause", c)
+	}
+}

@@ -73,18 +73,33 @@ func (e *Error) Is(target error) bool {
 // Retryable reports whether e.Kind is retryable.
 func (e *Error) Retryable() bool { return e.Kind.Retryable() }
 
-// KindOf returns the kind of err: the Kind of the outermost *Error in its
-// chain if there is one, else the kind Classify assigns. KindOf(nil) is
+// KindOf returns the kind of err: the kind it declares (an *Error in its
+// chain, or an Is method matching a kind sentinel) if any, else the kind
+// Classify assigns. KindOf(nil) is
 // Unknown; use err == nil first where that matters.
 func KindOf(err error) Kind {
 	if err == nil {
 		return Unknown
 	}
-	var e *Error
-	if stderrors.As(err, &e) {
-		return e.Kind
+	if k, ok := declaredKind(err); ok {
+		return k
 	}
 	return classify(err, connUnknown)
+}
+
+// declaredKind returns the kind err declares itself: that of the outermost
+// *Error in its chain, or of a sentinel its own Is method matches.
+func declaredKind(err error) (Kind, bool) {
+	var e *Error
+	if stderrors.As(err, &e) {
+		return e.Kind, true
+	}
+	for k := range Kind(numKinds) {
+		if stderrors.Is(err, k.Sentinel()) {
+			return k, true
+		}
+	}
+	return Unknown, false
 }
 
 // IsRetryable reports whether retrying the operation that returned err can

@@ -1,0 +1,122 @@
+package keeper
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
+)
+
+// kv is one registered key and its value.
+type kv struct{ key, value string }
+
+// backend is everything the keeper asks of etcd. The real one wraps a
+// clientv3.Client; tests substitute a fake that runs on synctest's fake time.
+// Every method returns when ctx ends.
+type backend interface {
+	// grant asks for a lease of ttl seconds and returns its ID and the TTL
+	// the server granted.
+	grant(ctx context.Context, ttl int64) (clientv3.LeaseID, int64, error)
+	// keepAliveOnce renews lease id once and returns the TTL the server
+	// reset it to; a lease the server does not know is rpctypes.ErrLeaseNotFound.
+	keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error)
+	// revoke revokes lease id, deleting its keys.
+	revoke(ctx context.Context, id clientv3.LeaseID) error
+	// put writes kvs attached to lease id in one transaction.
+	put(ctx context.Context, id clientv3.LeaseID, kvs []kv) error
+	// del deletes key if it is attached to lease id.
+	del(ctx context.Context, id clientv3.LeaseID, key string) error
+	// connState is the state of the client's connection now.
+	connState() connectivity.State
+	// waitReady returns true once the connection is READY, false when ctx
+	// ends first.
+	waitReady(ctx context.Context) bool
+}
+
+// clientBackend is the backend over a real etcd client.
+type clientBackend struct {
+	cli   *clientv3.Client
+	lease pb.LeaseClient
+}
+
+func newClientBackend(cli *clientv3.Client) *clientBackend {
+	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli)}
+}
+
+func (b *clientBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID, int64, error) {
+	r, err := b.cli.Grant(ctx, ttl)
+	if err != nil {
+		return 0, 0, err
+	}
+	return r.ID, r.TTL, nil
+}
+
+// keepAliveOnce sends one keepalive on a stream of its own. Unlike
+// clientv3's KeepAliveOnce it does not retry inside the call, so the
+// attempt's deadline and the keeper's backoff stay in charge, and the next
+// attempt opens a new stream that the balancer may send to another member.
+func (b *clientBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := b.lease.LeaseKeepAlive(ctx)
+	if err != nil {
+		return 0, clientv3.ContextError(ctx, err)
+	}
+	if err := stream.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)}); err != nil {
+		return 0, clientv3.ContextError(ctx, err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return 0, clientv3.ContextError(ctx, err)
+	}
+	if resp.TTL <= 0 {
+		return 0, rpctypes.ErrLeaseNotFound
+	}
+	return resp.TTL, nil
+}
+
+func (b *clientBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
+	_, err := b.cli.Revoke(ctx, id)
+	return err
+}
+
+func (b *clientBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) error {
+	ops := make([]clientv3.Op, len(kvs))
+	for i, p := range kvs {
+		ops[i] = clientv3.OpPut(p.key, p.value, clientv3.WithLease(id))
+	}
+	_, err := b.cli.Txn(ctx).Then(ops...).Commit()
+	return err
+}
+
+func (b *clientBackend) del(ctx context.Context, id clientv3.LeaseID, key string) error {
+	_, err := b.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", id)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	return err
+}
+
+func (b *clientBackend) connState() connectivity.State {
+	return b.cli.ActiveConnection().GetState()
+}
+
+func (b *clientBackend) waitReady(ctx context.Context) bool {
+	conn := b.cli.ActiveConnection()
+	for {
+		s := conn.GetState()
+		switch s {
+		case connectivity.Ready:
+			return true
+		case connectivity.Idle:
+			conn.Connect()
+		case connectivity.Shutdown:
+			return false
+		}
+		if !conn.WaitForStateChange(ctx, s) {
+			return false
+		}
+	}
+}

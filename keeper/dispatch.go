@@ -1,0 +1,82 @@
+package keeper
+
+import (
+	"go.uber.org/zap"
+
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// enqueueLocked queues t for the callbacks and starts the dispatcher unless
+// it runs. The dispatcher exits when the queue is empty, so an idle keeper
+// has no goroutine.
+func (k *Keeper) enqueueLocked(t statemachine.Transition) {
+	k.queue = append(k.queue, t)
+	if k.dispatching {
+		return
+	}
+	k.dispatching = true
+	k.drained = make(chan struct{})
+	go k.dispatch()
+}
+
+// dispatch delivers queued transitions in order, one at a time, without
+// holding mu while a callback runs.
+func (k *Keeper) dispatch() {
+	for {
+		k.mu.Lock()
+		if len(k.queue) == 0 {
+			k.dispatching = false
+			close(k.drained)
+			k.mu.Unlock()
+			return
+		}
+		t := k.queue[0]
+		k.queue[0] = statemachine.Transition{}
+		k.queue = k.queue[1:]
+		k.mu.Unlock()
+		k.logTransition(t)
+		k.deliver(t)
+	}
+}
+
+func (k *Keeper) deliver(t statemachine.Transition) {
+	cb := k.cfg.Callbacks
+	k.call("OnTransition", cb.OnTransition, t)
+	if t.From == statemachine.Healthy {
+		k.call("OnStopWrites", cb.OnStopWrites, t)
+	}
+	if t.To == statemachine.Healthy {
+		k.call("OnResumeWrites", cb.OnResumeWrites, t)
+	}
+	if t.To == statemachine.Failed {
+		k.call("OnLost", cb.OnLost, t)
+	}
+}
+
+// call runs one callback; a panic is logged and does not reach the keeper.
+func (k *Keeper) call(name string, f func(statemachine.Transition), t statemachine.Transition) {
+	if f == nil {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			k.log.Error("callback panicked", zap.String("callback", name), zap.Any("panic", p),
+				zap.Stringer("from", t.From), zap.Stringer("to", t.To))
+		}
+	}()
+	f(t)
+}
+
+func (k *Keeper) logTransition(t statemachine.Transition) {
+	fields := []zap.Field{zap.Stringer("from", t.From), zap.Stringer("to", t.To)}
+	if t.Cause != nil {
+		fields = append(fields, zap.String("kind", lkerrors.KindOf(t.Cause).String()), zap.Error(t.Cause))
+	}
+	switch t.To {
+	case statemachine.Degraded, statemachine.Failed:
+		k.log.Warn("lease keeper "+t.To.String(), fields...)
+	default:
+		k.log.Info("lease keeper "+t.To.String(), fields...)
+	}
+}

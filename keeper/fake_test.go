@@ -1,0 +1,244 @@
+package keeper
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
+)
+
+// fakeBackend is an in-memory etcd for tests on synctest's fake time. Leases
+// expire on the server side by the fake clock and take their keys with them.
+type fakeBackend struct {
+	mu      sync.Mutex
+	nextID  clientv3.LeaseID
+	leases  map[clientv3.LeaseID]*fakeLease
+	kvs     map[string]fakeKV
+	down    bool          // calls hang until their context ends, as for an unreachable cluster
+	readyC  chan struct{} // closed when down ends
+	err     error         // when set, every call fails at once with it
+	latency time.Duration // each call takes this long
+	minTTL  int64         // grants below it are rounded up, as etcd does
+	calls   map[string]int
+	expired []string // keys deleted by lease expiry, in order
+}
+
+type fakeLease struct {
+	ttl     int64
+	expires time.Time
+}
+
+type fakeKV struct {
+	value string
+	lease clientv3.LeaseID
+}
+
+func newFake() *fakeBackend {
+	return &fakeBackend{
+		nextID: 100,
+		leases: map[clientv3.LeaseID]*fakeLease{},
+		kvs:    map[string]fakeKV{},
+		readyC: make(chan struct{}),
+		minTTL: 2,
+		calls:  map[string]int{},
+	}
+}
+
+// call waits the latency, or until ctx ends while down, then reports the
+// injected error if any. It returns with f.mu held when it returns nil.
+func (f *fakeBackend) call(ctx context.Context, name string) error {
+	f.mu.Lock()
+	f.calls[name]++
+	down, latency, ready := f.down, f.latency, f.readyC
+	f.mu.Unlock()
+	if down {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ready:
+			// Reconnected: the request goes through now.
+		}
+	}
+	if latency > 0 {
+		t := time.NewTimer(latency)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	if f.err != nil {
+		err := f.err
+		f.mu.Unlock()
+		return err
+	}
+	f.expireLocked(time.Now())
+	return nil
+}
+
+func (f *fakeBackend) expireLocked(now time.Time) {
+	for id, l := range f.leases {
+		if !now.Before(l.expires) {
+			f.dropLocked(id)
+		}
+	}
+}
+
+func (f *fakeBackend) dropLocked(id clientv3.LeaseID) {
+	delete(f.leases, id)
+	for k, v := range f.kvs {
+		if v.lease == id {
+			delete(f.kvs, k)
+			f.expired = append(f.expired, k)
+		}
+	}
+}
+
+func (f *fakeBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID, int64, error) {
+	if err := f.call(ctx, "grant"); err != nil {
+		return 0, 0, err
+	}
+	defer f.mu.Unlock()
+	ttl = max(ttl, f.minTTL)
+	f.nextID++
+	f.leases[f.nextID] = &fakeLease{ttl: ttl, expires: time.Now().Add(time.Duration(ttl) * time.Second)}
+	return f.nextID, ttl, nil
+}
+
+func (f *fakeBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	if err := f.call(ctx, "keepalive"); err != nil {
+		return 0, err
+	}
+	defer f.mu.Unlock()
+	l, ok := f.leases[id]
+	if !ok {
+		return 0, rpctypes.ErrLeaseNotFound
+	}
+	l.expires = time.Now().Add(time.Duration(l.ttl) * time.Second)
+	return l.ttl, nil
+}
+
+func (f *fakeBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
+	if err := f.call(ctx, "revoke"); err != nil {
+		return err
+	}
+	defer f.mu.Unlock()
+	if _, ok := f.leases[id]; !ok {
+		return rpctypes.ErrLeaseNotFound
+	}
+	f.dropLocked(id)
+	return nil
+}
+
+func (f *fakeBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) error {
+	if err := f.call(ctx, "put"); err != nil {
+		return err
+	}
+	defer f.mu.Unlock()
+	if _, ok := f.leases[id]; !ok {
+		return rpctypes.ErrLeaseNotFound
+	}
+	if len(kvs) > 128 {
+		return rpctypes.ErrTooManyOps
+	}
+	for _, p := range kvs {
+		f.kvs[p.key] = fakeKV{p.value, id}
+	}
+	return nil
+}
+
+func (f *fakeBackend) del(ctx context.Context, id clientv3.LeaseID, key string) error {
+	if err := f.call(ctx, "del"); err != nil {
+		return err
+	}
+	defer f.mu.Unlock()
+	if v, ok := f.kvs[key]; ok && v.lease == id {
+		delete(f.kvs, key)
+	}
+	return nil
+}
+
+func (f *fakeBackend) connState() connectivity.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return connectivity.TransientFailure
+	}
+	return connectivity.Ready
+}
+
+func (f *fakeBackend) waitReady(ctx context.Context) bool {
+	f.mu.Lock()
+	ready := f.readyC
+	down := f.down
+	f.mu.Unlock()
+	if !down {
+		return true
+	}
+	select {
+	case <-ready:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// setDown cuts the keeper off (every call hangs) or reconnects it.
+func (f *fakeBackend) setDown(down bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down == down {
+		return
+	}
+	f.down = down
+	if down {
+		f.readyC = make(chan struct{})
+	} else {
+		close(f.readyC)
+	}
+}
+
+// restart models an etcd restart or leader change: the server resets every
+// lease's expiry to a full TTL from now.
+func (f *fakeBackend) restart() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expireLocked(time.Now())
+	for _, l := range f.leases {
+		l.expires = time.Now().Add(time.Duration(l.ttl) * time.Second)
+	}
+}
+
+func (f *fakeBackend) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
+// get returns key's value and lease as the server has them now.
+func (f *fakeBackend) get(key string) (fakeKV, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expireLocked(time.Now())
+	v, ok := f.kvs[key]
+	return v, ok
+}
+
+func (f *fakeBackend) count(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[name]
+}
+
+func (f *fakeBackend) leaseAlive(id clientv3.LeaseID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expireLocked(time.Now())
+	_, ok := f.leases[id]
+	return ok
+}

@@ -1,0 +1,279 @@
+package keeper
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// timing is the part of the configuration that derives from the granted TTL.
+type timing struct {
+	renewTimeout time.Duration
+	margin       time.Duration
+	threshold    time.Duration
+}
+
+// timing returns the timing for the lease held, or for the TTL asked before
+// the first grant. Called with mu held.
+func (k *Keeper) timing() timing {
+	c := k.cfg
+	if k.ttl > 0 {
+		c.TTL = k.ttl
+	}
+	r := c.resolved()
+	return timing{renewTimeout: r.RenewTimeout, margin: r.Margin, threshold: r.DegradeThreshold}
+}
+
+// result is what one attempt did.
+type result struct {
+	granted  bool             // a new lease was granted (else the held one renewed)
+	id       clientv3.LeaseID // the lease renewed or granted
+	ttl      time.Duration    // TTL the server set; zero if the lease RPC failed
+	deadline time.Time        // the new local deadline when ttl > 0
+	err      error            // classified; nil when every key is written
+}
+
+// fire runs one attempt. It is the attempt timer's function, so it runs on a
+// goroutine of its own that ends with the attempt.
+func (k *Keeper) fire() {
+	k.mu.Lock()
+	if k.closed || k.running {
+		k.mu.Unlock()
+		return
+	}
+	k.attemptT = nil
+	k.running = true
+	k.wg.Add(1)
+	defer k.wg.Done()
+	k.checkTimeLocked(time.Now())
+	id, renew, deadline, tm := k.leaseID, k.leaseID != 0 && !k.gone, k.deadline, k.timing()
+	k.mu.Unlock()
+
+	var r result
+	if renew {
+		r = k.renew(id, deadline, tm)
+	} else {
+		r = k.regrant(id, tm)
+	}
+
+	k.mu.Lock()
+	k.running = false
+	k.applyLocked(r)
+	k.mu.Unlock()
+	if r.granted && r.err == nil && id != 0 && id != r.id {
+		// Only a lease the server already dropped is replaced, but revoking
+		// it costs one RPC and guarantees no stale key survives.
+		ctx, cancel := context.WithTimeout(k.ctx, tm.renewTimeout)
+		_ = k.b.revoke(ctx, id)
+		cancel()
+	}
+}
+
+// attemptCtx bounds one RPC by the renew timeout and by limit, if limit is
+// set and still ahead.
+func (k *Keeper) attemptCtx(tm timing, limit time.Time) (context.Context, context.CancelFunc) {
+	end := time.Now().Add(tm.renewTimeout)
+	if !limit.IsZero() && limit.Before(end) && time.Now().Before(limit) {
+		end = limit
+	}
+	return context.WithDeadline(k.ctx, end)
+}
+
+func (k *Keeper) classify(err error) error {
+	return lkerrors.ClassifyConn(err, k.b.connState())
+}
+
+// renew renews the held lease, then writes any key not yet written with it.
+func (k *Keeper) renew(id clientv3.LeaseID, deadline time.Time, tm timing) result {
+	sent := time.Now()
+	ctx, cancel := k.attemptCtx(tm, deadline)
+	ttl, err := k.b.keepAliveOnce(ctx, id)
+	cancel()
+	if err != nil {
+		return result{id: id, err: k.classify(err)}
+	}
+	r := result{id: id, ttl: time.Duration(ttl) * time.Second}
+	// The server reset the lease no earlier than when the request was sent,
+	// so its expiry is no earlier than sent+ttl.
+	r.deadline = sent.Add(r.ttl - k.marginFor(r.ttl))
+	r.err = k.writePending(id, r.deadline, tm)
+	return r
+}
+
+// regrant grants a new lease and writes every key with it.
+func (k *Keeper) regrant(old clientv3.LeaseID, tm timing) result {
+	sent := time.Now()
+	ctx, cancel := k.attemptCtx(tm, time.Time{})
+	id, ttl, err := k.b.grant(ctx, k.cfg.ttlSeconds())
+	cancel()
+	if err != nil {
+		return result{granted: true, err: k.classify(err)}
+	}
+	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second}
+	r.deadline = sent.Add(r.ttl - k.marginFor(r.ttl))
+
+	k.mu.Lock()
+	if k.closed {
+		k.mu.Unlock()
+		// Close already read the old lease: revoke this one ourselves.
+		ctx, cancel := context.WithTimeout(context.Background(), tm.renewTimeout)
+		_ = k.b.revoke(ctx, id)
+		cancel()
+		return result{granted: true, err: lkerrors.Classify(context.Canceled)}
+	}
+	// Hold the new lease from now on, so that Register writes with it, and
+	// mark every key for writing.
+	k.leaseID, k.ttl, k.deadline, k.gone = id, r.ttl, r.deadline, false
+	for key := range k.keys {
+		k.pending[key] = true
+	}
+	tm = k.timing()
+	k.mu.Unlock()
+	k.log.Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(old)), zap.Duration("ttl", r.ttl))
+	r.err = k.writePending(id, r.deadline, tm)
+	return r
+}
+
+func (k *Keeper) marginFor(ttl time.Duration) time.Duration {
+	c := k.cfg
+	c.TTL = ttl
+	return c.resolved().Margin
+}
+
+// writePending writes the keys not yet written with lease id, in
+// transactions of at most MaxTxnOps keys, each bounded by the renew timeout
+// and the deadline. A key is marked written only if it still has the value
+// that was written.
+func (k *Keeper) writePending(id clientv3.LeaseID, deadline time.Time, tm timing) error {
+	k.writeMu.Lock()
+	defer k.writeMu.Unlock()
+	k.mu.Lock()
+	if k.leaseID != id || len(k.pending) == 0 {
+		k.mu.Unlock()
+		return nil
+	}
+	batch := make([]kv, 0, len(k.pending))
+	for key := range k.pending {
+		batch = append(batch, kv{key, k.keys[key]})
+	}
+	k.mu.Unlock()
+	slices.SortFunc(batch, func(a, b kv) int {
+		switch {
+		case a.key < b.key:
+			return -1
+		case a.key > b.key:
+			return 1
+		}
+		return 0
+	})
+	for chunk := range slices.Chunk(batch, k.cfg.MaxTxnOps) {
+		ctx, cancel := k.attemptCtx(tm, deadline)
+		err := k.b.put(ctx, id, chunk)
+		cancel()
+		if err != nil {
+			return k.classify(err)
+		}
+		k.mu.Lock()
+		for _, p := range chunk {
+			if v, ok := k.keys[p.key]; ok && v == p.value && k.leaseID == id {
+				delete(k.pending, p.key)
+			}
+		}
+		k.mu.Unlock()
+	}
+	return nil
+}
+
+// applyLocked feeds an attempt's result to the state machine and schedules
+// the next attempt.
+func (k *Keeper) applyLocked(r result) {
+	defer k.signalLocked()
+	if k.closed {
+		return
+	}
+	now := time.Now()
+	if r.ttl > 0 && r.id == k.leaseID {
+		k.ttl, k.deadline = r.ttl, r.deadline
+	}
+	if r.err == nil {
+		k.retries, k.lastErr = 0, nil
+		ev := statemachine.RenewOK
+		if r.granted {
+			ev = statemachine.Recovered
+		}
+		k.stepLocked(ev, nil, now)
+		k.stopWatchLocked()
+		k.scheduleLocked(k.ttl / 3)
+		k.rearmCheckLocked(now)
+		return
+	}
+
+	kind := lkerrors.KindOf(r.err)
+	k.lastErr = r.err
+	k.retries++
+	k.log.Debug("attempt failed", zap.Int64("lease", int64(r.id)), zap.Int("retries", k.retries),
+		zap.String("kind", kind.String()), zap.Error(r.err))
+	switch {
+	case kind == lkerrors.LeaseExpired:
+		k.gone, k.retries = true, 0
+		k.stepLocked(statemachine.LeaseLost, r.err, now)
+		if k.recoveringLocked() {
+			k.scheduleLocked(0)
+		}
+		return
+	case !kind.Retryable():
+		k.stepLocked(statemachine.PermanentFailure, r.err, now)
+	default:
+		k.stepLocked(statemachine.RenewFailed, r.err, now)
+		k.checkTimeLocked(now)
+	}
+	if k.recoveringLocked() {
+		k.scheduleLocked(k.retryDelayLocked(kind, now))
+	}
+	if kind == lkerrors.ClusterUnreachable {
+		k.watchConnLocked()
+	}
+}
+
+// recoveringLocked reports whether attempts go on: always while the lease
+// is alive or Start waits, and in Failed unless recovery is disabled.
+func (k *Keeper) recoveringLocked() bool {
+	return !k.cfg.DisableRecovery || k.starting || k.m.State() != statemachine.Failed
+}
+
+// retryDelayLocked is the backoff for the current failure count, shortened
+// while the lease is alive so that a last attempt still fits before the
+// deadline, but never below the base delay.
+func (k *Keeper) retryDelayLocked(kind lkerrors.Kind, now time.Time) time.Duration {
+	d := k.cfg.Backoff.delay(k.retries, kind, rand.Float64())
+	if k.liveLocked(now) && kind.Retryable() {
+		room := max(k.deadline.Sub(now)-k.timing().renewTimeout, k.cfg.Backoff.BaseDelay)
+		d = min(d, room)
+	}
+	return d
+}
+
+// scheduleRetryLocked brings the next attempt forward to the backoff for
+// kind, unless one is due sooner or running.
+func (k *Keeper) scheduleRetryLocked(kind lkerrors.Kind) {
+	if k.closed || k.running || !k.started {
+		return
+	}
+	d := k.retryDelayLocked(kind, time.Now())
+	if k.attemptT == nil || time.Until(k.attemptAt) > d {
+		k.scheduleLocked(d)
+	}
+}
+
+func (k *Keeper) scheduleLocked(d time.Duration) {
+	k.stopTimer(&k.attemptT)
+	k.attemptAt = time.Now().Add(d)
+	k.attemptT = time.AfterFunc(d, k.fire)
+}

@@ -1,0 +1,205 @@
+package keeper
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// With the defaults (TTL 10s): renew every 3.33s, attempt timeout 1s,
+// margin 0.5s, degraded below 5s left.
+
+func TestRenewsEveryThirdOfTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		id := k.LeaseID()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		// 3600s / (10s/3) = 1080 renewals.
+		if got := f.count("keepalive"); got < 1078 || got > 1081 {
+			t.Errorf("keepalives in an hour = %d, want about 1080", got)
+		}
+		if got := k.LeaseID(); got != id {
+			t.Errorf("LeaseID() = %d, want %d (unchanged)", got, id)
+		}
+		if !samePath(rec.path(), statemachine.Idle, statemachine.Healthy) {
+			t.Errorf("path = %v, want [idle healthy]", rec.path())
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestDeadlineFromSendTime checks D = send time + TTL - margin: the latency
+// of the reply must not move the deadline later.
+func TestDeadlineFromSendTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.latency = 300 * time.Millisecond
+		k, _ := newTest(t, f, nil)
+		start := time.Now()
+		startHealthy(t, k)
+		// Grant sent at start, answered 300ms later.
+		if got, want := k.Deadline(), start.Add(10*time.Second-500*time.Millisecond); !got.Equal(want) {
+			t.Errorf("Deadline() after grant = %v, want %v", got.Sub(start), want.Sub(start))
+		}
+		// The next renewal is sent TTL/3 after the grant's reply.
+		sent := start.Add(300*time.Millisecond + 10*time.Second/3)
+		time.Sleep(sent.Sub(time.Now()) + 400*time.Millisecond)
+		synctest.Wait()
+		if got, want := k.Deadline(), sent.Add(9500*time.Millisecond); !got.Equal(want) {
+			t.Errorf("Deadline() after renewal = %v, want %v", got.Sub(start), want.Sub(start))
+		}
+		mustClose(t, k)
+	})
+}
+
+func TestOutageLongerThanTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		start := time.Now()
+		startHealthy(t, k, "svc/a", "svc/b")
+		old := k.LeaseID()
+		serverExpiry := f.leases[old].expires
+
+		time.Sleep(time.Second)
+		f.setDown(true)
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Failed {
+			t.Fatalf("State() during outage = %v, want failed", got)
+		}
+		degradedAt, failedAt := rec.at(statemachine.Degraded).Sub(start), rec.at(statemachine.Failed)
+		// The first renewal (3.33s) times out at 4.33s; 5s left is reached at 4.5s.
+		if degradedAt < 4*time.Second || degradedAt > 5*time.Second {
+			t.Errorf("degraded %v after start, want within [4s, 5s]", degradedAt)
+		}
+		if got := failedAt.Sub(start); got != 9500*time.Millisecond {
+			t.Errorf("failed %v after start, want exactly at the deadline 9.5s", got)
+		}
+		if margin := serverExpiry.Sub(failedAt); margin <= 0 {
+			t.Errorf("failed %v after the server expired the lease, want before", -margin)
+		}
+		// The registration is really gone on the server.
+		if _, ok := f.get("svc/a"); ok {
+			t.Errorf("svc/a still on the server 30s into the outage")
+		}
+
+		f.setDown(false)
+		reconnected := time.Now()
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Healthy {
+			t.Fatalf("State() after reconnect = %v, want healthy", got)
+		}
+		if heal := rec.transitions()[len(rec.transitions())-1].At.Sub(reconnected); heal > 10*time.Millisecond {
+			t.Errorf("healed %v after reconnect, want at once (not after the backoff)", heal)
+		}
+		id := k.LeaseID()
+		if id == old || id == 0 {
+			t.Errorf("LeaseID() = %d after re-grant, want a new lease (old %d)", id, old)
+		}
+		for _, key := range []string{"svc/a", "svc/b"} {
+			if v, ok := f.get(key); !ok || v.lease != id || v.value != "v-"+key {
+				t.Errorf("%s on the server = %+v (present %v), want v-%s with lease %d", key, v, ok, key, id)
+			}
+		}
+		want := []statemachine.State{statemachine.Idle, statemachine.Healthy, statemachine.Degraded, statemachine.Failed, statemachine.Healthy}
+		if !samePath(rec.path(), want...) {
+			t.Errorf("path = %v, want %v", rec.path(), want)
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestRestartKeepsLease: a cluster restart resets lease TTLs on the server;
+// the keeper must resume the same lease instead of granting a new one.
+func TestRestartKeepsLease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		old := k.LeaseID()
+		f.setDown(true)
+		time.Sleep(9 * time.Second)
+		f.restart()
+		time.Sleep(6 * time.Second)
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Failed {
+			t.Fatalf("State() = %v, want failed: the local deadline passed", got)
+		}
+		f.setDown(false)
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Healthy {
+			t.Fatalf("State() after restart = %v, want healthy", got)
+		}
+		if got := k.LeaseID(); got != old {
+			t.Errorf("LeaseID() = %d, want the old lease %d", got, old)
+		}
+		if got := f.count("grant"); got != 1 {
+			t.Errorf("grants = %d, want 1 (no re-grant)", got)
+		}
+		if last := rec.transitions()[len(rec.transitions())-1]; last.From != statemachine.Failed || last.To != statemachine.Healthy {
+			t.Errorf("last transition = %v, want failed -> healthy", last)
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestShortFaultsNeverFail: outages shorter than the time left before the
+// deadline may degrade the keeper but never fail it.
+func TestShortFaultsNeverFail(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		for range 50 {
+			f.setDown(true)
+			time.Sleep(3 * time.Second) // under a third of the TTL
+			f.setDown(false)
+			time.Sleep(4 * time.Second)
+			synctest.Wait()
+			if got := k.State(); got == statemachine.Failed {
+				t.Fatalf("State() = failed after a 3s fault, want healthy or degraded")
+			}
+		}
+		for _, tr := range rec.transitions() {
+			if tr.To == statemachine.Failed {
+				t.Errorf("transition %v during short faults", tr)
+			}
+		}
+		if got := k.State(); got != statemachine.Healthy {
+			t.Errorf("State() after faults = %v, want healthy", got)
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestStateAfterPause models a process pause: the timers do not fire, yet
+// State must already say Failed once the deadline passed.
+func TestStateAfterPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		k.mu.Lock()
+		k.stopTimer(&k.attemptT)
+		k.stopTimer(&k.checkT)
+		k.mu.Unlock()
+		time.Sleep(20 * time.Second)
+		if got := k.State(); got != statemachine.Failed {
+			t.Errorf("State() 20s after the last renewal = %v, want failed", got)
+		}
+		synctest.Wait()
+		// Recovery started when the deadline was noticed: the old lease
+		// expired on the server, so a new one was granted.
+		want := []statemachine.State{statemachine.Idle, statemachine.Healthy, statemachine.Failed, statemachine.Healthy}
+		if !samePath(rec.path(), want...) {
+			t.Errorf("path = %v, want %v", rec.path(), want)
+		}
+		mustClose(t, k)
+	})
+}
