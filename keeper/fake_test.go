@@ -242,3 +242,9 @@ func (f *fakeBackend) leaseAlive(id clientv3.LeaseID) bool {
 	_, ok := f.leases[id]
 	return ok
 }
+
+func (f *fakeBackend) setLatency(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.latency = d
+}

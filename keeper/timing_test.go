@@ -38,7 +38,7 @@ func TestRenewsEveryThirdOfTTL(t *testing.T) {
 func TestDeadlineFromSendTime(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		f.latency = 300 * time.Millisecond
+		f.setLatency(300 * time.Millisecond)
 		k, _ := newTest(t, f, nil)
 		start := time.Now()
 		startHealthy(t, k)

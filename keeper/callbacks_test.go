@@ -1,0 +1,233 @@
+package keeper
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// TestBlockingCallbackNeverDelaysRenewals blocks the first callback for a
+// long outage and recovery: renewals go on, the state moves, and the
+// transitions arrive later in order.
+func TestBlockingCallbackNeverDelaysRenewals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		release := make(chan struct{})
+		var calls atomic.Int32
+		rec := &recorder{}
+		k, _ := newTest(t, f, func(c *Config) {
+			c.Callbacks.OnTransition = func(tr statemachine.Transition) {
+				if calls.Add(1) == 1 {
+					<-release
+				}
+				rec.record(tr)
+			}
+		})
+		startHealthy(t, k, "svc/a")
+		f.setErr(rpctypes.ErrNoLeader)
+		time.Sleep(15 * time.Second)
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Failed {
+			t.Fatalf("State() with the callback blocked = %v, want failed", got)
+		}
+		f.setErr(nil)
+		before := f.count("keepalive")
+		time.Sleep(20 * time.Second)
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Healthy {
+			t.Fatalf("State() with the callback blocked = %v, want healthy", got)
+		}
+		// Recovery within one backoff cap (5s), then one renewal per 3.33s.
+		if got := f.count("keepalive") - before; got < 4 {
+			t.Errorf("keepalives in 20s with a blocked callback = %d, want at least 4", got)
+		}
+		close(release)
+		synctest.Wait()
+		want := []statemachine.State{statemachine.Idle, statemachine.Healthy, statemachine.Degraded, statemachine.Failed, statemachine.Healthy}
+		if !samePath(rec.path(), want...) {
+			t.Errorf("path = %v, want %v", rec.path(), want)
+		}
+		mustClose(t, k)
+	})
+}
+
+func TestPanickingCallbackIsContained(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		core, logs := observer.New(zapcore.ErrorLevel)
+		var lost, resumed, stopped atomic.Int32
+		k, rec := newTest(t, f, func(c *Config) {
+			c.Logger = zap.New(core)
+			c.Callbacks.OnStopWrites = func(statemachine.Transition) {
+				stopped.Add(1)
+				panic("callback bug")
+			}
+			c.Callbacks.OnLost = func(statemachine.Transition) { lost.Add(1) }
+			c.Callbacks.OnResumeWrites = func(statemachine.Transition) { resumed.Add(1) }
+		})
+		startHealthy(t, k, "svc/a")
+		f.setErr(rpctypes.ErrNoLeader)
+		time.Sleep(15 * time.Second)
+		f.setErr(nil)
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Healthy {
+			t.Errorf("State() = %v, want healthy after a panicking callback", got)
+		}
+		if got := len(rec.transitions()); got != 4 {
+			t.Errorf("transitions = %d, want 4 (healthy, degraded, failed, healthy)", got)
+		}
+		// Stop: healthy -> degraded. Lost: degraded -> failed. Resume: idle
+		// -> healthy and failed -> healthy.
+		if stopped.Load() != 1 || lost.Load() != 1 || resumed.Load() != 2 {
+			t.Errorf("OnStopWrites, OnLost, OnResumeWrites calls = %d, %d, %d; want 1, 1, 2",
+				stopped.Load(), lost.Load(), resumed.Load())
+		}
+		if got := logs.FilterMessage("callback panicked").Len(); got != 1 {
+			t.Errorf("panic log lines = %d, want 1", got)
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestNoLogFloodDuringOutage: ten minutes of outage log one line per
+// transition, not one per attempt.
+func TestNoLogFloodDuringOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		core, logs := observer.New(zapcore.InfoLevel)
+		k, _ := newTest(t, f, func(c *Config) { c.Logger = zap.New(core) })
+		startHealthy(t, k, "svc/a")
+		f.setErr(rpctypes.ErrNoLeader)
+		time.Sleep(10 * time.Minute)
+		synctest.Wait()
+		if attempts := f.count("keepalive") + f.count("grant"); attempts < 100 {
+			t.Fatalf("attempts in the outage = %d, want many (the test would prove nothing)", attempts)
+		}
+		entries := logs.All()
+		if len(entries) != 3 {
+			t.Errorf("log lines = %d, want 3 (healthy, degraded, failed)", len(entries))
+		}
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Message, "lease keeper ") {
+				t.Errorf("unexpected log line %q", e.Message)
+			}
+		}
+		f.setErr(nil)
+		mustClose(t, k)
+	})
+}
+
+// TestIdleKeeperHasNoGoroutine: a Healthy keeper between renewals costs
+// timers, not goroutines.
+func TestIdleKeeperHasNoGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		synctest.Wait()
+		before := runtime.NumGoroutine()
+		ks := make([]*Keeper, 100)
+		for i := range ks {
+			ks[i], _ = newTest(t, f, nil)
+			startHealthy(t, ks[i])
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if extra := runtime.NumGoroutine() - before; extra > 2 {
+			t.Errorf("goroutines for 100 idle keepers = %d, want none", extra)
+		}
+		for _, k := range ks {
+			mustClose(t, k)
+		}
+	})
+}
+
+func TestDegradeAfterConsecutiveFailures(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, func(c *Config) { c.DegradeAfter = 3 })
+		start := time.Now()
+		startHealthy(t, k, "svc/a")
+		// Errors that return at once: the count, not the time, degrades.
+		time.Sleep(3 * time.Second)
+		f.setErr(rpctypes.ErrNoLeader)
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		at := rec.at(statemachine.Degraded).Sub(start)
+		// Failures at 3.33s, ~3.43s, ~3.63s: degraded by the third, long
+		// before time runs low at 4.5s.
+		if at < 3500*time.Millisecond || at > 4*time.Second {
+			t.Errorf("degraded %v after start, want after the third failure, well before 4.5s", at)
+		}
+		if got := k.Err(); got == nil {
+			t.Errorf("Err() = nil while failing, want the last error")
+		}
+		f.setErr(nil)
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if got := k.State(); got != statemachine.Healthy || k.Err() != nil {
+			t.Errorf("State(), Err() = %v, %v; want healthy, nil", got, k.Err())
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestLastAttemptBeforeDeadline: with a long backoff the keeper still makes
+// an attempt that can finish before the deadline, and it saves the lease.
+func TestLastAttemptBeforeDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, func(c *Config) {
+			c.Backoff.BaseDelay = 4 * time.Second
+			c.Backoff.MaxDelay = 20 * time.Second
+		})
+		startHealthy(t, k, "svc/a")
+		id := k.LeaseID()
+		f.setErr(rpctypes.ErrNoLeader)
+		// First failure at 3.33s; a 4s backoff would wait past the 9.5s
+		// deadline on the second retry. The server answers again at 7s.
+		time.Sleep(7 * time.Second)
+		f.setErr(nil)
+		time.Sleep(2500 * time.Millisecond)
+		synctest.Wait()
+		for _, tr := range rec.transitions() {
+			if tr.To == statemachine.Failed {
+				t.Errorf("transition %v: the last attempt did not fit before the deadline", tr)
+			}
+		}
+		if got := k.LeaseID(); got != id {
+			t.Errorf("LeaseID() = %d, want the same lease %d", got, id)
+		}
+		mustClose(t, k)
+	})
+}
+
+func TestDeregisterOnlyDeletesOwnKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, _ := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		// Another writer took the key over with its own lease.
+		other, _, _ := f.grant(context.Background(), 60)
+		if err := f.put(context.Background(), other, []kv{{"svc/a", "theirs"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Deregister(context.Background(), "svc/a"); err != nil {
+			t.Fatalf("Deregister = %v", err)
+		}
+		if v, ok := f.get("svc/a"); !ok || v.value != "theirs" {
+			t.Errorf("svc/a = %+v (present %v), want the other writer's value kept", v, ok)
+		}
+		mustClose(t, k)
+	})
+}
