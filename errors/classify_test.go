@@ -208,7 +208,7 @@ func FuzzClassify(f *testing.F) {
 	f.Add(uint32(codes.Unknown), "not a primary lessor", true)
 	f.Add(uint32(99), "", false)
 	f.Fuzz(func(t *testing.T, code uint32, msg string, wrapped bool) {
-		var err error = status.New(codes.Code(code), msg).Err()
+		err := status.New(codes.Code(code), msg).Err()
 		if err == nil {
 			err = stderrors.New(msg)
 		}

@@ -27,7 +27,7 @@ var etcdValues = map[string]struct {
 	"ErrAuthOldRevision":                   {rpctypes.ErrAuthOldRevision, lkerrors.Unavailable},
 	"ErrBadLeaderTransferee":               {rpctypes.ErrBadLeaderTransferee, lkerrors.InvalidArgument},
 	"ErrClusterIDMismatch":                 {rpctypes.ErrClusterIDMismatch, lkerrors.InvalidArgument},
-	"ErrClusterIdMismatch":                 {rpctypes.ErrClusterIdMismatch, lkerrors.InvalidArgument},
+	"ErrClusterIdMismatch":                 {rpctypes.ErrClusterIdMismatch, lkerrors.InvalidArgument}, //nolint:staticcheck // deprecated alias, still defined
 	"ErrClusterVersionUnavailable":         {rpctypes.ErrClusterVersionUnavailable, lkerrors.Unavailable},
 	"ErrCompacted":                         {rpctypes.ErrCompacted, lkerrors.InvalidArgument},
 	"ErrCorrupt":                           {rpctypes.ErrCorrupt, lkerrors.Unavailable},
@@ -41,7 +41,7 @@ var etcdValues = map[string]struct {
 	"ErrGRPCBadLeaderTransferee":           {rpctypes.ErrGRPCBadLeaderTransferee, lkerrors.InvalidArgument},
 	"ErrGRPCCanceled":                      {rpctypes.ErrGRPCCanceled, lkerrors.Unavailable},
 	"ErrGRPCClusterIDMismatch":             {rpctypes.ErrGRPCClusterIDMismatch, lkerrors.InvalidArgument},
-	"ErrGRPCClusterIdMismatch":             {rpctypes.ErrGRPCClusterIdMismatch, lkerrors.InvalidArgument},
+	"ErrGRPCClusterIdMismatch":             {rpctypes.ErrGRPCClusterIdMismatch, lkerrors.InvalidArgument}, //nolint:staticcheck // deprecated alias, still defined
 	"ErrGRPCClusterVersionUnavailable":     {rpctypes.ErrGRPCClusterVersionUnavailable, lkerrors.Unavailable},
 	"ErrGRPCCompacted":                     {rpctypes.ErrGRPCCompacted, lkerrors.InvalidArgument},
 	"ErrGRPCCorrupt":                       {rpctypes.ErrGRPCCorrupt, lkerrors.Unavailable},

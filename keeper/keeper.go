@@ -106,16 +106,10 @@ func newKeeper(b backend, cfg Config) (*Keeper, error) {
 // it stays and the next attempt writes it. Registering a key again replaces
 // its value. An empty key or a closed keeper is an error.
 func (k *Keeper) Register(ctx context.Context, key, value string) error {
-	if key == "" {
-		return ErrEmptyKey
+	if err := k.lockKey(key); err != nil {
+		return err
 	}
-	k.writeMu.Lock()
 	defer k.writeMu.Unlock()
-	k.mu.Lock()
-	if k.closed {
-		k.mu.Unlock()
-		return ErrClosed
-	}
 	prev, existed := k.keys[key]
 	k.keys[key] = value
 	k.pending[key] = true
@@ -154,16 +148,10 @@ func (k *Keeper) Register(ctx context.Context, key, value string) error {
 // holds a live lease, deletes it from etcd if it is still attached to that
 // lease. Removing a key that is not registered is not an error.
 func (k *Keeper) Deregister(ctx context.Context, key string) error {
-	if key == "" {
-		return ErrEmptyKey
+	if err := k.lockKey(key); err != nil {
+		return err
 	}
-	k.writeMu.Lock()
 	defer k.writeMu.Unlock()
-	k.mu.Lock()
-	if k.closed {
-		k.mu.Unlock()
-		return ErrClosed
-	}
 	_, existed := k.keys[key]
 	delete(k.keys, key)
 	delete(k.pending, key)
@@ -176,6 +164,23 @@ func (k *Keeper) Deregister(ctx context.Context, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return lkerrors.ClassifyConn(k.b.del(ctx, id, key), k.b.connState())
+}
+
+// lockKey checks key and takes writeMu, then mu, for Register and
+// Deregister. On success it returns with both held: the caller releases mu,
+// then writeMu once its write to etcd is done.
+func (k *Keeper) lockKey(key string) error {
+	if key == "" {
+		return ErrEmptyKey
+	}
+	k.writeMu.Lock()
+	k.mu.Lock()
+	if k.closed {
+		k.mu.Unlock()
+		k.writeMu.Unlock()
+		return ErrClosed
+	}
+	return nil
 }
 
 // Start grants a lease and writes every registered key, retrying with

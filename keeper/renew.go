@@ -63,17 +63,12 @@ func (k *Keeper) fire() {
 		r = k.regrant(id, tm)
 	}
 
+	// A new lease replaces the old one only after the server said it does
+	// not know the old one, so there is nothing left to revoke.
 	k.mu.Lock()
 	k.running = false
 	k.applyLocked(r)
 	k.mu.Unlock()
-	if r.granted && r.err == nil && id != 0 && id != r.id {
-		// Only a lease the server already dropped is replaced, but revoking
-		// it costs one RPC and guarantees no stale key survives.
-		ctx, cancel := context.WithTimeout(k.ctx, tm.renewTimeout)
-		_ = k.b.revoke(ctx, id)
-		cancel()
-	}
 }
 
 // attemptCtx bounds one RPC by the renew timeout and by limit, if limit is

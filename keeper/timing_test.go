@@ -48,7 +48,7 @@ func TestDeadlineFromSendTime(t *testing.T) {
 		}
 		// The next renewal is sent TTL/3 after the grant's reply.
 		sent := start.Add(300*time.Millisecond + 10*time.Second/3)
-		time.Sleep(sent.Sub(time.Now()) + 400*time.Millisecond)
+		time.Sleep(time.Until(sent) + 400*time.Millisecond)
 		synctest.Wait()
 		if got, want := k.Deadline(), sent.Add(9500*time.Millisecond); !got.Equal(want) {
 			t.Errorf("Deadline() after renewal = %v, want %v", got.Sub(start), want.Sub(start))

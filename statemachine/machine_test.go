@@ -80,7 +80,7 @@ func TestMachineSteps(t *testing.T) {
 				if changed != (before != m.State()) {
 					t.Errorf("event %d (%v): changed = %v, want %v", i, e, changed, before != m.State())
 				}
-				if changed && (tr.From != before || tr.To != m.State() || tr.Cause != cause || !tr.At.Equal(at)) {
+				if changed && (tr.From != before || tr.To != m.State() || !errors.Is(tr.Cause, cause) || !tr.At.Equal(at)) {
 					t.Errorf("event %d (%v): Transition = %+v, want %v -> %v at %v", i, e, tr, before, m.State(), at)
 				}
 			}

@@ -1,0 +1,89 @@
+// Package embedetcd starts a single-member etcd server inside the process,
+// on loopback ports picked at random, for tests and the command's demo.
+package embedetcd
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Server is a running single-member etcd.
+type Server struct {
+	// Endpoint is the client URL, for clientv3.Config.Endpoints.
+	Endpoint string
+
+	etcd *embed.Etcd
+	cfg  *embed.Config
+}
+
+// Start starts etcd with its data in dir and waits until it serves, at most
+// timeout. A dir that already holds data restarts that member.
+func Start(dir string, timeout time.Duration) (*Server, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "leasekeeper"
+	cfg.Dir = dir
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	s := &Server{Endpoint: client.String(), cfg: cfg}
+	return s, s.start(timeout)
+}
+
+func (s *Server) start(timeout time.Duration) error {
+	e, err := embed.StartEtcd(s.cfg)
+	if err != nil {
+		return fmt.Errorf("embedetcd: start: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(timeout):
+		e.Close()
+		return fmt.Errorf("embedetcd: not ready after %s", timeout)
+	}
+	s.etcd = e
+	return nil
+}
+
+// Stop stops the server; its data stays for Restart.
+func (s *Server) Stop() {
+	if s.etcd != nil {
+		s.etcd.Close()
+		s.etcd = nil
+	}
+}
+
+// Restart starts a stopped server again on the same data and ports.
+func (s *Server) Restart(timeout time.Duration) error {
+	if s.etcd != nil {
+		return errors.New("embedetcd: restart of a running server")
+	}
+	return s.start(timeout)
+}
+
+// freePorts returns n distinct loopback ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("embedetcd: pick a port: %w", err)
+		}
+		// Kept open until all are picked, so that no port comes twice.
+		defer func() { _ = l.Close() }()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

@@ -1,0 +1,180 @@
+package keeper_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
+	"github.com/leasekeeper/leasekeeper/keeper"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// startEtcd starts an embedded etcd for the test and returns a client.
+func startEtcd(t testing.TB) *clientv3.Client {
+	t.Helper()
+	srv, err := embedetcd.Start(t.TempDir(), 30*time.Second)
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+// transitions collects a keeper's transitions and lets a test wait for one.
+type transitions struct {
+	mu   sync.Mutex
+	ts   []statemachine.Transition
+	more chan struct{}
+}
+
+func newTransitions() *transitions { return &transitions{more: make(chan struct{})} }
+
+func (r *transitions) record(t statemachine.Transition) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ts = append(r.ts, t)
+	close(r.more)
+	r.more = make(chan struct{})
+}
+
+// waitFor waits until a transition from -> to arrived after the first skip
+// transitions, and returns its index.
+func (r *transitions) waitFor(t *testing.T, from, to statemachine.State, timeout time.Duration) int {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		r.mu.Lock()
+		for i, tr := range r.ts {
+			if tr.From == from && tr.To == to {
+				r.mu.Unlock()
+				return i
+			}
+		}
+		more := r.more
+		r.mu.Unlock()
+		select {
+		case <-more:
+		case <-deadline:
+			t.Fatalf("no transition %v -> %v within %v; got %v", from, to, timeout, r.ts)
+		}
+	}
+}
+
+// newEtcdKeeper returns a keeper with the given TTL on cli and the recorder
+// of its transitions.
+func newEtcdKeeper(t *testing.T, cli *clientv3.Client, ttl time.Duration) (*keeper.Keeper, *transitions) {
+	t.Helper()
+	cfg := keeper.DefaultConfig()
+	cfg.TTL = ttl
+	rec := newTransitions()
+	cfg.Callbacks.OnTransition = rec.record
+	k, err := keeper.New(cli, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, rec
+}
+
+func keyLease(t *testing.T, cli *clientv3.Client, key string) (string, clientv3.LeaseID, bool) {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), key)
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", 0, false
+	}
+	return string(resp.Kvs[0].Value), clientv3.LeaseID(resp.Kvs[0].Lease), true
+}
+
+func TestEtcdRegisterRenewClose(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := context.Background()
+	k, rec := newEtcdKeeper(t, cli, 2*time.Second)
+	if err := k.Register(ctx, "svc/a", "10.0.0.1:80"); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Start(ctx); err != nil {
+		t.Fatalf("Start() = %v", err)
+	}
+	id := k.LeaseID()
+	if v, l, ok := keyLease(t, cli, "svc/a"); !ok || v != "10.0.0.1:80" || l != id {
+		t.Fatalf("svc/a = %q on lease %x (present %v), want 10.0.0.1:80 on %x", v, l, ok, id)
+	}
+	if err := k.Register(ctx, "svc/b", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, l, ok := keyLease(t, cli, "svc/b"); !ok || l != id {
+		t.Fatalf("svc/b on lease %x (present %v), want written at once on %x", l, ok, id)
+	}
+
+	// Outlive the TTL twice: the keys must not be deleted meanwhile.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for wr := range cli.Watch(wctx, "svc/", clientv3.WithPrefix()) {
+		for _, ev := range wr.Events {
+			t.Errorf("event %v on %s while the keeper renews", ev.Type, ev.Kv.Key)
+		}
+	}
+	ttl, err := cli.TimeToLive(ctx, id)
+	if err != nil || ttl.TTL <= 0 {
+		t.Fatalf("TimeToLive(%x) = %v, %v; want the lease alive", id, ttl, err)
+	}
+	if got := k.State(); got != statemachine.Healthy {
+		t.Errorf("State() = %v, want healthy", got)
+	}
+
+	if err := k.Close(ctx); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	for _, key := range []string{"svc/a", "svc/b"} {
+		if _, _, ok := keyLease(t, cli, key); ok {
+			t.Errorf("%s present right after Close, want deleted at once", key)
+		}
+	}
+	rec.waitFor(t, statemachine.Healthy, statemachine.Closed, 5*time.Second)
+}
+
+func TestEtcdExternalRevokeHeals(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := context.Background()
+	k, rec := newEtcdKeeper(t, cli, 3*time.Second)
+	defer func() { _ = k.Close(ctx) }()
+	keys := []string{"svc/x/1", "svc/x/2", "svc/x/3"}
+	for _, key := range keys {
+		if err := k.Register(ctx, key, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := k.LeaseID()
+	if _, err := cli.Revoke(ctx, old); err != nil {
+		t.Fatalf("external revoke: %v", err)
+	}
+	lost := rec.waitFor(t, statemachine.Healthy, statemachine.Failed, 5*time.Second)
+	healed := rec.waitFor(t, statemachine.Failed, statemachine.Healthy, 5*time.Second)
+	if healed < lost {
+		t.Fatalf("healed at transition %d before lost at %d", healed, lost)
+	}
+	id := k.LeaseID()
+	if id == old || id == 0 {
+		t.Fatalf("LeaseID() = %x, want a new lease (old %x)", id, old)
+	}
+	for _, key := range keys {
+		if _, l, ok := keyLease(t, cli, key); !ok || l != id {
+			t.Errorf("%s on lease %x (present %v), want re-written on %x", key, l, ok, id)
+		}
+	}
+}
