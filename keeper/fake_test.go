@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ type fakeBackend struct {
 	err     error         // when set, every call fails at once with it
 	latency time.Duration // each call takes this long
 	minTTL  int64         // grants below it are rounded up, as etcd does
+	refuse  string        // keys with this prefix are refused with permission denied
 	calls   map[string]int
 	expired []string // keys deleted by lease expiry, in order
 }
@@ -145,6 +147,11 @@ func (f *fakeBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) er
 	}
 	if len(kvs) > 128 {
 		return rpctypes.ErrTooManyOps
+	}
+	for _, p := range kvs {
+		if f.refuse != "" && strings.HasPrefix(p.key, f.refuse) {
+			return rpctypes.ErrPermissionDenied
+		}
 	}
 	for _, p := range kvs {
 		f.kvs[p.key] = fakeKV{p.value, id}

@@ -206,7 +206,7 @@ func (k *Keeper) Start(ctx context.Context) error {
 	for {
 		k.mu.Lock()
 		st, lastErr, progress := k.m.State(), k.lastErr, k.progress
-		if st == statemachine.Healthy || st == statemachine.Closed || (lastErr != nil && !lkerrors.IsRetryable(lastErr)) {
+		if st == statemachine.Healthy || st == statemachine.Closed || permanent(lastErr) {
 			k.starting = false
 			k.mu.Unlock()
 			switch st {

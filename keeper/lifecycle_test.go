@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/statemachine"
@@ -303,6 +305,79 @@ func TestRecoveryRewritesKeysInBatches(t *testing.T) {
 		}
 		if got := f.count("put"); got != 16 {
 			t.Errorf("puts after recovery = %d, want 16", got)
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestRefusedKeyDoesNotBlockOthers: a key etcd refuses for good is dropped
+// when written with others; the rest of the registration stays healthy.
+func TestRefusedKeyDoesNotBlockOthers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.refuse = "forbidden/"
+		k, _ := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a", "forbidden/x", "svc/b")
+		for _, key := range []string{"svc/a", "svc/b"} {
+			if v, ok := f.get(key); !ok || v.lease != k.LeaseID() {
+				t.Errorf("%s = %+v (present %v), want written", key, v, ok)
+			}
+		}
+		if _, ok := f.get("forbidden/x"); ok {
+			t.Errorf("forbidden/x written although refused")
+		}
+		k.mu.Lock()
+		_, kept := k.keys["forbidden/x"]
+		k.mu.Unlock()
+		if kept {
+			t.Errorf("forbidden/x still in the registration set, want dropped")
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestAllKeysRefusedIsPermanent: when every key is refused the fault is not
+// in the keys: Start reports it and nothing is dropped.
+func TestAllKeysRefusedIsPermanent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		f.refuse = "svc/"
+		k, _ := newTest(t, f, nil)
+		ctx := context.Background()
+		for _, key := range []string{"svc/a", "svc/b"} {
+			if err := k.Register(ctx, key, "v"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := k.Start(ctx); !errors.Is(err, lkerrors.ErrPermissionDenied) {
+			t.Errorf("Start() = %v, want PermissionDenied", err)
+		}
+		k.mu.Lock()
+		n := len(k.keys)
+		k.mu.Unlock()
+		if n != 2 {
+			t.Errorf("registered keys = %d, want 2 (none dropped)", n)
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestServerSideCancelIsNotPermanent: a Canceled status while the keeper
+// itself is open is a fault of the connection, not a reason to fail.
+func TestServerSideCancelIsNotPermanent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		f.setErr(status.Error(codes.Canceled, "grpc: the server has been stopped"))
+		time.Sleep(4 * time.Second)
+		f.setErr(nil)
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		for _, tr := range rec.transitions() {
+			if tr.To == statemachine.Failed {
+				t.Errorf("transition %v on a short server-side cancel", tr)
+			}
 		}
 		mustClose(t, k)
 	})

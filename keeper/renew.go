@@ -3,7 +3,6 @@ package keeper
 import (
 	"context"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -142,50 +141,6 @@ func (k *Keeper) marginFor(ttl time.Duration) time.Duration {
 	return c.resolved().Margin
 }
 
-// writePending writes the keys not yet written with lease id, in
-// transactions of at most MaxTxnOps keys, each bounded by the renew timeout
-// and the deadline. A key is marked written only if it still has the value
-// that was written.
-func (k *Keeper) writePending(id clientv3.LeaseID, deadline time.Time, tm timing) error {
-	k.writeMu.Lock()
-	defer k.writeMu.Unlock()
-	k.mu.Lock()
-	if k.leaseID != id || len(k.pending) == 0 {
-		k.mu.Unlock()
-		return nil
-	}
-	batch := make([]kv, 0, len(k.pending))
-	for key := range k.pending {
-		batch = append(batch, kv{key, k.keys[key]})
-	}
-	k.mu.Unlock()
-	slices.SortFunc(batch, func(a, b kv) int {
-		switch {
-		case a.key < b.key:
-			return -1
-		case a.key > b.key:
-			return 1
-		}
-		return 0
-	})
-	for chunk := range slices.Chunk(batch, k.cfg.MaxTxnOps) {
-		ctx, cancel := k.attemptCtx(tm, deadline)
-		err := k.b.put(ctx, id, chunk)
-		cancel()
-		if err != nil {
-			return k.classify(err)
-		}
-		k.mu.Lock()
-		for _, p := range chunk {
-			if v, ok := k.keys[p.key]; ok && v == p.value && k.leaseID == id {
-				delete(k.pending, p.key)
-			}
-		}
-		k.mu.Unlock()
-	}
-	return nil
-}
-
 // applyLocked feeds an attempt's result to the state machine and schedules
 // the next attempt.
 func (k *Keeper) applyLocked(r result) {
@@ -223,7 +178,7 @@ func (k *Keeper) applyLocked(r result) {
 			k.scheduleLocked(0)
 		}
 		return
-	case !kind.Retryable():
+	case permanent(r.err):
 		k.stepLocked(statemachine.PermanentFailure, r.err, now)
 	default:
 		k.stepLocked(statemachine.RenewFailed, r.err, now)
@@ -235,6 +190,14 @@ func (k *Keeper) applyLocked(r result) {
 	if kind == lkerrors.ClusterUnreachable {
 		k.watchConnLocked()
 	}
+}
+
+// permanent reports whether err says that retrying soon cannot help: the
+// keeper is Failed at once and retries at the slowest pace. A Canceled
+// status while the keeper is open comes from the connection, so it is not.
+func permanent(err error) bool {
+	k := lkerrors.KindOf(err)
+	return err != nil && (k == lkerrors.PermissionDenied || k == lkerrors.InvalidArgument)
 }
 
 // recoveringLocked reports whether attempts go on: always while the lease
