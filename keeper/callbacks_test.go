@@ -1,7 +1,6 @@
 package keeper
 
 import (
-	"context"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -207,26 +206,6 @@ func TestLastAttemptBeforeDeadline(t *testing.T) {
 		}
 		if got := k.LeaseID(); got != id {
 			t.Errorf("LeaseID() = %d, want the same lease %d", got, id)
-		}
-		mustClose(t, k)
-	})
-}
-
-func TestDeregisterOnlyDeletesOwnKey(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newFake()
-		k, _ := newTest(t, f, nil)
-		startHealthy(t, k, "svc/a")
-		// Another writer took the key over with its own lease.
-		other, _, _ := f.grant(context.Background(), 60)
-		if err := f.put(context.Background(), other, []kv{{"svc/a", "theirs"}}); err != nil {
-			t.Fatal(err)
-		}
-		if err := k.Deregister(context.Background(), "svc/a"); err != nil {
-			t.Fatalf("Deregister = %v", err)
-		}
-		if v, ok := f.get("svc/a"); !ok || v.value != "theirs" {
-			t.Errorf("svc/a = %+v (present %v), want the other writer's value kept", v, ok)
 		}
 		mustClose(t, k)
 	})
