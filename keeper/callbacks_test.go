@@ -186,26 +186,35 @@ func TestDegradeAfterConsecutiveFailures(t *testing.T) {
 func TestLastAttemptBeforeDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
+		f.setLatency(500 * time.Millisecond)
 		k, rec := newTest(t, f, func(c *Config) {
-			c.Backoff.BaseDelay = 4 * time.Second
+			c.Backoff.BaseDelay = 3 * time.Second
 			c.Backoff.MaxDelay = 20 * time.Second
+			c.Backoff.Jitter = 0
 		})
 		startHealthy(t, k, "svc/a")
 		id := k.LeaseID()
 		f.setErr(rpctypes.ErrNoLeader)
-		// First failure at 3.33s; a 4s backoff would wait past the 9.5s
-		// deadline on the second retry. The server answers again at 7s.
-		time.Sleep(7 * time.Second)
+		// Grant sent at 0s, D = 9.5s. Failures at 4.33s and 7.83s; the
+		// backoff would wait 6s, past D, but the attempt at 8.5s still
+		// fits. The server answers again at 8s (Start took 0.5s).
+		time.Sleep(7500 * time.Millisecond)
 		f.setErr(nil)
-		time.Sleep(2500 * time.Millisecond)
+		time.Sleep(2 * time.Second)
 		synctest.Wait()
 		for _, tr := range rec.transitions() {
 			if tr.To == statemachine.Failed {
 				t.Errorf("transition %v: the last attempt did not fit before the deadline", tr)
 			}
 		}
+		if got := k.State(); got != statemachine.Healthy {
+			t.Errorf("State() = %v, want healthy", got)
+		}
 		if got := k.LeaseID(); got != id {
 			t.Errorf("LeaseID() = %d, want the same lease %d", got, id)
+		}
+		if got := f.count("keepalive"); got != 3 {
+			t.Errorf("keepalives = %d, want 3 (two failed, the last one in time)", got)
 		}
 		mustClose(t, k)
 	})

@@ -207,13 +207,16 @@ func (k *Keeper) recoveringLocked() bool {
 }
 
 // retryDelayLocked is the backoff for the current failure count, shortened
-// while the lease is alive so that a last attempt still fits before the
-// deadline, but never below the base delay.
+// while the lease is alive so that a last attempt of a full renew timeout
+// still fits before the deadline. Inside that last window retries keep a
+// floor of a tenth of the renew timeout (or the base delay, if smaller), so
+// errors that return at once cannot spin.
 func (k *Keeper) retryDelayLocked(kind lkerrors.Kind, now time.Time) time.Duration {
 	d := k.cfg.Backoff.delay(k.retries, kind, rand.Float64())
-	if k.liveLocked(now) && kind.Retryable() {
-		room := max(k.deadline.Sub(now)-k.timing().renewTimeout, k.cfg.Backoff.BaseDelay)
-		d = min(d, room)
+	if k.liveLocked(now) && !permanent(kind.Sentinel()) {
+		rt := k.timing().renewTimeout
+		floor := min(k.cfg.Backoff.BaseDelay, rt/10)
+		d = min(d, max(k.deadline.Sub(now)-rt, floor))
 	}
 	return d
 }
