@@ -1,0 +1,196 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestDemoShowsOutageAndRecovery(t *testing.T) {
+	began := time.Now()
+	p := start(t, nil, "demo")
+	if code := p.wait(60 * time.Second); code != 0 {
+		t.Fatalf("demo exit code = %d, want 0; output:\n%s\nstderr:\n%s", code, p.output(), p.stderr.String())
+	}
+	out := p.output()
+	for _, want := range []string{"idle -> healthy", "healthy -> degraded", "degraded -> failed", "failed -> healthy",
+		"key back: yes", "path: idle -> healthy -> degraded -> failed -> healthy", "demo passed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("demo took %v", time.Since(began).Round(time.Millisecond))
+}
+
+func TestRunHoldsKeyUntilSIGTERM(t *testing.T) {
+	_, cli := etcdServer(t)
+	p := start(t, nil, "run", "--endpoints", cli.Endpoints()[0], "--key", "svc/run", "--value", "v", "--ttl", "3s")
+	p.waitLine(`registered\s+key=svc/run`, 20*time.Second)
+	if !hasKey(t, cli, "svc/run") {
+		t.Fatalf("svc/run absent while the sidecar runs")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	if hasKey(t, cli, "svc/run") {
+		t.Errorf("svc/run present after the sidecar exited, want deleted at once")
+	}
+}
+
+func TestRunPassesChildExitCode(t *testing.T) {
+	_, cli := etcdServer(t)
+	// The child waits for a line on its stdin, so the test decides when it
+	// exits.
+	p := start(t, nil, "run", "--endpoints", cli.Endpoints()[0], "--key", "svc/child", "--ttl", "3s",
+		"--", "sh", "-c", "read line; exit 7")
+	p.waitLine(`started\s+command=sh`, 20*time.Second)
+	if !hasKey(t, cli, "svc/child") {
+		t.Fatalf("svc/child absent while the child runs")
+	}
+	if _, err := p.stdin.Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(10 * time.Second); code != 7 {
+		t.Errorf("exit code = %d, want the child's 7; output:\n%s", code, p.output())
+	}
+	if hasKey(t, cli, "svc/child") {
+		t.Errorf("svc/child present after the child exited, want deregistered")
+	}
+}
+
+func TestReadyzFlipsDuringOutage(t *testing.T) {
+	srv, cli := etcdServer(t)
+	p := start(t, nil, "run", "--endpoints", cli.Endpoints()[0], "--key", "svc/ready", "--ttl", "3s",
+		"--health-addr", "127.0.0.1:0")
+	addr := p.waitLine(`health endpoints\s+addr=(\S+)`, 20*time.Second)[1]
+	p.waitLine(`registered`, 20*time.Second)
+	if code, h := readyz(t, addr); code != http.StatusOK || h["state"] != "healthy" || h["lease_id"] == "" {
+		t.Fatalf("/readyz = %d %v, want 200 healthy with a lease", code, h)
+	}
+	srv.Stop()
+	p.waitLine(`healthy -> degraded`, 10*time.Second)
+	if code, h := readyz(t, addr); code != http.StatusServiceUnavailable || h["state"] == "healthy" {
+		t.Errorf("/readyz during the outage = %d %v, want 503", code, h)
+	}
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz during the outage = %d, want 200", code)
+	}
+	if err := srv.Restart(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLine(`(degraded|failed) -> healthy`, 20*time.Second)
+	if code, h := readyz(t, addr); code != http.StatusOK {
+		t.Errorf("/readyz after the outage = %d %v, want 200", code, h)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code = %d, want 0", code)
+	}
+}
+
+func TestUnreachableAtStartKeepsTrying(t *testing.T) {
+	p := start(t, nil, "run", "--endpoints", "http://127.0.0.1:1", "--key", "svc/x", "--ttl", "2s",
+		"--health-addr", "127.0.0.1:0")
+	addr := p.waitLine(`health endpoints\s+addr=(\S+)`, 10*time.Second)[1]
+	p.waitLine(`etcd unreachable at start; retrying in the background\s+state=failed`, 10*time.Second)
+	code, h := readyz(t, addr)
+	if code != http.StatusServiceUnavailable || h["state"] != "failed" || h["last_error_kind"] != "cluster unreachable" {
+		t.Errorf("/readyz = %d %v, want 503 failed, cluster unreachable", code, h)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code = %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	// One line per transition and event: no line per retry.
+	if n := strings.Count(p.output(), "\n"); n > 8 {
+		t.Errorf("%d output lines while unreachable, want a handful:\n%s", n, p.output())
+	}
+}
+
+func TestJSONOutput(t *testing.T) {
+	_, cli := etcdServer(t)
+	p := start(t, nil, "run", "--endpoints", cli.Endpoints()[0], "--key", "svc/json", "--ttl", "3s", "--log-format", "json")
+	p.waitLine(`"msg":"registered"`, 20*time.Second)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(10 * time.Second)
+	var sawTransition bool
+	for _, l := range strings.Split(strings.TrimSpace(p.output()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Errorf("line is not JSON: %q", l)
+			continue
+		}
+		if m["from"] == "idle" && m["to"] == "healthy" {
+			sawTransition = true
+		}
+	}
+	if !sawTransition {
+		t.Errorf("no idle -> healthy transition line in:\n%s", p.output())
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string // in stderr
+	}{
+		{"unknown flag", []string{"run", "--bogus"}, "flag provided but not defined: -bogus"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"missing endpoints", []string{"run", "--key", "k"}, "-endpoints is required"},
+		{"missing key", []string{"run", "--endpoints", "http://127.0.0.1:1"}, "-key is required"},
+		{"bad duration", []string{"run", "--endpoints", "x", "--key", "k", "--ttl", "5"}, `invalid value "5" for flag -ttl`},
+		{"negative ttl", []string{"run", "--endpoints", "x", "--key", "k", "--ttl", "-1s"}, "ttl must be positive"},
+		{"unreadable cert", []string{"run", "--endpoints", "x", "--key", "k", "--cacert", "/nonexistent/ca.pem"}, "-cacert: open /nonexistent/ca.pem"},
+		{"cert without key", []string{"run", "--endpoints", "x", "--key", "k", "--cert", "/etc/hostname"}, "-cert and -cert-key go together"},
+		{"password on argv", []string{"run", "--password", "hunter2"}, "no -password flag"},
+		{"bad log format", []string{"run", "--endpoints", "x", "--key", "k", "--log-format", "xml"}, "must be human or json"},
+		{"demo outage too short", []string{"demo", "--ttl", "3s", "--outage", "2s"}, "must be longer than -ttl"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := start(t, nil, tc.args...)
+			if code := p.wait(10 * time.Second); code != 2 {
+				t.Errorf("exit code = %d, want 2", code)
+			}
+			if !strings.Contains(p.stderr.String(), tc.want) {
+				t.Errorf("stderr = %q, want it to contain %q", p.stderr.String(), tc.want)
+			}
+			if strings.Contains(p.stderr.String(), "hunter2") {
+				t.Errorf("stderr repeats the password: %q", p.stderr.String())
+			}
+		})
+	}
+}
+
+func readyz(t *testing.T, addr string) (int, map[string]any) {
+	t.Helper()
+	code, body := get(t, "http://"+addr+"/readyz")
+	var h map[string]any
+	if err := json.Unmarshal(body, &h); err != nil {
+		t.Fatalf("/readyz body %q: %v", body, err)
+	}
+	return code, h
+}
+
+func get(t *testing.T, url string) (int, []byte) {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, body
+}
