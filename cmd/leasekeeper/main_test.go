@@ -10,6 +10,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+
+	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
+	"github.com/leasekeeper/leasekeeper/internal/testpki"
 )
 
 func TestDemoShowsOutageAndRecovery(t *testing.T) {
@@ -230,5 +235,47 @@ func TestPasswordNeverPrinted(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRunWithTLS runs against an etcd that requires client certificates:
+// with the CA, certificate and key it registers; without a client
+// certificate it never does, and says why.
+func TestRunWithTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := testpki.NewCA(dir, "ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.Server("server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := ca.Client("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := embedetcd.StartWith(filepath.Join(dir, "data"), 30*time.Second, embedetcd.Options{ClientTLS: &transport.TLSInfo{
+		CertFile: server.CertFile, KeyFile: server.KeyFile, TrustedCAFile: ca.CertFile, ClientCertAuth: true,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+
+	p := start(t, nil, "run", "--endpoints", srv.Endpoint, "--key", "svc/tls", "--ttl", "3s",
+		"--cacert", ca.CertFile, "--cert", client.CertFile, "--cert-key", client.KeyFile)
+	p.waitLine(`registered\s+key=svc/tls`, 20*time.Second)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Errorf("exit code = %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+
+	p = start(t, nil, "run", "--endpoints", srv.Endpoint, "--key", "svc/tls", "--ttl", "3s", "--cacert", ca.CertFile)
+	p.waitLine(`not registered yet|unreachable at start`, 20*time.Second)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(10 * time.Second)
+	if strings.Contains(p.output(), "-> healthy") {
+		t.Errorf("registered without a client certificate:\n%s", p.output())
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -22,9 +23,21 @@ type Server struct {
 	cfg  *embed.Config
 }
 
+// Options changes how the server is started.
+type Options struct {
+	// ClientTLS, when set, serves clients over TLS with these files;
+	// ClientCertAuth in it requires client certificates.
+	ClientTLS *transport.TLSInfo
+}
+
 // Start starts etcd with its data in dir and waits until it serves, at most
 // timeout. A dir that already holds data restarts that member.
 func Start(dir string, timeout time.Duration) (*Server, error) {
+	return StartWith(dir, timeout, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(dir string, timeout time.Duration, opts Options) (*Server, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -34,6 +47,10 @@ func Start(dir string, timeout time.Duration) (*Server, error) {
 	cfg.Dir = dir
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	if opts.ClientTLS != nil {
+		client.Scheme = "https"
+		cfg.ClientTLSInfo = *opts.ClientTLS
+	}
 	peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}

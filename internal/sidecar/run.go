@@ -69,15 +69,19 @@ func Run(ctx context.Context, k *keeper.Keeper, out *Output, opts Options) (int,
 		<-ctx.Done()
 	}
 
+	held := k.LeaseID() != 0
 	cctx, cancel := context.WithTimeout(context.Background(), opts.CloseTimeout)
 	defer cancel()
-	if err := k.Close(cctx); err != nil {
+	switch err := k.Close(cctx); {
+	case err != nil:
 		out.Event("deregistration failed; the key expires with its lease", "error", err)
 		if len(opts.Command) == 0 {
 			code = 1
 		}
-	} else {
+	case held:
 		out.Event("deregistered", "key", opts.Key)
+	default:
+		out.Event("stopped; no lease was held", "key", opts.Key)
 	}
 	return code, nil
 }
