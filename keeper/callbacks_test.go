@@ -186,7 +186,7 @@ func TestDegradeAfterConsecutiveFailures(t *testing.T) {
 func TestLastAttemptBeforeDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		f.setLatency(500 * time.Millisecond)
+		f.setLatency(300 * time.Millisecond) // under RenewTimeout/3: no hedge
 		k, rec := newTest(t, f, func(c *Config) {
 			c.Backoff.BaseDelay = 3 * time.Second
 			c.Backoff.MaxDelay = 20 * time.Second
@@ -195,9 +195,9 @@ func TestLastAttemptBeforeDeadline(t *testing.T) {
 		startHealthy(t, k, "svc/a")
 		id := k.LeaseID()
 		f.setErr(rpctypes.ErrNoLeader)
-		// Grant sent at 0s, D = 9.5s. Failures at 4.33s and 7.83s; the
+		// Grant sent at 0s, D = 9.5s. Failures at 3.93s and 7.23s; the
 		// backoff would wait 6s, past D, but the attempt at 8.5s still
-		// fits. The server answers again at 8s (Start took 0.5s).
+		// fits. The server answers again at 7.8s (Start took 0.3s).
 		time.Sleep(7500 * time.Millisecond)
 		f.setErr(nil)
 		time.Sleep(2 * time.Second)

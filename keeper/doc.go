@@ -14,8 +14,10 @@
 // D = s + t - Margin: the send time, never the receive time. Renewals run
 // every t/3 after the last success; each attempt has its own deadline
 // (RenewTimeout, never past D), so an attempt stuck on a silent member is
-// abandoned and the next one opens a new stream that may reach another
-// member. Failed attempts are retried with exponential backoff and jitter,
+// abandoned, and a keepalive with no reply after a third of RenewTimeout is
+// hedged by a second one on a new stream, which the client's balancer sends
+// to the next member: one silent member of three does not even degrade the
+// keeper. Failed attempts are retried with exponential backoff and jitter,
 // shortened so that a last attempt still fits before D. A lost connection
 // that comes back triggers an attempt at once instead of waiting out the
 // backoff.

@@ -24,6 +24,7 @@ type fakeBackend struct {
 	latency time.Duration // each call takes this long
 	minTTL  int64         // grants below it are rounded up, as etcd does
 	refuse  string        // keys with this prefix are refused with permission denied
+	hang    int           // this many next keepalives hang, as on a silent member
 	calls   map[string]int
 	expired []string // keys deleted by lease expiry, in order
 }
@@ -113,6 +114,17 @@ func (f *fakeBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID, i
 }
 
 func (f *fakeBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	f.mu.Lock()
+	hang := f.hang > 0
+	if hang {
+		f.hang--
+		f.calls["keepalive"]++
+	}
+	f.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
 	if err := f.call(ctx, "keepalive"); err != nil {
 		return 0, err
 	}
@@ -248,6 +260,12 @@ func (f *fakeBackend) leaseAlive(id clientv3.LeaseID) bool {
 	f.expireLocked(time.Now())
 	_, ok := f.leases[id]
 	return ok
+}
+
+func (f *fakeBackend) setHang(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hang = n
 }
 
 func (f *fakeBackend) setLatency(d time.Duration) {

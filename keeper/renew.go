@@ -86,10 +86,7 @@ func (k *Keeper) classify(err error) error {
 
 // renew renews the held lease, then writes any key not yet written with it.
 func (k *Keeper) renew(id clientv3.LeaseID, deadline time.Time, tm timing) result {
-	sent := time.Now()
-	ctx, cancel := k.attemptCtx(tm, deadline)
-	ttl, err := k.b.keepAliveOnce(ctx, id)
-	cancel()
+	ttl, sent, err := k.keepAlive(id, deadline, tm)
 	if err != nil {
 		return result{id: id, err: k.classify(err)}
 	}

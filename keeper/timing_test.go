@@ -203,3 +203,33 @@ func TestStateAfterPause(t *testing.T) {
 		mustClose(t, k)
 	})
 }
+
+// TestSilentMemberIsHedged: a keepalive that gets no reply (a silent member)
+// is hedged after a third of the renew timeout by a second one, which
+// succeeds: no failure is counted, even with DegradeAfter 1.
+func TestSilentMemberIsHedged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, func(c *Config) { c.DegradeAfter = 1 })
+		start := time.Now()
+		startHealthy(t, k, "svc/a")
+		f.setHang(1)
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if !samePath(rec.path(), statemachine.Idle, statemachine.Healthy) {
+			t.Errorf("path = %v, want [idle healthy]", rec.path())
+		}
+		if err := k.Err(); err != nil {
+			t.Errorf("Err() = %v, want nil: the hedge succeeded", err)
+		}
+		if got := f.count("keepalive"); got != 2 {
+			t.Errorf("keepalives = %d, want 2 (the silent one and the hedge)", got)
+		}
+		// The hedge was sent at 3.33s + 1s/3; D counts from its send time.
+		hedgeSent := start.Add(10*time.Second/3 + time.Second/3)
+		if got, want := k.Deadline(), hedgeSent.Add(9500*time.Millisecond); !got.Equal(want) {
+			t.Errorf("Deadline() = %v, want %v", got.Sub(start), want.Sub(start))
+		}
+		mustClose(t, k)
+	})
+}
