@@ -12,7 +12,7 @@
 // When a renewal sent at local monotonic time s succeeds with TTL t, the
 // server cannot expire the lease before s+t. The keeper's local deadline is
 // D = s + t - Margin: the send time, never the receive time. Renewals run
-// every t/3 after the last success; each attempt has its own deadline
+// every t/3, counted from the send time of the last successful one; each attempt has its own deadline
 // (RenewTimeout, never past D), so an attempt stuck on a silent member is
 // abandoned, and a keepalive with no reply after a third of RenewTimeout is
 // hedged by a second one on a new stream, which the client's balancer sends

@@ -35,6 +35,7 @@ type result struct {
 	granted  bool             // a new lease was granted (else the held one renewed)
 	id       clientv3.LeaseID // the lease renewed or granted
 	ttl      time.Duration    // TTL the server set; zero if the lease RPC failed
+	sent     time.Time        // when the successful lease request was sent
 	deadline time.Time        // the new local deadline when ttl > 0
 	err      error            // classified; nil when every key is written
 }
@@ -90,7 +91,7 @@ func (k *Keeper) renew(id clientv3.LeaseID, deadline time.Time, tm timing) resul
 	if err != nil {
 		return result{id: id, err: k.classify(err)}
 	}
-	r := result{id: id, ttl: time.Duration(ttl) * time.Second}
+	r := result{id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
 	// The server reset the lease no earlier than when the request was sent,
 	// so its expiry is no earlier than sent+ttl.
 	r.deadline = sent.Add(r.ttl - k.marginFor(r.ttl))
@@ -107,7 +108,7 @@ func (k *Keeper) regrant(old clientv3.LeaseID, tm timing) result {
 	if err != nil {
 		return result{granted: true, err: k.classify(err)}
 	}
-	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second}
+	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
 	r.deadline = sent.Add(r.ttl - k.marginFor(r.ttl))
 
 	k.mu.Lock()
@@ -157,7 +158,9 @@ func (k *Keeper) applyLocked(r result) {
 		}
 		k.stepLocked(ev, nil, now)
 		k.stopWatchLocked()
-		k.scheduleLocked(k.ttl / 3)
+		// Count the renewal interval from when the server reset the lease
+		// (the send time), so round trips do not eat into the time left.
+		k.scheduleLocked(max(r.sent.Add(k.ttl/3).Sub(now), 0))
 		k.rearmCheckLocked(now)
 		return
 	}

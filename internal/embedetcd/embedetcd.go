@@ -5,13 +5,14 @@ package embedetcd
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/leasekeeper/leasekeeper/internal/freeport"
 )
 
 // Server is a running single-member etcd.
@@ -38,7 +39,7 @@ func Start(dir string, timeout time.Duration) (*Server, error) {
 
 // StartWith is Start with options.
 func StartWith(dir string, timeout time.Duration, opts Options) (*Server, error) {
-	ports, err := freePorts(2)
+	ports, err := freeport.Get(2)
 	if err != nil {
 		return nil, err
 	}
@@ -88,19 +89,4 @@ func (s *Server) Restart(timeout time.Duration) error {
 		return errors.New("embedetcd: restart of a running server")
 	}
 	return s.start(timeout)
-}
-
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("embedetcd: pick a port: %w", err)
-		}
-		// Kept open until all are picked, so that no port comes twice.
-		defer func() { _ = l.Close() }()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

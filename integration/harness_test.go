@@ -1,0 +1,240 @@
+package integration
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/leasekeeper/leasekeeper/internal/demo"
+	"github.com/leasekeeper/leasekeeper/keeper"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// scenario is one keeper on a fresh cluster, watched from outside.
+type scenario struct {
+	t      *testing.T
+	name   string
+	c      *Cluster
+	ttl    time.Duration
+	cli    *clientv3.Client // the keeper's, through the proxies
+	obs    *clientv3.Client // the observer's, straight to the members
+	k      *keeper.Keeper
+	keys   []string
+	ignore goleak.Option
+
+	faultStart, faultEnd time.Time
+
+	mu        sync.Mutex
+	ts        []statemachine.Transition
+	more      chan struct{}
+	deletedAt time.Time // the first DELETE of a key the observer saw
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+}
+
+// newScenario starts a cluster of n members and a Healthy keeper with three
+// keys on it, and an observer watching the keys straight on the members.
+func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario {
+	t.Helper()
+	c, err := StartCluster(etcdBin, t.TempDir(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	s := &scenario{t: t, name: name, c: c, ttl: ttl, more: make(chan struct{}), ignore: goleak.IgnoreCurrent()}
+	s.cli, err = clientv3.New(clientv3.Config{
+		Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{demo.FastReconnect},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.obs, err = c.Client(c.DirectEndpoints()); err != nil {
+		t.Fatal(err)
+	}
+	prefix := "lk/" + name + "/"
+	s.keys = []string{prefix + "a", prefix + "b", prefix + "c"}
+	wctx, cancel := context.WithCancel(context.Background())
+	s.stopWatch, s.watchDone = cancel, make(chan struct{})
+	wch := s.obs.Watch(wctx, prefix, clientv3.WithPrefix())
+	go s.watch(wch)
+
+	cfg := keeper.DefaultConfig()
+	cfg.TTL = ttl
+	cfg.Callbacks.OnTransition = s.record
+	if s.k, err = keeper.New(s.cli, cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancelStart := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelStart()
+	for _, key := range s.keys {
+		if err := s.k.Register(ctx, key, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.k.Start(ctx); err != nil {
+		t.Fatalf("Start() = %v", err)
+	}
+	return s
+}
+
+func (s *scenario) watch(wch clientv3.WatchChan) {
+	defer close(s.watchDone)
+	for wr := range wch {
+		for _, ev := range wr.Events {
+			if ev.Type == mvccpb.DELETE {
+				s.mu.Lock()
+				if s.deletedAt.IsZero() {
+					s.deletedAt = time.Now()
+				}
+				s.mu.Unlock()
+			}
+		}
+	}
+}
+
+func (s *scenario) record(t statemachine.Transition) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ts = append(s.ts, t)
+	close(s.more)
+	s.more = make(chan struct{})
+}
+
+// startFault and endFault mark the fault's span for the timings.
+func (s *scenario) startFault() { s.faultStart = time.Now() }
+func (s *scenario) endFault()   { s.faultEnd = time.Now() }
+
+// hold waits d, the length of a fault.
+func (s *scenario) hold(d time.Duration) {
+	<-time.After(d)
+}
+
+// firstAt returns when the keeper first entered st at or after since.
+func (s *scenario) firstAt(st statemachine.State, since time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.ts {
+		if t.To == st && !t.At.Before(since) {
+			return t.At, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// waitState waits until the keeper entered st at or after since.
+func (s *scenario) waitState(st statemachine.State, since time.Time, timeout time.Duration) bool {
+	deadline := time.After(timeout)
+	for {
+		if _, ok := s.firstAt(st, since); ok {
+			return true
+		}
+		s.mu.Lock()
+		more := s.more
+		s.mu.Unlock()
+		select {
+		case <-more:
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+func (s *scenario) path() []statemachine.State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.ts) == 0 {
+		return nil
+	}
+	p := []statemachine.State{s.ts[0].From}
+	for _, t := range s.ts {
+		p = append(p, t.To)
+	}
+	return p
+}
+
+func (s *scenario) reached(st statemachine.State) bool {
+	return slices.Contains(s.path()[1:], st)
+}
+
+// finish waits for the keeper to heal, checks the registration and the
+// safety of every expiry, closes everything, checks for leaked goroutines
+// and records the row.
+func (s *scenario) finish(note string) result {
+	t := s.t
+	t.Helper()
+	if s.faultEnd.IsZero() {
+		s.endFault()
+	}
+	r := result{scenario: s.name, ttl: s.ttl, toDegraded: -1, toFailed: -1, heal: -1, note: note}
+	if s.k.State() == statemachine.Healthy || s.waitState(statemachine.Healthy, s.faultEnd, 30*time.Second) {
+		r.heal = 0 // healthy when the fault ended
+		if at, ok := s.firstAt(statemachine.Healthy, s.faultEnd); ok {
+			r.heal = at.Sub(s.faultEnd)
+		}
+		s.checkKeys()
+	} else {
+		t.Errorf("%s: not healthy 30s after the fault ended: %v", s.name, s.k.State())
+	}
+	if at, ok := s.firstAt(statemachine.Degraded, s.faultStart); ok {
+		r.toDegraded = at.Sub(s.faultStart)
+	}
+	failedAt, failed := s.firstAt(statemachine.Failed, s.faultStart)
+	if failed {
+		r.toFailed = failedAt.Sub(s.faultStart)
+	}
+	s.mu.Lock()
+	deletedAt := s.deletedAt
+	s.mu.Unlock()
+	if !deletedAt.IsZero() {
+		r.deleted = true
+		r.margin = deletedAt.Sub(failedAt)
+		if !failed || !failedAt.Before(deletedAt) {
+			t.Errorf("%s: the server deleted the keys at +%v, before the keeper reported failed (%v)",
+				s.name, deletedAt.Sub(s.faultStart), r.toFailed)
+		}
+	}
+	r.path = s.path()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.k.Close(ctx); err != nil {
+		t.Errorf("Close() = %v", err)
+	}
+	s.stopWatch()
+	<-s.watchDone
+	_ = s.cli.Close()
+	_ = s.obs.Close()
+	goleak.VerifyNone(t, s.ignore)
+	record(r)
+	t.Logf("%s: path %s, degraded %s, failed %s, heal %s", s.name, pathString(r.path), dur(r.toDegraded), dur(r.toFailed), dur(r.heal))
+	return r
+}
+
+// checkKeys asserts every key is on the server with the keeper's lease.
+func (s *scenario) checkKeys() {
+	s.t.Helper()
+	id := s.k.LeaseID()
+	for _, key := range s.keys {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := s.obs.Get(ctx, key)
+		cancel()
+		if err != nil {
+			s.t.Errorf("get %s: %v", key, err)
+			continue
+		}
+		if len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != id {
+			s.t.Errorf("%s: %v, want present with the keeper's lease %x", key, resp.Kvs, int64(id))
+		}
+	}
+}
+
+func clientv3WithLease(id clientv3.LeaseID) clientv3.OpOption { return clientv3.WithLease(id) }

@@ -1,0 +1,55 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var (
+	// etcdBin is the etcd binary, leasekeeperBin the command under test.
+	etcdBin, leasekeeperBin string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "go list -m:", err)
+		return 1
+	}
+	root := strings.TrimSpace(string(out))
+	if etcdBin, err = BuildEtcd(root); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "leasekeeper-it")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	leasekeeperBin = filepath.Join(dir, "leasekeeper")
+	build := exec.Command("go", "build", "-o", leasekeeperBin, "./cmd/leasekeeper")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build leasekeeper: %v\n%s", err, out)
+		return 1
+	}
+	code := m.Run()
+	printResults(os.Stdout)
+	if path := os.Getenv("LEASEKEEPER_RESULTS"); path != "" {
+		f, err := os.Create(path)
+		if err == nil {
+			printResults(f)
+			_ = f.Close()
+		}
+	}
+	return code
+}

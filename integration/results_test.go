@@ -1,0 +1,69 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// result is one scenario's row in the results table. Durations count from
+// the start of the fault; negative means "did not happen".
+type result struct {
+	scenario   string
+	ttl        time.Duration
+	path       []statemachine.State
+	toDegraded time.Duration
+	toFailed   time.Duration
+	margin     time.Duration // server deleted the keys this long after Failed
+	deleted    bool
+	heal       time.Duration // from the end of the fault to Healthy
+	note       string
+}
+
+var (
+	resultsMu sync.Mutex
+	results   []result
+)
+
+func record(r result) {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	results = append(results, r)
+}
+
+func printResults(w io.Writer) {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	if len(results) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "| scenario | ttl | state path | to degraded | to failed | failed before expiry by | heal to healthy | note |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, r := range results {
+		margin := "no expiry"
+		if r.deleted {
+			margin = dur(r.margin)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.ttl, pathString(r.path),
+			dur(r.toDegraded), dur(r.toFailed), margin, dur(r.heal), r.note)
+	}
+}
+
+func dur(d time.Duration) string {
+	if d < 0 {
+		return "-"
+	}
+	return d.Round(10 * time.Millisecond).String()
+}
+
+func pathString(p []statemachine.State) string {
+	var s []string
+	for _, st := range p {
+		s = append(s, st.String())
+	}
+	return strings.Join(s, " → ")
+}
