@@ -28,7 +28,7 @@ type scenario struct {
 	obs    *clientv3.Client // the observer's, straight to the members
 	k      *keeper.Keeper
 	keys   []string
-	ignore goleak.Option
+	ignore []goleak.Option // goroutines that are not the scenario's
 
 	faultStart, faultEnd time.Time
 
@@ -38,6 +38,7 @@ type scenario struct {
 	deletedAt time.Time // the first DELETE of a key the observer saw
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
+	closeOnce sync.Once
 }
 
 // newScenario starts a cluster of n members and a Healthy keeper with three
@@ -49,7 +50,11 @@ func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario 
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	s := &scenario{t: t, name: name, c: c, ttl: ttl, more: make(chan struct{}), ignore: goleak.IgnoreCurrent()}
+	s := &scenario{t: t, name: name, c: c, ttl: ttl, more: make(chan struct{}), ignore: []goleak.Option{
+		goleak.IgnoreCurrent(),
+		// Members restarted during the scenario get a new process waiter.
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/integration.(*Cluster).start.func1"),
+	}}
 	s.cli, err = clientv3.New(clientv3.Config{
 		Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
 		DialOptions: []grpc.DialOption{demo.FastReconnect},
@@ -80,10 +85,28 @@ func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario 
 			t.Fatal(err)
 		}
 	}
+	// Close everything even when the test stops early, before the cluster
+	// goes (cleanups run last in, first out).
+	t.Cleanup(s.close)
 	if err := s.k.Start(ctx); err != nil {
 		t.Fatalf("Start() = %v", err)
 	}
 	return s
+}
+
+// close closes the keeper, the watcher and the clients; it is idempotent.
+func (s *scenario) close() {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.k.Close(ctx); err != nil {
+			s.t.Errorf("Close() = %v", err)
+		}
+		s.stopWatch()
+		<-s.watchDone
+		_ = s.cli.Close()
+		_ = s.obs.Close()
+	})
 }
 
 func (s *scenario) watch(wch clientv3.WatchChan) {
@@ -204,16 +227,8 @@ func (s *scenario) finish(note string) result {
 	}
 	r.path = s.path()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.k.Close(ctx); err != nil {
-		t.Errorf("Close() = %v", err)
-	}
-	s.stopWatch()
-	<-s.watchDone
-	_ = s.cli.Close()
-	_ = s.obs.Close()
-	goleak.VerifyNone(t, s.ignore)
+	s.close()
+	goleak.VerifyNone(t, s.ignore...)
 	record(r)
 	t.Logf("%s: path %s, degraded %s, failed %s, heal %s", s.name, pathString(r.path), dur(r.toDegraded), dur(r.toFailed), dur(r.heal))
 	return r

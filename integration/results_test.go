@@ -20,6 +20,7 @@ type result struct {
 	toFailed   time.Duration
 	margin     time.Duration // server deleted the keys this long after Failed
 	deleted    bool
+	expiry     string // replaces the margin column when set
 	heal       time.Duration // from the end of the fault to Healthy
 	note       string
 }
@@ -45,7 +46,10 @@ func printResults(w io.Writer) {
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
 		margin := "no expiry"
-		if r.deleted {
+		switch {
+		case r.expiry != "":
+			margin = r.expiry
+		case r.deleted:
 			margin = dur(r.margin)
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.ttl, pathString(r.path),
