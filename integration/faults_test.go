@@ -90,6 +90,9 @@ func TestFaultsExternalRevoke(t *testing.T) {
 	s.mu.Unlock()
 	r := s.finish("keys re-written on a new lease")
 	wantPath(t, r, statemachine.Healthy, statemachine.Failed, statemachine.Healthy)
+	if r.lease != "new" {
+		t.Errorf("lease after an external revoke: %s, want new", r.lease)
+	}
 }
 
 func TestFaultsExternalDelete(t *testing.T) {

@@ -28,7 +28,8 @@ type scenario struct {
 	obs    *clientv3.Client // the observer's, straight to the members
 	k      *keeper.Keeper
 	keys   []string
-	ignore []goleak.Option // goroutines that are not the scenario's
+	lease  clientv3.LeaseID // granted at the start
+	ignore []goleak.Option  // goroutines that are not the scenario's
 
 	faultStart, faultEnd time.Time
 
@@ -91,6 +92,7 @@ func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario 
 	if err := s.k.Start(ctx); err != nil {
 		t.Fatalf("Start() = %v", err)
 	}
+	s.lease = s.k.LeaseID()
 	return s
 }
 
@@ -204,6 +206,10 @@ func (s *scenario) finish(note string) result {
 			r.heal = at.Sub(s.faultEnd)
 		}
 		s.checkKeys()
+		r.lease = "new"
+		if s.k.LeaseID() == s.lease {
+			r.lease = "same"
+		}
 	} else {
 		t.Errorf("%s: not healthy 30s after the fault ended: %v", s.name, s.k.State())
 	}

@@ -152,7 +152,7 @@ func TestFaultsKeeperProcessFrozen(t *testing.T) {
 		t.Errorf("healed from %s, want from failed: the keeper must know the lease is gone", m[1])
 	}
 	record(result{scenario: "keeper process frozen 2×TTL", ttl: ttl, path: path, toDegraded: -1, toFailed: -1,
-		heal: healedAt.Sub(faultEnd), expiry: "expired while the keeper was frozen", note: "command as a child, SIGSTOP/SIGCONT; /readyz polled " +
+		heal: healedAt.Sub(faultEnd), lease: "new", expiry: "expired while the keeper was frozen", note: "command as a child, SIGSTOP/SIGCONT; /readyz polled " +
 			strconv.Itoa(polls) + "× after the thaw, never 200 with the old lease"})
 }
 

@@ -20,8 +20,9 @@ type result struct {
 	toFailed   time.Duration
 	margin     time.Duration // server deleted the keys this long after Failed
 	deleted    bool
-	expiry     string // replaces the margin column when set
+	expiry     string        // replaces the margin column when set
 	heal       time.Duration // from the end of the fault to Healthy
+	lease      string        // "same" or "new" lease once healed
 	note       string
 }
 
@@ -42,8 +43,8 @@ func printResults(w io.Writer) {
 	if len(results) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "| scenario | ttl | state path | to degraded | to failed | failed before expiry by | heal to healthy | note |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | ttl | state path | to degraded | to failed | failed before expiry by | heal to healthy | lease | note |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
 		margin := "no expiry"
 		switch {
@@ -52,8 +53,8 @@ func printResults(w io.Writer) {
 		case r.deleted:
 			margin = dur(r.margin)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.ttl, pathString(r.path),
-			dur(r.toDegraded), dur(r.toFailed), margin, dur(r.heal), r.note)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.ttl, pathString(r.path),
+			dur(r.toDegraded), dur(r.toFailed), margin, dur(r.heal), r.lease, r.note)
 	}
 }
 
