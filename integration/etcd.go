@@ -114,7 +114,14 @@ func StartCluster(bin, dir string, n int) (*Cluster, error) {
 
 func (c *Cluster) start(m *Member) error {
 	m.cmd = exec.Command(c.bin, m.args...)
-	m.cmd.Stdout, m.cmd.Stderr = os.Stderr, os.Stderr
+	// etcd logs errors it recovers from (a restarted member's storage
+	// version, say); keep them beside the data, out of the test output.
+	log, err := os.OpenFile(m.dataDir+".log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Close() }()
+	m.cmd.Stdout, m.cmd.Stderr = log, log
 	if err := m.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", m.Name, err)
 	}

@@ -22,7 +22,8 @@ import (
 type scenario struct {
 	t      *testing.T
 	name   string
-	c      *Cluster
+	c      *Cluster    // the process cluster, if any
+	docker *dockerTier // the compose cluster, if any
 	ttl    time.Duration
 	cli    *clientv3.Client // the keeper's, through the proxies
 	obs    *clientv3.Client // the observer's, straight to the members
@@ -51,19 +52,30 @@ func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario 
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	s := &scenario{t: t, name: name, c: c, ttl: ttl, more: make(chan struct{}), ignore: []goleak.Option{
+	s := newScenarioOn(t, name, ttl, c.Endpoints(), c.DirectEndpoints())
+	s.c = c
+	return s
+}
+
+// newScenarioOn starts a Healthy keeper with three keys on the cluster
+// behind endpoints, and an observer on observed.
+func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, observed []string) *scenario {
+	t.Helper()
+	s := &scenario{t: t, name: name, ttl: ttl, more: make(chan struct{}), ignore: []goleak.Option{
 		goleak.IgnoreCurrent(),
 		// Members restarted during the scenario get a new process waiter.
 		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/integration.(*Cluster).start.func1"),
 	}}
+	var err error
 	s.cli, err = clientv3.New(clientv3.Config{
-		Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
 		DialOptions: []grpc.DialOption{demo.FastReconnect},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.obs, err = c.Client(c.DirectEndpoints()); err != nil {
+	s.obs, err = clientv3.New(clientv3.Config{Endpoints: observed, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
 		t.Fatal(err)
 	}
 	prefix := "lk/" + name + "/"

@@ -12,6 +12,8 @@ import (
 var (
 	// etcdBin is the etcd binary, leasekeeperBin the command under test.
 	etcdBin, leasekeeperBin string
+	// moduleRoot is the repository root, where docker-compose.yml is.
+	moduleRoot string
 )
 
 func TestMain(m *testing.M) {
@@ -25,6 +27,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	root := strings.TrimSpace(string(out))
+	moduleRoot = root
 	if etcdBin, err = BuildEtcd(root); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

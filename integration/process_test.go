@@ -137,7 +137,7 @@ func TestFaultsKeeperProcessFrozen(t *testing.T) {
 	if healedAt.IsZero() {
 		t.Fatalf("/readyz never answered 200 in 20s after the thaw")
 	}
-	m := next(`(\w+) -> (healthy)`)
+	m := next(`(failed|degraded) -> healthy`)
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
