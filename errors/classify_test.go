@@ -249,3 +249,16 @@ func TestDeclaredKind(t *testing.T) {
 		t.Errorf("Classify(declaresInvalid) = %#v, want InvalidArgument wrapping the cause", c)
 	}
 }
+
+func BenchmarkClassify(b *testing.B) {
+	errs := []error{
+		rpctypes.ErrLeaseNotFound,
+		fmt.Errorf("wrapped: %w", rpctypes.ErrGRPCNoLeader),
+		context.DeadlineExceeded,
+		status.Error(codes.Unavailable, "connection refused"),
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		_ = lkerrors.Classify(errs[i%len(errs)])
+	}
+}

@@ -61,3 +61,27 @@ func TestBackoffNeverZero(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkScheduleRenewal is the cost of scheduling a renewal the way the
+// keeper does: an AfterFunc timer replacing the previous one.
+func BenchmarkScheduleRenewal(b *testing.B) {
+	k, err := newKeeper(newFake(), DefaultConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	k.started = true
+	b.ReportAllocs()
+	k.mu.Lock()
+	for b.Loop() {
+		k.scheduleLocked(time.Hour)
+	}
+	k.stopTimer(&k.attemptT)
+	k.mu.Unlock()
+}
+
+func BenchmarkBackoffDelay(b *testing.B) {
+	c := DefaultConfig().Backoff
+	for i := 0; b.Loop(); i++ {
+		_ = c.delay(i%10+1, lkerrors.Unavailable, 0.5)
+	}
+}

@@ -20,7 +20,10 @@
 // keeper. Failed attempts are retried with exponential backoff and jitter,
 // shortened so that a last attempt still fits before D. A lost connection
 // that comes back triggers an attempt at once instead of waiting out the
-// backoff.
+// backoff; and once no live lease is left to protect, each attempt stays
+// outstanding for the whole backoff instead of the keeper waiting idle, so
+// a member that answers again after a silent partition answers that
+// request at once.
 //
 // # States
 //

@@ -19,6 +19,7 @@ type fakeBackend struct {
 	leases  map[clientv3.LeaseID]*fakeLease
 	kvs     map[string]fakeKV
 	down    bool          // calls hang until their context ends, as for an unreachable cluster
+	stalled bool          // as down, but the connection still looks READY (a silent partition)
 	readyC  chan struct{} // closed when down ends
 	err     error         // when set, every call fails at once with it
 	latency time.Duration // each call takes this long
@@ -55,7 +56,7 @@ func newFake() *fakeBackend {
 func (f *fakeBackend) call(ctx context.Context, name string) error {
 	f.mu.Lock()
 	f.calls[name]++
-	down, latency, ready := f.down, f.latency, f.readyC
+	down, latency, ready := f.down || f.stalled, f.latency, f.readyC
 	f.mu.Unlock()
 	if down {
 		select {
@@ -216,6 +217,22 @@ func (f *fakeBackend) setDown(down bool) {
 	}
 	f.down = down
 	if down {
+		f.readyC = make(chan struct{})
+	} else {
+		close(f.readyC)
+	}
+}
+
+// setStalled starts or ends a silent partition: calls hang, the connection
+// stays READY, and calls in flight go through when it ends.
+func (f *fakeBackend) setStalled(stalled bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stalled == stalled {
+		return
+	}
+	f.stalled = stalled
+	if stalled {
 		f.readyC = make(chan struct{})
 	} else {
 		close(f.readyC)

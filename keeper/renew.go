@@ -36,6 +36,7 @@ type result struct {
 	id       clientv3.LeaseID // the lease renewed or granted
 	ttl      time.Duration    // TTL the server set; zero if the lease RPC failed
 	sent     time.Time        // when the successful lease request was sent
+	started  time.Time        // when the attempt started
 	deadline time.Time        // the new local deadline when ttl > 0
 	err      error            // classified; nil when every key is written
 }
@@ -52,8 +53,16 @@ func (k *Keeper) fire() {
 	k.running = true
 	k.wg.Add(1)
 	defer k.wg.Done()
-	k.checkTimeLocked(time.Now())
+	now := time.Now()
+	k.checkTimeLocked(now)
 	id, renew, deadline, tm := k.leaseID, k.leaseID != 0 && !k.gone, k.deadline, k.timing()
+	if !k.liveLocked(now) && k.retries > 0 {
+		// No live lease to protect: instead of waiting out the backoff idle,
+		// leave the attempt outstanding for it. A member that answers again
+		// (a healed partition, a thawed process) then answers this request
+		// at once, and the keeper heals within a round trip.
+		tm.renewTimeout = max(tm.renewTimeout, k.cfg.Backoff.delay(k.retries, lkerrors.KindOf(k.lastErr), 0.5))
+	}
 	k.mu.Unlock()
 
 	var r result
@@ -62,6 +71,7 @@ func (k *Keeper) fire() {
 	} else {
 		r = k.regrant(id, tm)
 	}
+	r.started = now
 
 	// A new lease replaces the old one only after the server said it does
 	// not know the old one, so there is nothing left to revoke.
@@ -185,7 +195,9 @@ func (k *Keeper) applyLocked(r result) {
 		k.checkTimeLocked(now)
 	}
 	if k.recoveringLocked() {
-		k.scheduleLocked(k.retryDelayLocked(kind, now))
+		// The backoff counts from the start of the failed attempt: an
+		// attempt that waited out its timeout already spent it.
+		k.scheduleLocked(max(k.retryDelayLocked(kind, now)-now.Sub(r.started), 0))
 	}
 	if kind == lkerrors.ClusterUnreachable {
 		k.watchConnLocked()

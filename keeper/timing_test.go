@@ -234,3 +234,40 @@ func TestSilentMemberIsHedged(t *testing.T) {
 		mustClose(t, k)
 	})
 }
+
+// TestHealsWithinARoundTripAfterSilentPartition: once Failed, an attempt
+// stays outstanding for the backoff instead of the keeper waiting idle, so
+// when a silent partition heals (the connection never looked broken, so
+// nothing signals it) the request in flight is answered at once, whenever
+// the partition ends.
+func TestHealsWithinARoundTripAfterSilentPartition(t *testing.T) {
+	for _, outage := range []time.Duration{20 * time.Second, 31*time.Second + 700*time.Millisecond, 44*time.Second + 300*time.Millisecond, time.Minute + 2100*time.Millisecond} {
+		t.Run(outage.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake()
+				k, rec := newTest(t, f, nil)
+				startHealthy(t, k, "svc/a")
+				f.setStalled(true)
+				time.Sleep(outage)
+				synctest.Wait()
+				if got := k.State(); got != statemachine.Failed {
+					t.Fatalf("State() during the partition = %v, want failed", got)
+				}
+				calls := f.count("keepalive") + f.count("grant")
+				healed := time.Now()
+				f.setStalled(false)
+				synctest.Wait()
+				ts := rec.transitions()
+				if last := ts[len(ts)-1]; last.To != statemachine.Healthy || last.At.Sub(healed) != 0 {
+					t.Errorf("last transition %v at +%v after the heal, want healthy at once", last, last.At.Sub(healed))
+				}
+				// Outstanding attempts are no flood: one per backoff cap
+				// (5s), each hedged once, after the first few.
+				if limit := int(outage/(4*time.Second))*2 + 16; calls > limit {
+					t.Errorf("calls during a %v partition = %d, want at most %d", outage, calls, limit)
+				}
+				mustClose(t, k)
+			})
+		})
+	}
+}

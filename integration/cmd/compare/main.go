@@ -1,0 +1,87 @@
+// Command compare measures the keeper side by side with etcd's own client
+// (concurrency.Session, Lease.KeepAlive, and the loop users write on top of
+// them) against the same real etcd under the same faults, and writes
+// BENCHMARKS.md. Run it from the repository root:
+//
+//	go run ./integration/cmd/compare -out BENCHMARKS.md
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/leasekeeper/leasekeeper/integration"
+)
+
+type options struct {
+	out        string
+	runs       int
+	ttl        time.Duration
+	scaleFor   time.Duration
+	leases     int
+	keys       int
+	keepers    int
+	timers     int
+	skipScale  bool
+	skipTimers bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "where to write the report")
+	flag.IntVar(&o.runs, "runs", 7, "fault runs for the time-to-signal, margin and recovery figures")
+	flag.DurationVar(&o.ttl, "ttl", 3*time.Second, "lease TTL of the fault runs")
+	flag.DurationVar(&o.scaleFor, "scale-for", time.Minute, "how long the 1,000-lease cost is measured")
+	flag.IntVar(&o.leases, "leases", 1000, "leases in the renewal-cost figure")
+	flag.IntVar(&o.keys, "keys", 10000, "keys in the re-write figure")
+	flag.IntVar(&o.keepers, "keepers", 10000, "keepers in the idle-footprint figure")
+	flag.IntVar(&o.timers, "timers", 1000000, "pending timers in the scheduling figure")
+	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip figures 4 to 6")
+	flag.BoolVar(&o.skipTimers, "skip-timers", false, "skip figure 7")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "compare:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		return fmt.Errorf("go list -m: %w", err)
+	}
+	bin, err := integration.BuildEtcd(strings.TrimSpace(string(root)))
+	if err != nil {
+		return err
+	}
+	r := &report{started: time.Now(), o: o}
+	if err := faultFigures(bin, o, r); err != nil {
+		return err
+	}
+	if !o.skipScale {
+		if err := scaleFigures(bin, o, r); err != nil {
+			return err
+		}
+	}
+	if !o.skipTimers {
+		timerFigure(o, r)
+	}
+	f, err := os.Create(o.out)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	r.write(f, fmt.Sprintf("%d cores, %s, %s/%s", runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH))
+	fmt.Println("wrote", o.out)
+	return nil
+}
+
+// progress reports on stderr what is being measured.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/keeper"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// usage is what this process uses at a moment.
+type usage struct {
+	cpu        time.Duration
+	goroutines int
+	heap       uint64
+	bytes      int64
+}
+
+func measure(p *integration.Proxy) usage {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	u := usage{cpu: cpu, goroutines: runtime.NumGoroutine(), heap: ms.HeapInuse}
+	if p != nil {
+		u.bytes = p.Bytes()
+	}
+	return u
+}
+
+func scaleFigures(bin string, o options, r *report) error {
+	dir, err := os.MkdirTemp("", "leasekeeper-compare-scale")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	c, err := integration.StartCluster(bin, dir, 1)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	target := strings.TrimPrefix(c.Members[0].ClientURL, "http://")
+
+	progress("renewal cost: %d keepers for %s", o.leases, o.scaleFor)
+	kc, err := keeperCost(target, o)
+	if err != nil {
+		return err
+	}
+	progress("renewal cost: %d KeepAlive leases for %s", o.leases, o.scaleFor)
+	ac, err := keepAliveCost(target, o)
+	if err != nil {
+		return err
+	}
+	row := func(name string, u usage) []string {
+		return []string{name, fmt.Sprintf("%.2f", u.cpu.Seconds()), fmt.Sprintf("%.0f", float64(u.bytes)/1024),
+			fmt.Sprint(u.goroutines), fmt.Sprintf("%.1f", float64(u.heap)/(1<<20))}
+	}
+	r.add(fmt.Sprintf("## 4. Cost of renewing %d leases on one client for %s\n\n", o.leases, o.scaleFor) +
+		"TTL 10 s. Client CPU is this process's user+system time; bytes are counted both ways in a proxy; " +
+		"goroutines and heap (in use after GC) are the increase over the idle client. The `KeepAlive` " +
+		"variant drains each channel in a goroutine, as users do.\n\n" +
+		table([]string{"client", "CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)"}, [][]string{
+			row("leasekeeper", kc), row("Lease.KeepAlive", ac),
+		}) + fmt.Sprintf("\nTarget, CPU and bytes no more than `KeepAlive`'s: CPU %s, bytes %s.\n",
+		verdict(kc.cpu <= ac.cpu), verdict(kc.bytes <= ac.bytes)))
+
+	progress("re-write of %d keys", o.keys)
+	first, again, err := rewrite(c, o)
+	if err != nil {
+		return err
+	}
+	r.add(fmt.Sprintf("## 5. Writing %d keys\n\n", o.keys) +
+		table([]string{"step", "time", "target"}, [][]string{
+			{"Start: grant and write every key", first.Round(time.Millisecond).String(), ""},
+			{"after an external revoke: from `failed` to `healthy` (re-grant, re-write)", again.Round(time.Millisecond).String(), fmt.Sprintf("under 1 s: %s", verdict(again < time.Second))},
+		}))
+
+	progress("idle footprint of %d keepers", o.keepers)
+	g, h, err := footprint(target, o)
+	if err != nil {
+		return err
+	}
+	r.add(fmt.Sprintf("## 6. Idle footprint of %d keepers on one client\n\n", o.keepers) +
+		table([]string{"per keeper", "value", "target"}, [][]string{
+			{"goroutines", fmt.Sprintf("%.4f", g), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(g < 0.01))},
+			{"heap", fmt.Sprintf("%.0f bytes", h), ""},
+		}))
+	return nil
+}
+
+// startKeepers starts n keepers with one key each on cli, 32 at a time.
+func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string) ([]*keeper.Keeper, error) {
+	ks := make([]*keeper.Keeper, n)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range ks {
+		cfg := keeper.DefaultConfig()
+		cfg.TTL = ttl
+		k, err := keeper.New(cli, cfg)
+		if err != nil {
+			return nil, err
+		}
+		ks[i] = k
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := k.Register(ctx, fmt.Sprintf("%s%06d", prefix, i), "v"); err != nil {
+				errs <- err
+				return
+			}
+			if err := k.Start(ctx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return ks, <-errs
+}
+
+func closeKeepers(ks []*keeper.Keeper) {
+	for _, k := range ks {
+		if k != nil {
+			_ = k.Close(context.Background())
+		}
+	}
+}
+
+func keeperCost(target string, o options) (usage, error) {
+	p, err := integration.NewProxy(target)
+	if err != nil {
+		return usage{}, err
+	}
+	defer p.Close()
+	cli, err := newClient([]string{p.URL()})
+	if err != nil {
+		return usage{}, err
+	}
+	defer func() { _ = cli.Close() }()
+	idle := measure(p)
+	ks, err := startKeepers(cli, o.leases, 10*time.Second, "cost/keeper/")
+	defer closeKeepers(ks)
+	if err != nil {
+		return usage{}, err
+	}
+	return window(p, idle, o.scaleFor), nil
+}
+
+func keepAliveCost(target string, o options) (usage, error) {
+	p, err := integration.NewProxy(target)
+	if err != nil {
+		return usage{}, err
+	}
+	defer p.Close()
+	cli, err := newClient([]string{p.URL()})
+	if err != nil {
+		return usage{}, err
+	}
+	defer func() { _ = cli.Close() }()
+	idle := measure(p)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	for i := range o.leases {
+		g, err := cli.Grant(ctx, 10)
+		if err != nil {
+			return usage{}, err
+		}
+		if _, err := cli.Put(ctx, fmt.Sprintf("cost/ka/%06d", i), "v", clientv3.WithLease(g.ID)); err != nil {
+			return usage{}, err
+		}
+		ch, err := cli.KeepAlive(ctx, g.ID)
+		if err != nil {
+			return usage{}, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range ch {
+			}
+		}()
+	}
+	return window(p, idle, o.scaleFor), nil
+}
+
+// window measures the cost of d of steady state, after the setup settled:
+// CPU and bytes over d, goroutines and heap above idle at its end.
+func window(p *integration.Proxy, idle usage, d time.Duration) usage {
+	time.Sleep(2 * time.Second)
+	start := measure(p)
+	time.Sleep(d)
+	end := measure(p)
+	return usage{
+		cpu:        end.cpu - start.cpu,
+		bytes:      end.bytes - start.bytes,
+		goroutines: end.goroutines - idle.goroutines,
+		heap:       end.heap - min(end.heap, idle.heap),
+	}
+}
+
+// rewrite times Start with o.keys keys, then the re-grant and re-write
+// after an external revoke.
+func rewrite(c *integration.Cluster, o options) (time.Duration, time.Duration, error) {
+	cli, err := newClient(c.Endpoints())
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = cli.Close() }()
+	marks := &marks{at: map[string][]time.Time{}}
+	cfg := keeper.DefaultConfig()
+	cfg.Callbacks.OnTransition = func(t statemachine.Transition) { marks.set(t.To.String()) }
+	k, err := keeper.New(cli, cfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = k.Close(context.Background()) }()
+	ctx := context.Background()
+	for i := range o.keys {
+		if err := k.Register(ctx, fmt.Sprintf("rewrite/%06d", i), "v"); err != nil {
+			return 0, 0, err
+		}
+	}
+	t0 := time.Now()
+	if err := k.Start(ctx); err != nil {
+		return 0, 0, err
+	}
+	first := time.Since(t0)
+	t1 := time.Now()
+	if _, err := cli.Revoke(ctx, k.LeaseID()); err != nil {
+		return 0, 0, err
+	}
+	marks.wait([]string{"failed"}, t1, 30*time.Second)
+	failed := marks.since("failed", t1)
+	marks.wait([]string{"healthy"}, t1, 30*time.Second)
+	healthy := marks.since("healthy", t1)
+	if failed < 0 || healthy < 0 {
+		return 0, 0, fmt.Errorf("re-write: failed after %v, healthy after %v", failed, healthy)
+	}
+	return first, healthy - failed, nil
+}
+
+// footprint returns goroutines and heap bytes per idle keeper.
+func footprint(target string, o options) (float64, float64, error) {
+	cli, err := newClient([]string{"http://" + target})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer func() { _ = cli.Close() }()
+	if _, err := cli.Get(context.Background(), "warm-up"); err != nil {
+		return 0, 0, err
+	}
+	idle := measure(nil)
+	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/")
+	defer closeKeepers(ks)
+	if err != nil {
+		return 0, 0, err
+	}
+	time.Sleep(time.Second) // let the callback dispatchers finish
+	u := measure(nil)
+	n := float64(o.keepers)
+	return float64(u.goroutines-idle.goroutines) / n, float64(u.heap-min(u.heap, idle.heap)) / n, nil
+}

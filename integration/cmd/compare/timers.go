@@ -1,0 +1,116 @@
+package main
+
+import (
+	"container/heap"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// timerFigure schedules o.timers renewals due over one to two seconds, as
+// time.AfterFunc timers (the keeper's design) and as entries of a heap that
+// one goroutine polls with a 10 ms ticker, and reports lateness and memory.
+func timerFigure(o options, r *report) {
+	progress("scheduling: %d AfterFunc timers", o.timers)
+	aLate, aMem := afterFuncTimers(o.timers)
+	progress("scheduling: a ticker loop over %d entries", o.timers)
+	tLate, tMem := tickerLoop(o.timers)
+	row := func(name string, late []time.Duration, mem float64) []string {
+		slices.Sort(late)
+		p := func(q float64) string { return late[int(q*float64(len(late)-1))].Round(10 * time.Microsecond).String() }
+		return []string{name, p(0.5), p(0.99), fmt.Sprintf("%.0f", mem)}
+	}
+	r.add(fmt.Sprintf("## 7. Scheduling %d pending renewals\n\n", o.timers) +
+		"Each renewal is due at a random time one to two seconds ahead. Lateness is fire time minus due time; " +
+		"memory is the heap in use per pending renewal.\n\n" +
+		table([]string{"design", "lateness p50", "lateness p99", "bytes per renewal"}, [][]string{
+			row("time.AfterFunc per renewal (the keeper)", aLate, aMem),
+			row("one goroutine, 10 ms ticker over a heap", tLate, tMem),
+		}))
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
+
+func dueTimes(n int) []time.Duration {
+	d := make([]time.Duration, n)
+	for i := range d {
+		d[i] = time.Second + time.Duration(rand.Int64N(int64(time.Second)))
+	}
+	return d
+}
+
+func afterFuncTimers(n int) ([]time.Duration, float64) {
+	due := dueTimes(n)
+	late := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	wg.Add(n)
+	before := heapInUse()
+	start := time.Now()
+	timers := make([]*time.Timer, n)
+	for i := range n {
+		at := start.Add(due[i])
+		timers[i] = time.AfterFunc(due[i], func() {
+			late[i] = time.Since(at)
+			wg.Done()
+		})
+	}
+	mem := float64(heapInUse()-min(heapInUse(), before)) / float64(n)
+	wg.Wait()
+	runtime.KeepAlive(timers)
+	return late, mem
+}
+
+type entry struct {
+	at time.Time
+	i  int
+}
+
+type entries []entry
+
+func (h entries) Len() int           { return len(h) }
+func (h entries) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h entries) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *entries) Push(x any)        { *h = append(*h, x.(entry)) }
+func (h *entries) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+func tickerLoop(n int) ([]time.Duration, float64) {
+	due := dueTimes(n)
+	late := make([]time.Duration, n)
+	before := heapInUse()
+	start := time.Now()
+	h := make(entries, 0, n)
+	var mu sync.Mutex
+	for i := range n {
+		h = append(h, entry{start.Add(due[i]), i})
+	}
+	heap.Init(&h)
+	mem := float64(heapInUse()-min(heapInUse(), before)) / float64(n)
+	var fired atomic.Int64
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for fired.Load() < int64(n) {
+		now := <-t.C
+		mu.Lock()
+		for len(h) > 0 && !h[0].at.After(now) {
+			e := heap.Pop(&h).(entry)
+			late[e.i] = time.Since(e.at)
+			fired.Add(1)
+		}
+		mu.Unlock()
+	}
+	return late, mem
+}
