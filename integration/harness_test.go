@@ -64,7 +64,7 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 	s := &scenario{t: t, name: name, ttl: ttl, more: make(chan struct{}), ignore: []goleak.Option{
 		goleak.IgnoreCurrent(),
 		// Members restarted during the scenario get a new process waiter.
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/integration.(*Cluster).start.func1"),
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/integration.(*Member).reap"),
 	}}
 	var err error
 	s.cli, err = clientv3.New(clientv3.Config{
@@ -74,7 +74,10 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.obs, err = clientv3.New(clientv3.Config{Endpoints: observed, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	s.obs, err = clientv3.New(clientv3.Config{
+		Endpoints: observed, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{demo.FastReconnect},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
