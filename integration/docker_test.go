@@ -229,9 +229,17 @@ func dockerSidecarDisconnected(t *testing.T, d *dockerTier) {
 		t.Fatal(err)
 	}
 	defer func() { _ = obs.Close() }()
-	resp, err := obs.Get(ctx, sidecarKey)
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("sidecar key before the fault: %v, %v", resp, err)
+	// The sidecar may still be re-registering after the previous fault.
+	var resp *clientv3.GetResponse
+	for deadline := time.Now().Add(3 * ttlDocker); ; {
+		resp, err = obs.Get(ctx, sidecarKey)
+		if err == nil && len(resp.Kvs) == 1 && d.readyz(t) == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidecar not registered before the fault: %v, %v", resp, err)
+		}
+		<-time.After(100 * time.Millisecond)
 	}
 	oldLease := resp.Kvs[0].Lease
 	wctx, stop := context.WithCancel(ctx)

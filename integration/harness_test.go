@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -38,9 +39,13 @@ type scenario struct {
 	ts        []statemachine.Transition
 	more      chan struct{}
 	deletedAt time.Time // the first DELETE of a key the observer saw
-	stopWatch context.CancelFunc
-	watchDone chan struct{}
-	closeOnce sync.Once
+	// deadlineAt is the keeper's local deadline when that DELETE came. A
+	// deletion before it is a revoke, not an expiry: the server cannot have
+	// expired a lease the keeper renewed less than a TTL ago.
+	deadlineAt time.Time
+	stopWatch  context.CancelFunc
+	watchDone  chan struct{}
+	closeOnce  sync.Once
 }
 
 // newScenario starts a cluster of n members and a Healthy keeper with three
@@ -83,17 +88,19 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 	}
 	prefix := "lk/" + name + "/"
 	s.keys = []string{prefix + "a", prefix + "b", prefix + "c"}
-	wctx, cancel := context.WithCancel(context.Background())
-	s.stopWatch, s.watchDone = cancel, make(chan struct{})
-	wch := s.obs.Watch(wctx, prefix, clientv3.WithPrefix())
-	go s.watch(wch)
-
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = ttl
 	cfg.Callbacks.OnTransition = s.record
 	if s.k, err = keeper.New(s.cli, cfg); err != nil {
 		t.Fatal(err)
 	}
+	// The watcher reads s.k: start it once s.k is set, before any key is
+	// written.
+	wctx, cancel := context.WithCancel(context.Background())
+	s.stopWatch, s.watchDone = cancel, make(chan struct{})
+	wch := s.obs.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	<-wch
+	go s.watch(wch)
 	ctx, cancelStart := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancelStart()
 	for _, key := range s.keys {
@@ -131,9 +138,11 @@ func (s *scenario) watch(wch clientv3.WatchChan) {
 	for wr := range wch {
 		for _, ev := range wr.Events {
 			if ev.Type == mvccpb.DELETE {
+				now := time.Now()
+				d := s.k.Deadline()
 				s.mu.Lock()
 				if s.deletedAt.IsZero() {
-					s.deletedAt = time.Now()
+					s.deletedAt, s.deadlineAt = now, d
 				}
 				s.mu.Unlock()
 			}
@@ -215,6 +224,18 @@ func (s *scenario) finish(note string) result {
 		s.endFault()
 	}
 	r := result{scenario: s.name, ttl: s.ttl, toDegraded: -1, toFailed: -1, heal: -1, note: note}
+	s.mu.Lock()
+	deletedAt, deadlineAt := s.deletedAt, s.deadlineAt
+	s.mu.Unlock()
+	revoked := !deletedAt.IsZero() && deletedAt.Before(deadlineAt)
+	if revoked {
+		// The server dropped a lease the keeper holds: it learns so on its
+		// next renewal, fails, and registers again.
+		if !s.waitState(statemachine.Failed, deletedAt, 2*s.ttl) || !s.waitState(statemachine.Healthy, deletedAt, 30*time.Second) {
+			t.Errorf("%s: the server revoked the lease at +%v and the keeper did not re-register: %v",
+				s.name, deletedAt.Sub(s.faultStart), s.path())
+		}
+	}
 	if s.k.State() == statemachine.Healthy || s.waitState(statemachine.Healthy, s.faultEnd, 30*time.Second) {
 		r.heal = 0 // healthy when the fault ended
 		if at, ok := s.firstAt(statemachine.Healthy, s.faultEnd); ok {
@@ -235,10 +256,10 @@ func (s *scenario) finish(note string) result {
 	if failed {
 		r.toFailed = failedAt.Sub(s.faultStart)
 	}
-	s.mu.Lock()
-	deletedAt := s.deletedAt
-	s.mu.Unlock()
-	if !deletedAt.IsZero() {
+	switch {
+	case revoked:
+		r.expiry = fmt.Sprintf("revoked by the server %v before the keeper's deadline", deadlineAt.Sub(deletedAt).Round(10*time.Millisecond))
+	case !deletedAt.IsZero():
 		r.deleted = true
 		r.margin = deletedAt.Sub(failedAt)
 		if !failed || !failedAt.Before(deletedAt) {
