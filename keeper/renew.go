@@ -37,6 +37,7 @@ type result struct {
 	ttl      time.Duration    // TTL the server set; zero if the lease RPC failed
 	sent     time.Time        // when the successful lease request was sent
 	started  time.Time        // when the attempt started
+	live     bool             // whether a live lease was held when it started
 	deadline time.Time        // the new local deadline when ttl > 0
 	err      error            // classified; nil when every key is written
 }
@@ -56,7 +57,8 @@ func (k *Keeper) fire() {
 	now := time.Now()
 	k.checkTimeLocked(now)
 	id, renew, deadline, tm := k.leaseID, k.leaseID != 0 && !k.gone, k.deadline, k.timing()
-	if !k.liveLocked(now) && k.retries > 0 {
+	live := k.liveLocked(now)
+	if !live && k.retries > 0 {
 		// No live lease to protect: instead of waiting out the backoff idle,
 		// leave the attempt outstanding for it. A member that answers again
 		// (a healed partition, a thawed process) then answers this request
@@ -71,7 +73,7 @@ func (k *Keeper) fire() {
 	} else {
 		r = k.regrant(id, tm)
 	}
-	r.started = now
+	r.started, r.live = now, live
 
 	// A new lease replaces the old one only after the server said it does
 	// not know the old one, so there is nothing left to revoke.
@@ -196,8 +198,14 @@ func (k *Keeper) applyLocked(r result) {
 	}
 	if k.recoveringLocked() {
 		// The backoff counts from the start of the failed attempt: an
-		// attempt that waited out its timeout already spent it.
-		k.scheduleLocked(max(k.retryDelayLocked(kind, now)-now.Sub(r.started), 0))
+		// attempt that waited out its timeout already spent it. The first
+		// attempt after the lease stopped being live starts at once: it
+		// stays outstanding for the backoff (see fire).
+		d := max(k.retryDelayLocked(kind, now)-now.Sub(r.started), 0)
+		if r.live && !k.liveLocked(now) {
+			d = 0
+		}
+		k.scheduleLocked(d)
 	}
 	if kind == lkerrors.ClusterUnreachable {
 		k.watchConnLocked()

@@ -241,7 +241,7 @@ func TestSilentMemberIsHedged(t *testing.T) {
 // nothing signals it) the request in flight is answered at once, whenever
 // the partition ends.
 func TestHealsWithinARoundTripAfterSilentPartition(t *testing.T) {
-	for _, outage := range []time.Duration{20 * time.Second, 31*time.Second + 700*time.Millisecond, 44*time.Second + 300*time.Millisecond, time.Minute + 2100*time.Millisecond} {
+	for _, outage := range []time.Duration{10 * time.Second, 12 * time.Second, 20 * time.Second, 31*time.Second + 700*time.Millisecond, 44*time.Second + 300*time.Millisecond, time.Minute + 2100*time.Millisecond} {
 		t.Run(outage.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := newFake()
