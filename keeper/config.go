@@ -59,6 +59,10 @@ type Config struct {
 
 	// Callbacks receive every transition.
 	Callbacks Callbacks
+
+	// Observers are told of every attempt and transition, for metrics and
+	// health adapters. Nil means none.
+	Observers []Observer
 }
 
 // BackoffConfig paces retries: the n-th consecutive retry waits

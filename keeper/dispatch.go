@@ -1,6 +1,10 @@
 package keeper
 
 import (
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
@@ -11,7 +15,7 @@ import (
 // it runs. The dispatcher exits when the queue is empty, so an idle keeper
 // has no goroutine.
 func (k *Keeper) enqueueLocked(t statemachine.Transition) {
-	k.queue = append(k.queue, t)
+	k.queue = append(k.queue, queued{t, k.leaseID, k.deadline})
 	if k.dispatching {
 		return
 	}
@@ -31,16 +35,17 @@ func (k *Keeper) dispatch() {
 			k.mu.Unlock()
 			return
 		}
-		t := k.queue[0]
-		k.queue[0] = statemachine.Transition{}
+		q := k.queue[0]
+		k.queue[0] = queued{}
 		k.queue = k.queue[1:]
 		k.mu.Unlock()
-		k.logTransition(t)
-		k.deliver(t)
+		k.logTransition(q)
+		k.deliver(q.t)
 	}
 }
 
 func (k *Keeper) deliver(t statemachine.Transition) {
+	k.observeTransition(t)
 	cb := k.cfg.Callbacks
 	k.call("OnTransition", cb.OnTransition, t)
 	if t.From == statemachine.Healthy {
@@ -68,8 +73,31 @@ func (k *Keeper) call(name string, f func(statemachine.Transition), t statemachi
 	f(t)
 }
 
-func (k *Keeper) logTransition(t statemachine.Transition) {
-	fields := []zap.Field{zap.Stringer("from", t.From), zap.Stringer("to", t.To)}
+// recoverObserver recovers a panicking observer; deferred by its callers.
+func (k *Keeper) recoverObserver(method string) {
+	if p := recover(); p != nil {
+		k.log.Error("observer panicked", zap.String("method", method), zap.Any("panic", p))
+	}
+}
+
+// queued is a transition waiting for the callbacks, with the lease held and
+// its local deadline when it happened, for the log line.
+type queued struct {
+	t        statemachine.Transition
+	lease    clientv3.LeaseID
+	deadline time.Time
+}
+
+// logTransition writes one structured line: from, to, the cause's kind,
+// the lease and the time left before its local deadline.
+func (k *Keeper) logTransition(q queued) {
+	t := q.t
+	left := time.Duration(0)
+	if !q.deadline.IsZero() {
+		left = max(q.deadline.Sub(t.At), 0)
+	}
+	fields := []zap.Field{zap.Stringer("from", t.From), zap.Stringer("to", t.To),
+		zap.String("lease", strconv.FormatInt(int64(q.lease), 16)), zap.Duration("time_left", left)}
 	if t.Cause != nil {
 		fields = append(fields, zap.String("kind", lkerrors.KindOf(t.Cause).String()), zap.Error(t.Cause))
 	}

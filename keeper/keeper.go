@@ -52,12 +52,13 @@ type Keeper struct {
 	running   bool
 	retries   int
 	lastErr   error
-	watching  bool // a goroutine waits for the connection to be READY
+	watching  bool      // a goroutine waits for the connection to be READY
+	warnedAt  time.Time // last "renewal failing" warning, for sampling
 	unwatch   context.CancelFunc
 	progress  chan struct{} // closed and replaced after every attempt
 	// Callback dispatch: transitions waiting, and the channel closed when
 	// the dispatcher has drained them.
-	queue       []statemachine.Transition
+	queue       []queued
 	dispatching bool
 	drained     chan struct{}
 }

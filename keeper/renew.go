@@ -3,6 +3,7 @@ package keeper
 import (
 	"context"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -68,12 +69,17 @@ func (k *Keeper) fire() {
 	k.mu.Unlock()
 
 	var r result
+	op := "renew"
 	if renew {
 		r = k.renew(id, deadline, tm)
 	} else {
+		op = "grant"
 		r = k.regrant(id, tm)
 	}
 	r.started, r.live = now, live
+	if k.ctx.Err() == nil || lkerrors.KindOf(r.err) != lkerrors.Canceled {
+		k.observeAttempt(op, time.Since(now), r.err)
+	}
 
 	// A new lease replaces the old one only after the server said it does
 	// not know the old one, so there is nothing left to revoke.
@@ -163,7 +169,7 @@ func (k *Keeper) applyLocked(r result) {
 		k.ttl, k.deadline = r.ttl, r.deadline
 	}
 	if r.err == nil {
-		k.retries, k.lastErr = 0, nil
+		k.retries, k.lastErr, k.warnedAt = 0, nil, time.Time{}
 		ev := statemachine.RenewOK
 		if r.granted {
 			ev = statemachine.Recovered
@@ -180,8 +186,7 @@ func (k *Keeper) applyLocked(r result) {
 	kind := lkerrors.KindOf(r.err)
 	k.lastErr = r.err
 	k.retries++
-	k.log.Debug("attempt failed", zap.Int64("lease", int64(r.id)), zap.Int("retries", k.retries),
-		zap.String("kind", kind.String()), zap.Error(r.err))
+	k.logFailureLocked(r, kind, now)
 	switch {
 	case kind == lkerrors.LeaseExpired:
 		k.gone, k.retries = true, 0
@@ -257,4 +262,21 @@ func (k *Keeper) scheduleLocked(d time.Duration) {
 	k.stopTimer(&k.attemptT)
 	k.attemptAt = time.Now().Add(d)
 	k.attemptT = time.AfterFunc(d, k.fire)
+}
+
+// failureLogEvery is how often an outage repeats its warning.
+const failureLogEvery = 30 * time.Second
+
+// logFailureLocked logs a failed attempt: a warning for the first failure
+// after a success and then at most one every failureLogEvery, so an outage
+// does not flood the log; every attempt at debug level.
+func (k *Keeper) logFailureLocked(r result, kind lkerrors.Kind, now time.Time) {
+	fields := []zap.Field{zap.String("lease", strconv.FormatInt(int64(r.id), 16)), zap.Int("failures", k.retries),
+		zap.String("kind", kind.String()), zap.Error(r.err)}
+	if k.warnedAt.IsZero() || now.Sub(k.warnedAt) >= failureLogEvery {
+		k.warnedAt = now
+		k.log.Warn("lease keeper renewal failing", fields...)
+		return
+	}
+	k.log.Debug("attempt failed", fields...)
 }

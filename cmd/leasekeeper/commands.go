@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -17,6 +19,7 @@ import (
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
 	"github.com/leasekeeper/leasekeeper/internal/sidecar"
 	"github.com/leasekeeper/leasekeeper/keeper"
+	"github.com/leasekeeper/leasekeeper/keeper/metrics"
 )
 
 const closeTimeout = 5 * time.Second
@@ -145,14 +148,19 @@ func newClient(cfg clientv3.Config) (*clientv3.Client, error) {
 
 // hold builds the keeper and runs the sidecar.
 func hold(ctx context.Context, cli *clientv3.Client, c common, out *sidecar.Output, opts sidecar.Options) (int, error) {
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = c.ttl
 	cfg.Logger = out.Logger()
 	cfg.Callbacks.OnTransition = out.OnTransition()
+	cfg.Observers = []keeper.Observer{m}
 	k, err := keeper.New(cli, cfg)
 	if err != nil {
 		return 0, err
 	}
+	m.Track(k)
+	opts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	opts.HealthAddr = c.healthAddr
 	opts.StartTimeout = c.ttl
 	opts.CloseTimeout = closeTimeout

@@ -81,6 +81,10 @@ func TestReadyzFlipsDuringOutage(t *testing.T) {
 	if code, h := readyz(t, addr); code != http.StatusOK || h["state"] != "healthy" || h["lease_id"] == "" {
 		t.Fatalf("/readyz = %d %v, want 200 healthy with a lease", code, h)
 	}
+	if code, body := get(t, "http://"+addr+"/metrics"); code != http.StatusOK ||
+		!strings.Contains(string(body), `leasekeeper_state{state="healthy"} 1`) {
+		t.Errorf("/metrics = %d, want 200 with leasekeeper_state healthy 1:\n%s", code, body)
+	}
 	srv.Stop()
 	p.waitLine(`healthy -> degraded`, 10*time.Second)
 	if code, h := readyz(t, addr); code != http.StatusServiceUnavailable || h["state"] == "healthy" {

@@ -51,9 +51,13 @@ func Snapshot(s Status) Health {
 }
 
 // Handler serves /healthz (200 while the process lives) and /readyz (200
-// only while Healthy, 503 otherwise), both with a Health body.
-func Handler(s Status) http.Handler {
+// only while Healthy, 503 otherwise), both with a Health body, and
+// /metrics from metrics when it is not nil.
+func Handler(s Status, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeHealth(w, http.StatusOK, Snapshot(s))
 	})

@@ -25,6 +25,8 @@ type Options struct {
 	Command []string
 	// HealthAddr, when set, is where /healthz and /readyz are served.
 	HealthAddr string
+	// Metrics, when set, is served as /metrics beside them.
+	Metrics http.Handler
 	// StartTimeout bounds the wait for the first registration; after it
 	// the keeper goes on trying in the background.
 	StartTimeout time.Duration
@@ -38,7 +40,7 @@ type Options struct {
 // registration could not be revoked.
 func Run(ctx context.Context, k *keeper.Keeper, out *Output, opts Options) (int, error) {
 	if opts.HealthAddr != "" {
-		stop, err := serveHealth(opts.HealthAddr, k, out)
+		stop, err := serveHealth(opts.HealthAddr, Handler(k, opts.Metrics), out)
 		if err != nil {
 			return 1, err
 		}
@@ -125,14 +127,13 @@ func exitCode(err error) int {
 	return ee.ExitCode()
 }
 
-// serveHealth serves the health endpoints on addr until the returned
-// function is called.
-func serveHealth(addr string, s Status, out *Output) (func(), error) {
+// serveHealth serves h on addr until the returned function is called.
+func serveHealth(addr string, h http.Handler, out *Output) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("health server: %w", err)
 	}
-	srv := &http.Server{Handler: Handler(s), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

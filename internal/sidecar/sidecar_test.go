@@ -48,7 +48,7 @@ func TestHandler(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rr := httptest.NewRecorder()
-			Handler(tc.status).ServeHTTP(rr, httptest.NewRequest(http.MethodGet, tc.path, nil))
+			Handler(tc.status, nil).ServeHTTP(rr, httptest.NewRequest(http.MethodGet, tc.path, nil))
 			if rr.Code != tc.wantCode {
 				t.Errorf("GET %s = %d, want %d", tc.path, rr.Code, tc.wantCode)
 			}
@@ -68,7 +68,7 @@ func TestHandler(t *testing.T) {
 		})
 	}
 	rr := httptest.NewRecorder()
-	Handler(fakeStatus{}).ServeHTTP(rr, httptest.NewRequest(http.MethodPost, "/readyz", nil))
+	Handler(fakeStatus{}, nil).ServeHTTP(rr, httptest.NewRequest(http.MethodPost, "/readyz", nil))
 	if rr.Code != http.StatusMethodNotAllowed {
 		t.Errorf("POST /readyz = %d, want 405", rr.Code)
 	}

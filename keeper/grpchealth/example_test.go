@@ -1,0 +1,33 @@
+package grpchealth_test
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/leasekeeper/leasekeeper/keeper/grpchealth"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// Keep the health status of "api" in step with the keeper: add the tracker
+// to keeper.Config.Observers. Here transitions are fed by hand.
+func Example() {
+	hs := health.NewServer()
+	tr := grpchealth.New(hs, "api", healthpb.HealthCheckResponse_SERVING)
+	show := func() {
+		resp, _ := hs.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "api"})
+		fmt.Println(resp.Status)
+	}
+	show()
+	for _, to := range []statemachine.State{statemachine.Healthy, statemachine.Degraded, statemachine.Failed} {
+		tr.ObserveTransition(statemachine.Transition{To: to})
+		show()
+	}
+	// Output:
+	// NOT_SERVING
+	// SERVING
+	// SERVING
+	// NOT_SERVING
+}
