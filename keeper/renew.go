@@ -23,9 +23,14 @@ type timing struct {
 // timing returns the timing for the lease held, or for the TTL asked before
 // the first grant. Called with mu held.
 func (k *Keeper) timing() timing {
-	c := k.cfg
-	if k.ttl > 0 {
-		c.TTL = k.ttl
+	return k.cfg.timingFor(k.ttl)
+}
+
+// timingFor returns the timing for a lease granted with ttl; zero means the
+// TTL asked.
+func (c Config) timingFor(ttl time.Duration) timing {
+	if ttl > 0 {
+		c.TTL = ttl
 	}
 	r := c.resolved()
 	return timing{renewTimeout: r.RenewTimeout, margin: r.Margin, threshold: r.DegradeThreshold}
@@ -112,7 +117,7 @@ func (k *Keeper) renew(id clientv3.LeaseID, deadline time.Time, tm timing) resul
 	r := result{id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
 	// The server reset the lease no earlier than when the request was sent,
 	// so its expiry is no earlier than sent+ttl.
-	r.deadline = sent.Add(r.ttl - k.marginFor(r.ttl))
+	r.deadline = sent.Add(r.ttl - k.cfg.timingFor(r.ttl).margin)
 	r.err = k.writePending(id, r.deadline, tm)
 	return r
 }
@@ -127,7 +132,7 @@ func (k *Keeper) regrant(old clientv3.LeaseID, tm timing) result {
 		return result{granted: true, err: k.classify(err)}
 	}
 	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
-	r.deadline = sent.Add(r.ttl - k.marginFor(r.ttl))
+	r.deadline = sent.Add(r.ttl - k.cfg.timingFor(r.ttl).margin)
 
 	k.mu.Lock()
 	if k.closed {
@@ -149,12 +154,6 @@ func (k *Keeper) regrant(old clientv3.LeaseID, tm timing) result {
 	k.log.Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(old)), zap.Duration("ttl", r.ttl))
 	r.err = k.writePending(id, r.deadline, tm)
 	return r
-}
-
-func (k *Keeper) marginFor(ttl time.Duration) time.Duration {
-	c := k.cfg
-	c.TTL = ttl
-	return c.resolved().Margin
 }
 
 // applyLocked feeds an attempt's result to the state machine and schedules
