@@ -73,16 +73,11 @@ func (m *marks) wait(names []string, t0 time.Time, timeout time.Duration) {
 }
 
 func faultFigures(bin string, o options, r *report) error {
-	dir, err := os.MkdirTemp("", "leasekeeper-compare")
+	c, stop, err := oneMember(bin)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	c, err := integration.StartCluster(bin, dir, 1)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer stop()
 	var runs []faultRun
 	for i := range o.runs {
 		progress("fault run %d/%d", i+1, o.runs)
@@ -94,6 +89,23 @@ func faultFigures(bin string, o options, r *report) error {
 	}
 	r.add(faultSections(runs, o.ttl))
 	return nil
+}
+
+// oneMember starts a one-member etcd in a temporary directory; stop stops
+// it and removes the directory.
+func oneMember(bin string) (c *integration.Cluster, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "leasekeeper-compare")
+	if err != nil {
+		return nil, nil, err
+	}
+	if c, err = integration.StartCluster(bin, dir, 1); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return c, func() {
+		c.Close()
+		_ = os.RemoveAll(dir)
+	}, nil
 }
 
 func newClient(endpoints []string, opts ...grpc.DialOption) (*clientv3.Client, error) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -40,16 +39,11 @@ func measure(p *integration.Proxy) usage {
 }
 
 func scaleFigures(bin string, o options, r *report) error {
-	dir, err := os.MkdirTemp("", "leasekeeper-compare-scale")
+	c, stop, err := oneMember(bin)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	c, err := integration.StartCluster(bin, dir, 1)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer stop()
 	target := strings.TrimPrefix(c.Members[0].ClientURL, "http://")
 
 	progress("renewal cost: %d keepers for %s", o.leases, o.scaleFor)
@@ -142,17 +136,30 @@ func closeKeepers(ks []*keeper.Keeper) {
 	}
 }
 
-func keeperCost(target string, o options) (usage, error) {
+// proxied returns a counting proxy in front of target and a client through
+// it; closeAll closes both.
+func proxied(target string) (*integration.Proxy, *clientv3.Client, func(), error) {
 	p, err := integration.NewProxy(target)
 	if err != nil {
-		return usage{}, err
+		return nil, nil, nil, err
 	}
-	defer p.Close()
 	cli, err := newClient([]string{p.URL()})
+	if err != nil {
+		p.Close()
+		return nil, nil, nil, err
+	}
+	return p, cli, func() {
+		_ = cli.Close()
+		p.Close()
+	}, nil
+}
+
+func keeperCost(target string, o options) (usage, error) {
+	p, cli, closeAll, err := proxied(target)
 	if err != nil {
 		return usage{}, err
 	}
-	defer func() { _ = cli.Close() }()
+	defer closeAll()
 	idle := measure(p)
 	ks, err := startKeepers(cli, o.leases, 10*time.Second, "cost/keeper/")
 	defer closeKeepers(ks)
@@ -163,16 +170,11 @@ func keeperCost(target string, o options) (usage, error) {
 }
 
 func keepAliveCost(target string, o options) (usage, error) {
-	p, err := integration.NewProxy(target)
+	p, cli, closeAll, err := proxied(target)
 	if err != nil {
 		return usage{}, err
 	}
-	defer p.Close()
-	cli, err := newClient([]string{p.URL()})
-	if err != nil {
-		return usage{}, err
-	}
-	defer func() { _ = cli.Close() }()
+	defer closeAll()
 	idle := measure(p)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
