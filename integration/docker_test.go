@@ -84,25 +84,8 @@ func startDocker(t *testing.T) *dockerTier {
 func (d *dockerTier) waitReady(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for _, ep := range d.endpoints {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, err = cli.Get(ctx, "health")
-			cancel()
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				_ = cli.Close()
-				t.Fatalf("%s not ready: %v", ep, err)
-			}
-			<-time.After(200 * time.Millisecond)
-		}
-		_ = cli.Close()
+	if err := WaitServing(d.endpoints, deadline); err != nil {
+		t.Fatal(err)
 	}
 	for d.readyz(t) != http.StatusOK {
 		if time.Now().After(deadline) {

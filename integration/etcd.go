@@ -202,12 +202,20 @@ func (c *Cluster) Leader(ctx context.Context) (int, error) {
 // WaitReady waits until a linearizable read succeeds on every running
 // member.
 func (c *Cluster) WaitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+	var eps []string
 	for _, m := range c.Members {
-		if m.cmd == nil {
-			continue
+		if m.cmd != nil {
+			eps = append(eps, m.ClientURL)
 		}
-		cli, err := c.Client([]string{m.ClientURL})
+	}
+	return WaitServing(eps, time.Now().Add(timeout))
+}
+
+// WaitServing waits until a linearizable read succeeds on each endpoint,
+// asked alone, or deadline passes.
+func WaitServing(endpoints []string, deadline time.Time) error {
+	for _, ep := range endpoints {
+		cli, err := newClient([]string{ep})
 		if err != nil {
 			return err
 		}
@@ -222,7 +230,7 @@ func (c *Cluster) WaitReady(timeout time.Duration) error {
 		}
 		_ = cli.Close()
 		if err != nil {
-			return fmt.Errorf("%s not ready after %s: %w", m.Name, timeout, err)
+			return fmt.Errorf("%s not serving by the deadline: %w", ep, err)
 		}
 	}
 	return nil
@@ -230,6 +238,10 @@ func (c *Cluster) WaitReady(timeout time.Duration) error {
 
 // Client returns a client of the given endpoints that logs nothing.
 func (c *Cluster) Client(endpoints []string) (*clientv3.Client, error) {
+	return newClient(endpoints)
+}
+
+func newClient(endpoints []string) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 }
 

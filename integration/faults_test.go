@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -114,7 +116,7 @@ func TestFaultsExternalDelete(t *testing.T) {
 		t.Errorf("after an external delete: state %v, key restored %v; want healthy, not restored (today's behaviour)", state, restored)
 	}
 	// Put the key back so that finish's registration check holds.
-	if _, err := s.obs.Put(context.Background(), s.keys[0], "v", clientv3WithLease(s.k.LeaseID())); err != nil {
+	if _, err := s.obs.Put(context.Background(), s.keys[0], "v", clientv3.WithLease(s.k.LeaseID())); err != nil {
 		t.Fatal(err)
 	}
 	s.mu.Lock()

@@ -293,5 +293,3 @@ func (s *scenario) checkKeys() {
 		}
 	}
 }
-
-func clientv3WithLease(id clientv3.LeaseID) clientv3.OpOption { return clientv3.WithLease(id) }
