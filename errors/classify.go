@@ -69,6 +69,9 @@ func classify(err error, conn connKnowledge) Kind {
 	if k, ok := etcdKind(err); ok {
 		return k
 	}
+	if tlsRefusal(err) {
+		return PermissionDenied
+	}
 	switch {
 	case stderrors.Is(err, context.Canceled):
 		return Canceled

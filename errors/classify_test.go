@@ -2,6 +2,7 @@ package errors_test
 
 import (
 	"context"
+	"crypto/x509"
 	stderrors "errors"
 	"fmt"
 	"io"
@@ -53,6 +54,17 @@ func TestClassify(t *testing.T) {
 		{"errno reset", syscall.ECONNRESET, lkerrors.ClusterUnreachable},
 		{"eof", io.EOF, lkerrors.ClusterUnreachable},
 		{"plain error", stderrors.New("something odd"), lkerrors.Unknown},
+		// What gRPC v1.85 and crypto/tls returned against an etcd that
+		// requires client certificates (see the keeper's secure tests).
+		{"server certificate untrusted", status.Error(codes.Unavailable, `connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"`), lkerrors.PermissionDenied},
+		{"client certificate refused", status.Error(codes.Unavailable, `connection error: desc = "error reading server preface: remote error: tls: unknown certificate authority"`), lkerrors.PermissionDenied},
+		{"refused while waiting for a connection", status.Error(codes.DeadlineExceeded, `latest balancer error: connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate has expired or is not yet valid"`), lkerrors.PermissionDenied},
+		{"typed unknown authority", x509.UnknownAuthorityError{}, lkerrors.PermissionDenied},
+		{"typed hostname mismatch", x509.HostnameError{Host: "etcd-1"}, lkerrors.PermissionDenied},
+		{"remote certificate alert", &net.OpError{Op: "remote error", Err: stderrors.New("tls: bad certificate")}, lkerrors.PermissionDenied},
+		{"remote alert about something else", &net.OpError{Op: "remote error", Err: stderrors.New("tls: internal error")}, lkerrors.ClusterUnreachable},
+		{"connection closed without a tls word", status.Error(codes.Unavailable, "write tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe"), lkerrors.ClusterUnreachable},
+		{"tls words under another code", status.Error(codes.Internal, "x509: certificate signed by unknown authority"), lkerrors.Unknown},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,6 +17,11 @@
 //     gRPC status values etcd defines), never by message text alone: a
 //     NotFound code means "lease not found" for a keepalive but "member not
 //     found" elsewhere, so the code alone does not decide.
+//   - A TLS handshake that refused a certificate (the server's, or the
+//     client's) is [PermissionDenied]: retrying soon cannot fix it. gRPC
+//     keeps that failure only as text in its status, so the words of gRPC's
+//     transport and of crypto/tls are matched, under codes Unavailable and
+//     DeadlineExceeded only; x509 and crypto/tls errors are matched by type.
 //   - Every gRPC code and every error value in etcd's rpctypes package maps to
 //     exactly one kind; anything unrecognised is [Unknown], which is
 //     retryable.

@@ -24,8 +24,9 @@ const (
 	// LeaseExpired means the server no longer knows the lease: grant a new one
 	// instead of renewing.
 	LeaseExpired
-	// PermissionDenied means authentication or authorization failed. Retrying
-	// quickly cannot help; retry at the slowest pace.
+	// PermissionDenied means authentication or authorization failed: a wrong
+	// password, a missing permission, or a TLS handshake that refused a
+	// certificate. Retrying quickly cannot help; retry at the slowest pace.
 	PermissionDenied
 	// InvalidArgument means the request itself is wrong (a caller bug): empty
 	// key, TTL too large, too many operations. Retrying cannot help.
