@@ -6,6 +6,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 )
 
@@ -45,12 +46,16 @@ func newClientBackend(cli *clientv3.Client) *clientBackend {
 	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli)}
 }
 
+// grant waits for a ready connection like clientv3's Grant, but returns
+// gRPC's status as it is: when the wait ends at ctx's deadline, its text
+// says why no connection was ready (a refused certificate, say), which
+// clientv3 would replace with the bare context error.
 func (b *clientBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID, int64, error) {
-	r, err := b.cli.Grant(ctx, ttl)
+	r, err := b.lease.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: ttl}, grpc.WaitForReady(true))
 	if err != nil {
 		return 0, 0, err
 	}
-	return r.ID, r.TTL, nil
+	return clientv3.LeaseID(r.ID), r.TTL, nil
 }
 
 // keepAliveOnce sends one keepalive on a stream of its own. Unlike
