@@ -9,14 +9,15 @@ import (
 // delay returns the wait before the n-th consecutive retry (n >= 1) after an
 // error of kind k. u in [0, 1) draws the jitter.
 //
-// Errors that retrying cannot fix quickly wait MaxDelay, so a revoked
-// permission or a full disk never becomes a hot loop; a rate limit counts as
-// one more failure than it is.
+// Errors that retrying cannot fix quickly wait MaxDelay or a little more,
+// so a revoked permission or a full disk is retried at most once per
+// MaxDelay and never becomes a hot loop; a rate limit counts as one more
+// failure than it is.
 func (b BackoffConfig) delay(n int, k lkerrors.Kind, u float64) time.Duration {
 	switch k {
 	case lkerrors.PermissionDenied, lkerrors.InvalidArgument, lkerrors.NoSpace:
-		// Jitter only downwards: never wait longer than the cap.
-		return time.Duration(float64(b.MaxDelay) * (1 - b.Jitter*u))
+		// Jitter only upwards: never retry sooner than the cap.
+		return time.Duration(float64(b.MaxDelay) * (1 + b.Jitter*u))
 	case lkerrors.RateLimited:
 		n++
 	}

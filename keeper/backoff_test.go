@@ -20,9 +20,9 @@ func TestBackoffBounds(t *testing.T) {
 		{"fifth retry", 5, lkerrors.ClusterUnreachable, 1280 * time.Millisecond, 1920 * time.Millisecond},
 		{"capped", 30, lkerrors.Unknown, 4 * time.Second, 5 * time.Second},
 		{"rate limited is one step slower", 1, lkerrors.RateLimited, 160 * time.Millisecond, 240 * time.Millisecond},
-		{"permission denied waits the cap", 1, lkerrors.PermissionDenied, 4 * time.Second, 5 * time.Second},
-		{"no space waits the cap", 1, lkerrors.NoSpace, 4 * time.Second, 5 * time.Second},
-		{"invalid argument waits the cap", 1, lkerrors.InvalidArgument, 4 * time.Second, 5 * time.Second},
+		{"permission denied waits the cap", 1, lkerrors.PermissionDenied, 5 * time.Second, 6 * time.Second},
+		{"no space waits the cap", 1, lkerrors.NoSpace, 5 * time.Second, 6 * time.Second},
+		{"invalid argument waits the cap", 1, lkerrors.InvalidArgument, 5 * time.Second, 6 * time.Second},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

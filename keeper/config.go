@@ -76,8 +76,10 @@ type BackoffConfig struct {
 	// value, so that keepers restarted together do not retry together.
 	// Default 0.2; must be in [0, 1).
 	Jitter float64
-	// MaxDelay caps every wait; errors that retrying cannot fix quickly
-	// (permission denied, no space) wait this long. Default 5s.
+	// MaxDelay caps the waits of retryable errors. Errors that retrying
+	// cannot fix quickly (permission denied, no space, invalid argument)
+	// wait at least this long, spread upwards by Jitter, so such an error is
+	// retried at most once per MaxDelay. Default 5s.
 	MaxDelay time.Duration
 }
 

@@ -24,7 +24,7 @@ type fakeBackend struct {
 	err     error         // when set, every call fails at once with it
 	latency time.Duration // each call takes this long
 	minTTL  int64         // grants below it are rounded up, as etcd does
-	refuse  string        // keys with this prefix are refused with permission denied
+	refuse  string        // keys with this prefix are refused with permission denied, and so are renewals of leases holding one, as etcd v3.7 does
 	hang    int           // this many next keepalives hang, as on a silent member
 	calls   map[string]int
 	expired []string // keys deleted by lease expiry, in order
@@ -134,6 +134,11 @@ func (f *fakeBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (i
 	if !ok {
 		return 0, rpctypes.ErrLeaseNotFound
 	}
+	for key, v := range f.kvs {
+		if v.lease == id && f.refused(key) {
+			return 0, rpctypes.ErrPermissionDenied
+		}
+	}
 	l.expires = time.Now().Add(time.Duration(l.ttl) * time.Second)
 	return l.ttl, nil
 }
@@ -162,7 +167,7 @@ func (f *fakeBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) er
 		return rpctypes.ErrTooManyOps
 	}
 	for _, p := range kvs {
-		if f.refuse != "" && strings.HasPrefix(p.key, f.refuse) {
+		if f.refused(p.key) {
 			return rpctypes.ErrPermissionDenied
 		}
 	}
@@ -248,6 +253,19 @@ func (f *fakeBackend) restart() {
 	for _, l := range f.leases {
 		l.expires = time.Now().Add(time.Duration(l.ttl) * time.Second)
 	}
+}
+
+// refused reports whether the user may not write key. Called with mu held.
+func (f *fakeBackend) refused(key string) bool {
+	return f.refuse != "" && strings.HasPrefix(key, f.refuse)
+}
+
+// setRefuse revokes the permission to write keys with prefix; "" grants
+// every key again.
+func (f *fakeBackend) setRefuse(prefix string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refuse = prefix
 }
 
 func (f *fakeBackend) setErr(err error) {

@@ -1,0 +1,148 @@
+package keeper
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// attempts records every attempt a keeper reports to its observers.
+type attempts struct {
+	mu  sync.Mutex
+	all []attempt
+}
+
+type attempt struct {
+	op   string
+	at   time.Time
+	kind lkerrors.Kind
+	err  error
+}
+
+func (a *attempts) ObserveAttempt(op string, _ time.Duration, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.all = append(a.all, attempt{op, time.Now(), lkerrors.KindOf(err), err})
+}
+
+func (a *attempts) ObserveTransition(statemachine.Transition) {}
+
+// since returns the attempts at or after t.
+func (a *attempts) since(t time.Time) []attempt {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []attempt
+	for _, x := range a.all {
+		if !x.at.Before(t) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// TestPermissionRevokedWhileRunning: etcd refuses renewals once the user
+// may no longer write the lease's keys. The keeper is Failed at once with
+// PermissionDenied, tries no more than once per backoff cap while the
+// permission stays revoked (the lease expiring on the server adds one
+// immediate re-grant), and recovers by itself once it is granted back.
+func TestPermissionRevokedWhileRunning(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		obs := &attempts{}
+		var lost atomic.Int32
+		k, rec := newTest(t, f, func(c *Config) {
+			c.Observers = []Observer{obs}
+			c.Callbacks.OnLost = func(statemachine.Transition) { lost.Add(1) }
+		})
+		startHealthy(t, k, "svc/a", "svc/b")
+
+		f.setRefuse("svc/")
+		revoked := time.Now()
+		const window = 10 * time.Minute
+		time.Sleep(window)
+		if got := k.State(); got != statemachine.Failed {
+			t.Fatalf("State() while revoked = %v, want failed", got)
+		}
+		if !errors.Is(k.Err(), lkerrors.ErrPermissionDenied) {
+			t.Errorf("Err() = %v, want PermissionDenied", k.Err())
+		}
+		if got := lost.Load(); got != 1 {
+			t.Errorf("OnLost calls = %d, want 1", got)
+		}
+		if at := rec.at(statemachine.Failed); at.Sub(revoked) > k.cfg.TTL/3+time.Second {
+			t.Errorf("Failed %v after the revoke, want by the next renewal (%v)", at.Sub(revoked), k.cfg.TTL/3)
+		}
+
+		capDelay := k.cfg.Backoff.MaxDelay
+		tries := obs.since(revoked)
+		if limit := int(window/capDelay) + 2; len(tries) > limit {
+			t.Errorf("%d attempts in %v of revoked permission, want at most %d (one per %v cap)", len(tries), window, limit, capDelay)
+		}
+		if floor := int(window/(capDelay+capDelay/5)) - 2; len(tries) < floor {
+			t.Errorf("%d attempts in %v, want at least %d: the keeper must keep trying", len(tries), window, floor)
+		}
+		var quick int
+		for i := 1; i < len(tries); i++ {
+			if tries[i-1].err == nil {
+				continue // the renewal interval, not a retry
+			}
+			if gap := tries[i].at.Sub(tries[i-1].at); gap < capDelay {
+				quick++
+				if tries[i-1].kind != lkerrors.LeaseExpired {
+					t.Errorf("attempt %d came %v after a %v failure, want at least the cap %v", i, gap, tries[i-1].kind, capDelay)
+				}
+			}
+		}
+		if quick > 1 {
+			t.Errorf("%d attempts sooner than the cap, want at most the one re-grant after the lease expired", quick)
+		}
+
+		f.setRefuse("")
+		granted := time.Now()
+		for k.State() != statemachine.Healthy && time.Since(granted) < 2*capDelay {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got := k.State(); got != statemachine.Healthy {
+			t.Fatalf("State() %v after the permission came back = %v, want healthy", time.Since(granted), got)
+		}
+		for _, key := range []string{"svc/a", "svc/b"} {
+			if v, ok := f.get(key); !ok || v.lease != k.LeaseID() {
+				t.Errorf("%s = %+v (present %v), want it on lease %x", key, v, ok, k.LeaseID())
+			}
+		}
+		mustClose(t, k)
+	})
+}
+
+// TestPermissionDeniedAtStart: Start returns the classified error after
+// one attempt, and the keeper goes on at the cap's pace in the background.
+func TestPermissionDeniedAtStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		obs := &attempts{}
+		k, _ := newTest(t, f, func(c *Config) { c.Observers = []Observer{obs} })
+		f.setRefuse("svc/")
+		if err := k.Register(context.Background(), "svc/a", "v"); err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		if err := k.Start(context.Background()); !errors.Is(err, lkerrors.ErrPermissionDenied) {
+			t.Fatalf("Start() = %v, want PermissionDenied", err)
+		}
+		if took := time.Since(began); took > time.Second {
+			t.Errorf("Start took %v, want it to return at the first refusal", took)
+		}
+		time.Sleep(time.Minute)
+		if n, limit := len(obs.since(began)), int(time.Minute/k.cfg.Backoff.MaxDelay)+1; n > limit {
+			t.Errorf("%d attempts in a minute, want at most %d", n, limit)
+		}
+		mustClose(t, k)
+	})
+}
