@@ -2,6 +2,8 @@ package keeper
 
 import (
 	"context"
+	"errors"
+	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -34,16 +36,24 @@ type backend interface {
 	// waitReady returns true once the connection is READY, false when ctx
 	// ends first.
 	waitReady(ctx context.Context) bool
+	// close releases what the backend keeps between calls; the keeper
+	// calls it once, at Close, after its last attempt.
+	close()
 }
 
 // clientBackend is the backend over a real etcd client.
 type clientBackend struct {
-	cli   *clientv3.Client
-	lease pb.LeaseClient
+	cli     *clientv3.Client
+	lease   pb.LeaseClient
+	streams *streams
 }
 
+// newClientBackend returns the backend over cli. Renewal streams are kept
+// open between renewals when cli authenticates with a password: etcd's
+// client authenticates again at every stream it opens.
 func newClientBackend(cli *clientv3.Client) *clientBackend {
-	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli)}
+	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli),
+		streams: newStreams(cli, cli.Username != "" && cli.Password != "")}
 }
 
 // grant waits for a ready connection like clientv3's Grant, but returns
@@ -58,21 +68,41 @@ func (b *clientBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID,
 	return clientv3.LeaseID(r.ID), r.TTL, nil
 }
 
-// keepAliveOnce sends one keepalive on a stream of its own. Unlike
+// keepAliveOnce sends one keepalive and waits for its reply. Unlike
 // clientv3's KeepAliveOnce it does not retry inside the call, so the
-// attempt's deadline and the keeper's backoff stay in charge, and the next
-// attempt opens a new stream that the balancer may send to another member.
+// attempt's deadline and the keeper's backoff stay in charge. A stream that
+// is abandoned at the deadline or fails is closed, so the next attempt opens
+// a new one, which the balancer may send to another member.
 func (b *clientBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := b.lease.LeaseKeepAlive(ctx)
-	if err != nil {
-		return 0, clientv3.ContextError(ctx, err)
+	for {
+		s, reused, err := b.streams.get(ctx)
+		if err != nil {
+			return 0, clientv3.ContextError(ctx, err)
+		}
+		ttl, err := b.keepAliveOn(ctx, s, id)
+		if err != nil && reused && ctx.Err() == nil {
+			// A stream kept idle may have died meanwhile (a restarted
+			// member, an expired token): try again on a new one.
+			continue
+		}
+		return ttl, err
 	}
-	if err := stream.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)}); err != nil {
-		return 0, clientv3.ContextError(ctx, err)
+}
+
+// keepAliveOn renews id on s within ctx; s ends if ctx ends first.
+func (b *clientBackend) keepAliveOn(ctx context.Context, s *renewStream, id clientv3.LeaseID) (int64, error) {
+	stop := context.AfterFunc(ctx, s.cancel)
+	err := s.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)})
+	var resp *pb.LeaseKeepAliveResponse
+	if err == nil || errors.Is(err, io.EOF) {
+		// A broken stream's Send says only EOF; Recv says why.
+		resp, err = s.Recv()
 	}
-	resp, err := stream.Recv()
+	if stopped := stop(); err != nil || !stopped {
+		s.cancel()
+	} else {
+		b.streams.put(s)
+	}
 	if err != nil {
 		return 0, clientv3.ContextError(ctx, err)
 	}
@@ -81,6 +111,9 @@ func (b *clientBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) 
 	}
 	return resp.TTL, nil
 }
+
+// close ends the renewal stream kept between renewals.
+func (b *clientBackend) close() { b.streams.close() }
 
 func (b *clientBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
 	_, err := b.cli.Revoke(ctx, id)

@@ -213,6 +213,8 @@ func (f *fakeBackend) waitReady(ctx context.Context) bool {
 	}
 }
 
+func (f *fakeBackend) close() {}
+
 // setDown cuts the keeper off (every call hangs) or reconnects it.
 func (f *fakeBackend) setDown(down bool) {
 	f.mu.Lock()

@@ -302,6 +302,7 @@ func (k *Keeper) Close(ctx context.Context) error {
 
 	// Attempts in flight end promptly: their context is canceled.
 	k.wg.Wait()
+	k.b.close()
 	var err error
 	if id != 0 {
 		k.writeMu.Lock()
