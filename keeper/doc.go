@@ -50,11 +50,40 @@
 //     goroutine that holds no lock of the keeper; a slow callback delays only
 //     later callbacks, a panicking one is recovered and logged.
 //   - Renewals are scheduled with timers: a keeper between renewals costs a
-//     timer, not a goroutine.
+//     timer, not a goroutine. The one exception is a client with a password
+//     (see Secure clusters).
 //   - Close stops every timer, revokes the lease (the server deletes its keys
 //     at once) and leaves no goroutine behind once its callbacks returned.
 //   - Errors are classified (see package errors): errors.Is matches both the
 //     kind and the original cause.
+//
+// # Secure clusters
+//
+// The keeper uses the client as it is configured: TLS, client
+// certificates, a user and password, or the common name of the client
+// certificate as the user. What etcd refuses is reported as
+// PermissionDenied: a wrong password, a permission the user's role lacks,
+// a TLS handshake that refused a certificate. Such an error makes the
+// keeper Failed at once (Start returns it at the first refusal) and is
+// retried at most once per Backoff.MaxDelay, never in a hot loop; once an
+// operator grants the permission back, the next attempt heals the
+// registration. etcd (v3.7) refuses to renew a lease when the user may no
+// longer write one of its keys, so a revoked permission shows at the next
+// renewal. A key the role may not write is refused at Register and never
+// joins the lease; one refused while every key is written again is dropped
+// and logged, and the other keys stay registered.
+//
+// With a password, etcd's client authenticates again at every stream it
+// opens, which costs the server a bcrypt check and a raft write. The keeper
+// therefore keeps its renewal stream open between renewals on such a
+// client (one gRPC goroutine per keeper) and opens a new one only after an
+// error or an abandoned attempt. A client identified by its certificate's
+// common name needs no authentication and keeps no stream.
+//
+// With TLS 1.3 a server checks the client's certificate after the client's
+// handshake is done, so a refused client certificate may reach the client
+// as a dropped connection before the server's alert: the keeper then
+// reports ClusterUnreachable until an attempt reads the alert.
 //
 // # Non-guarantees
 //
