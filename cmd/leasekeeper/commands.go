@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/internal/demo"
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
 	"github.com/leasekeeper/leasekeeper/internal/sidecar"
@@ -106,7 +107,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 	}
 	cli, err := newClient(cfg)
 	if err != nil {
-		return 0, fmt.Errorf("etcd client: %w", err)
+		return 0, fmt.Errorf("etcd client: %w", lkerrors.Classify(err))
 	}
 	defer func() { _ = cli.Close() }()
 	return hold(ctx, cli, c, out, sidecar.Options{Key: *key, Value: *value, Command: fs.Args()})

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -204,42 +203,6 @@ func get(t *testing.T, url string) (int, []byte) {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	return resp.StatusCode, body
-}
-
-// TestPasswordNeverPrinted runs with a password from the environment and
-// from a file, in both output formats, and greps everything the command
-// printed and served.
-func TestPasswordNeverPrinted(t *testing.T) {
-	_, cli := etcdServer(t)
-	const secret = "s3cret-Pa55word"
-	file := filepath.Join(t.TempDir(), "password")
-	if err := os.WriteFile(file, []byte("file-"+secret+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name string
-		env  []string
-		args []string
-	}{
-		{"env human", []string{PasswordEnv + "=" + secret}, nil},
-		{"file json", nil, []string{"--password-file", file, "--log-format", "json"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			args := append([]string{"run", "--endpoints", cli.Endpoints()[0], "--key", "svc/pw", "--ttl", "3s",
-				"--user", "bob", "--health-addr", "127.0.0.1:0"}, tc.args...)
-			p := start(t, tc.env, args...)
-			addr := p.waitLine(`health endpoints.*addr[=":]+([0-9.:]+)`, 20*time.Second)[1]
-			p.waitLine(`registered`, 20*time.Second)
-			_, health := get(t, "http://"+addr+"/healthz")
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			p.wait(10 * time.Second)
-			for what, text := range map[string]string{"stdout": p.output(), "stderr": p.stderr.String(), "/healthz": string(health)} {
-				if strings.Contains(text, secret) {
-					t.Errorf("%s contains the password:\n%s", what, text)
-				}
-			}
-		})
-	}
 }
 
 // TestRunWithTLS runs against an etcd that requires client certificates:
