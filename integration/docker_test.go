@@ -35,9 +35,9 @@ type dockerTier struct {
 	health    string   // the sidecar's health address on the host
 }
 
-// startDocker brings the compose cluster up for the test, or skips it with
-// the reason.
-func startDocker(t *testing.T) *dockerTier {
+// dockerPreflight skips the test, with the reason, unless the Docker tier
+// is on and its images are built.
+func dockerPreflight(t *testing.T) {
 	t.Helper()
 	if os.Getenv(DockerSwitch) != "1" {
 		t.Skipf("Docker tier off: set %s=1 after docker/build.sh to run it", DockerSwitch)
@@ -50,6 +50,13 @@ func startDocker(t *testing.T) *dockerTier {
 			t.Fatalf("image %s missing: run docker/build.sh first", img)
 		}
 	}
+}
+
+// startDocker brings the compose cluster up for the test, or skips it with
+// the reason.
+func startDocker(t *testing.T) *dockerTier {
+	t.Helper()
+	dockerPreflight(t)
 	ports, err := freeport.Get(4)
 	if err != nil {
 		t.Fatal(err)

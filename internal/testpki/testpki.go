@@ -58,19 +58,20 @@ func NewCA(dir, name string) (*CA, error) {
 	return ca, writePEM(ca.CertFile, "CERTIFICATE", der)
 }
 
-// Server issues a server certificate for 127.0.0.1 and localhost that also
-// serves as a client certificate, as etcd's peers need.
-func (ca *CA) Server(name string) (Pair, error) {
-	return ca.issue(name, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, true)
+// Server issues a server certificate for 127.0.0.1, localhost and hosts
+// that also serves as a client certificate, as etcd's peers need.
+func (ca *CA) Server(name string, hosts ...string) (Pair, error) {
+	return ca.issue(name, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		append([]string{"localhost"}, hosts...))
 }
 
 // Client issues a client certificate with common name cn; etcd takes the
 // common name as the user name when client certificate auth is on.
 func (ca *CA) Client(cn string) (Pair, error) {
-	return ca.issue(cn, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false)
+	return ca.issue(cn, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil)
 }
 
-func (ca *CA) issue(cn string, usage []x509.ExtKeyUsage, hosts bool) (Pair, error) {
+func (ca *CA) issue(cn string, usage []x509.ExtKeyUsage, hosts []string) (Pair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Pair{}, err
@@ -84,9 +85,9 @@ func (ca *CA) issue(cn string, usage []x509.ExtKeyUsage, hosts bool) (Pair, erro
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  usage,
 	}
-	if hosts {
+	if hosts != nil {
 		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.DNSNames = []string{"localhost"}
+		tmpl.DNSNames = hosts
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
