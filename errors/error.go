@@ -25,6 +25,7 @@ var (
 	ErrPermissionDenied   error = &Error{Kind: PermissionDenied}
 	ErrInvalidArgument    error = &Error{Kind: InvalidArgument}
 	ErrCanceled           error = &Error{Kind: Canceled}
+	ErrKeyTaken           error = &Error{Kind: KeyTaken}
 )
 
 // Sentinel returns the kind sentinel for k (ErrLeaseExpired for
@@ -49,6 +50,8 @@ func (k Kind) Sentinel() error {
 		return ErrInvalidArgument
 	case Canceled:
 		return ErrCanceled
+	case KeyTaken:
+		return ErrKeyTaken
 	}
 	return ErrUnknown
 }

@@ -33,6 +33,10 @@ const (
 	InvalidArgument
 	// Canceled means the caller's own context ended or the client was closed.
 	Canceled
+	// KeyTaken means another holder has a key the caller may write only if
+	// it is absent or its own (an exclusive key). Retry by the backoff; do
+	// not overwrite it.
+	KeyTaken
 
 	numKinds = iota
 )
@@ -48,6 +52,7 @@ var kindNames = [numKinds]string{
 	PermissionDenied:   "permission denied",
 	InvalidArgument:    "invalid argument",
 	Canceled:           "canceled",
+	KeyTaken:           "key taken",
 }
 
 // String returns the kind's name in lower case, for example "lease expired".
