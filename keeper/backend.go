@@ -6,6 +6,7 @@ import (
 	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -14,6 +15,22 @@ import (
 
 // kv is one registered key and its value.
 type kv struct{ key, value string }
+
+// putResult is what a successful put wrote: the revision of its
+// transaction and each key's create revision, in the order of the kvs.
+type putResult struct {
+	rev    int64
+	create []int64
+}
+
+// acquireResult is what an acquire found: on success the revisions as for
+// a put; otherwise the lease and create revision of the holder.
+type acquireResult struct {
+	ok     bool
+	rev    int64
+	create int64
+	holder clientv3.LeaseID
+}
 
 // backend is everything the keeper asks of etcd. The real one wraps a
 // clientv3.Client; tests substitute a fake that runs on synctest's fake time.
@@ -28,7 +45,17 @@ type backend interface {
 	// revoke revokes lease id, deleting its keys.
 	revoke(ctx context.Context, id clientv3.LeaseID) error
 	// put writes kvs attached to lease id in one transaction.
-	put(ctx context.Context, id clientv3.LeaseID, kvs []kv) error
+	put(ctx context.Context, id clientv3.LeaseID, kvs []kv) (putResult, error)
+	// acquire writes p attached to lease id only if the key is absent or
+	// already on lease id; otherwise it reports the holder's lease.
+	acquire(ctx context.Context, id clientv3.LeaseID, p kv) (acquireResult, error)
+	// read reads the keys in [start, end) and the revision it read them at.
+	read(ctx context.Context, start, end string) (int64, []*mvccpb.KeyValue, error)
+	// watch watches [start, end) from revision rev, with the previous
+	// values of deleted keys.
+	watch(ctx context.Context, start, end string, rev int64) clientv3.WatchChan
+	// watches reports whether watch works; the tests' fake cannot watch.
+	watches() bool
 	// del deletes key if it is attached to lease id.
 	del(ctx context.Context, id clientv3.LeaseID, key string) error
 	// connState is the state of the client's connection now.
@@ -120,13 +147,74 @@ func (b *clientBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
 	return err
 }
 
-func (b *clientBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) error {
+func (b *clientBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) (putResult, error) {
 	ops := make([]clientv3.Op, len(kvs))
 	for i, p := range kvs {
-		ops[i] = clientv3.OpPut(p.key, p.value, clientv3.WithLease(id))
+		ops[i] = clientv3.OpPut(p.key, p.value, clientv3.WithLease(id), clientv3.WithPrevKV())
 	}
-	_, err := b.cli.Txn(ctx).Then(ops...).Commit()
-	return err
+	resp, err := b.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return putResult{}, err
+	}
+	r := putResult{rev: resp.Header.Revision, create: make([]int64, len(kvs))}
+	for i, op := range resp.Responses {
+		r.create[i] = createRevision(op.GetResponsePut().GetPrevKv(), r.rev)
+	}
+	return r, nil
+}
+
+// createRevision is the create revision of a key put at rev whose previous
+// value was prev (nil: the put created it).
+func createRevision(prev *mvccpb.KeyValue, rev int64) int64 {
+	if prev == nil {
+		return rev
+	}
+	return prev.CreateRevision
+}
+
+// acquire puts p if the key does not exist, or else if it is on lease id;
+// otherwise it reads the key to name its holder. One transaction, nested.
+func (b *clientBackend) acquire(ctx context.Context, id clientv3.LeaseID, p kv) (acquireResult, error) {
+	put := clientv3.OpPut(p.key, p.value, clientv3.WithLease(id), clientv3.WithPrevKV())
+	resp, err := b.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(p.key), "=", 0)).
+		Then(put).
+		Else(clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(p.key), "=", id)},
+			[]clientv3.Op{put},
+			[]clientv3.Op{clientv3.OpGet(p.key)})).
+		Commit()
+	if err != nil {
+		return acquireResult{}, err
+	}
+	rev := resp.Header.Revision
+	if resp.Succeeded {
+		return acquireResult{ok: true, rev: rev, create: rev}, nil
+	}
+	inner := resp.Responses[0].GetResponseTxn()
+	if inner.GetSucceeded() {
+		prev := inner.Responses[0].GetResponsePut().GetPrevKv()
+		return acquireResult{ok: true, rev: rev, create: createRevision(prev, rev)}, nil
+	}
+	r := acquireResult{rev: rev}
+	if kvs := inner.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		r.holder, r.create = clientv3.LeaseID(kvs[0].Lease), kvs[0].CreateRevision
+	}
+	return r, nil
+}
+
+func (b *clientBackend) read(ctx context.Context, start, end string) (int64, []*mvccpb.KeyValue, error) {
+	resp, err := b.cli.Get(ctx, start, clientv3.WithRange(end))
+	if err != nil {
+		return 0, nil, err
+	}
+	return resp.Header.Revision, resp.Kvs, nil
+}
+
+func (b *clientBackend) watches() bool { return true }
+
+func (b *clientBackend) watch(ctx context.Context, start, end string, rev int64) clientv3.WatchChan {
+	return b.cli.Watch(clientv3.WithRequireLeader(ctx), start, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithPrevKV())
 }
 
 func (b *clientBackend) del(ctx context.Context, id clientv3.LeaseID, key string) error {

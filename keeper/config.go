@@ -48,6 +48,12 @@ type Config struct {
 	// background once it is Failed. Default false: the keeper heals itself.
 	DisableRecovery bool
 
+	// DisableWatch stops the keeper from watching its keys. Default false:
+	// from Start on, one goroutine watches the smallest key range holding
+	// every registered key (keep a keeper's keys under one prefix) and acts
+	// on keys deleted or overwritten behind its back by their Policy.
+	DisableWatch bool
+
 	// MaxTxnOps is the number of keys written per transaction when all keys
 	// are written again; it must not exceed the server's --max-txn-ops.
 	// Default 128, etcd's default.
@@ -100,6 +106,10 @@ type Callbacks struct {
 	// OnLost is called when the keeper enters Failed: the registration must
 	// be assumed gone.
 	OnLost func(statemachine.Transition)
+	// OnKeyEvent is called when a registered key was deleted or overwritten
+	// behind the keeper's back, or an exclusive key was taken or acquired,
+	// once the keeper acted on it by the key's policy.
+	OnKeyEvent func(KeyEvent)
 }
 
 // DefaultConfig returns a fresh Config with the documented defaults.

@@ -15,7 +15,16 @@ import (
 // it runs. The dispatcher exits when the queue is empty, so an idle keeper
 // has no goroutine.
 func (k *Keeper) enqueueLocked(t statemachine.Transition) {
-	k.queue = append(k.queue, queued{t, k.leaseID, k.deadline})
+	k.queueLocked(queued{t: t, lease: k.leaseID, deadline: k.deadline})
+}
+
+// keyEventLocked queues ev for the callbacks, in order with transitions.
+func (k *Keeper) keyEventLocked(ev KeyEvent) {
+	k.queueLocked(queued{ev: &ev})
+}
+
+func (k *Keeper) queueLocked(q queued) {
+	k.queue = append(k.queue, q)
 	if k.dispatching {
 		return
 	}
@@ -39,6 +48,10 @@ func (k *Keeper) dispatch() {
 		k.queue[0] = queued{}
 		k.queue = k.queue[1:]
 		k.mu.Unlock()
+		if q.ev != nil {
+			k.deliverKeyEvent(*q.ev)
+			continue
+		}
 		k.logTransition(q)
 		k.deliver(q.t)
 	}
@@ -81,11 +94,36 @@ func (k *Keeper) recoverObserver(method string) {
 }
 
 // queued is a transition waiting for the callbacks, with the lease held and
-// its local deadline when it happened, for the log line.
+// its local deadline when it happened, for the log line; or a key event.
 type queued struct {
 	t        statemachine.Transition
 	lease    clientv3.LeaseID
 	deadline time.Time
+	ev       *KeyEvent
+}
+
+// deliverKeyEvent logs ev and hands it to OnKeyEvent.
+func (k *Keeper) deliverKeyEvent(ev KeyEvent) {
+	fields := []zap.Field{zap.String("key", ev.Key), zap.Stringer("change", ev.Change), zap.Stringer("policy", ev.Policy),
+		zap.Bool("ours", ev.Ours), zap.String("holder", strconv.FormatInt(int64(ev.Holder), 16)), zap.Int64("revision", ev.Revision)}
+	if ev.Err != nil {
+		fields = append(fields, zap.Error(ev.Err))
+	}
+	if ev.Ours {
+		k.log.Info("registered key "+ev.Change.String(), fields...)
+	} else {
+		k.log.Warn("registered key "+ev.Change.String(), fields...)
+	}
+	f := k.cfg.Callbacks.OnKeyEvent
+	if f == nil {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			k.log.Error("callback panicked", zap.String("callback", "OnKeyEvent"), zap.Any("panic", p), zap.String("key", ev.Key))
+		}
+	}()
+	f(ev)
 }
 
 // logTransition writes one structured line: from, to, the cause's kind,

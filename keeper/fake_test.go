@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/connectivity"
@@ -28,6 +29,7 @@ type fakeBackend struct {
 	hang    int           // this many next keepalives hang, as on a silent member
 	calls   map[string]int
 	expired []string // keys deleted by lease expiry, in order
+	rev     int64    // revision of the last write
 }
 
 type fakeLease struct {
@@ -36,8 +38,9 @@ type fakeLease struct {
 }
 
 type fakeKV struct {
-	value string
-	lease clientv3.LeaseID
+	value  string
+	lease  clientv3.LeaseID
+	create int64 // revision the key was created at
 }
 
 func newFake() *fakeBackend {
@@ -155,27 +158,74 @@ func (f *fakeBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
 	return nil
 }
 
-func (f *fakeBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) error {
+func (f *fakeBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) (putResult, error) {
 	if err := f.call(ctx, "put"); err != nil {
-		return err
+		return putResult{}, err
 	}
 	defer f.mu.Unlock()
 	if _, ok := f.leases[id]; !ok {
-		return rpctypes.ErrLeaseNotFound
+		return putResult{}, rpctypes.ErrLeaseNotFound
 	}
 	if len(kvs) > 128 {
-		return rpctypes.ErrTooManyOps
+		return putResult{}, rpctypes.ErrTooManyOps
 	}
 	for _, p := range kvs {
 		if f.refused(p.key) {
-			return rpctypes.ErrPermissionDenied
+			return putResult{}, rpctypes.ErrPermissionDenied
 		}
 	}
+	f.rev++
+	r := putResult{rev: f.rev}
 	for _, p := range kvs {
-		f.kvs[p.key] = fakeKV{p.value, id}
+		r.create = append(r.create, f.putLocked(id, p))
 	}
-	return nil
+	return r, nil
 }
+
+// putLocked writes p on lease id at the current revision and returns the
+// key's create revision.
+func (f *fakeBackend) putLocked(id clientv3.LeaseID, p kv) int64 {
+	create := f.rev
+	if old, ok := f.kvs[p.key]; ok {
+		create = old.create
+	}
+	f.kvs[p.key] = fakeKV{p.value, id, create}
+	return create
+}
+
+func (f *fakeBackend) acquire(ctx context.Context, id clientv3.LeaseID, p kv) (acquireResult, error) {
+	if err := f.call(ctx, "acquire"); err != nil {
+		return acquireResult{}, err
+	}
+	defer f.mu.Unlock()
+	if old, ok := f.kvs[p.key]; ok && old.lease != id {
+		return acquireResult{rev: f.rev, holder: old.lease, create: old.create}, nil
+	}
+	if _, ok := f.leases[id]; !ok {
+		return acquireResult{}, rpctypes.ErrLeaseNotFound
+	}
+	f.rev++
+	return acquireResult{ok: true, rev: f.rev, create: f.putLocked(id, p)}, nil
+}
+
+func (f *fakeBackend) read(ctx context.Context, start, end string) (int64, []*mvccpb.KeyValue, error) {
+	if err := f.call(ctx, "read"); err != nil {
+		return 0, nil, err
+	}
+	defer f.mu.Unlock()
+	var out []*mvccpb.KeyValue
+	for k, v := range f.kvs {
+		if k >= start && k < end {
+			out = append(out, &mvccpb.KeyValue{Key: []byte(k), Value: []byte(v.value), Lease: int64(v.lease), CreateRevision: v.create})
+		}
+	}
+	return f.rev, out, nil
+}
+
+// The fake cannot watch; the keeper's watch tests run on etcd.
+func (f *fakeBackend) watches() bool { return false }
+
+func (f *fakeBackend) watch(context.Context, string, string, int64) clientv3.WatchChan { return nil }
 
 func (f *fakeBackend) del(ctx context.Context, id clientv3.LeaseID, key string) error {
 	if err := f.call(ctx, "del"); err != nil {

@@ -44,6 +44,19 @@ type Keeper struct {
 	gone     bool
 	keys     map[string]string
 	pending  map[string]bool // keys not yet known written with leaseID
+	// Integrity of the keys: policies other than Restore, what the keeper
+	// last wrote of each key, exclusive keys another holder has, restore
+	// contests; the timer that retries taken and contested keys by the
+	// backoff, and its count; the watcher and the range it watches.
+	policies map[string]Policy
+	own      map[string]owned
+	taken    map[string]*KeyTakenError
+	fights   map[string]fight
+	integT   *time.Timer
+	integN   int
+	watchOn  bool
+	rewatch  chan struct{}
+	wrange   [2]string
 	// Scheduling: the next attempt, the next deadline check, whether an
 	// attempt is in flight, the failures since the last success.
 	attemptT  *time.Timer
@@ -91,6 +104,11 @@ func newKeeper(b backend, cfg Config) (*Keeper, error) {
 		m:        m,
 		keys:     map[string]string{},
 		pending:  map[string]bool{},
+		policies: map[string]Policy{},
+		own:      map[string]owned{},
+		taken:    map[string]*KeyTakenError{},
+		fights:   map[string]fight{},
+		rewatch:  make(chan struct{}, 1),
 		progress: make(chan struct{}),
 		drained:  make(chan struct{}),
 	}
@@ -99,21 +117,31 @@ func newKeeper(b backend, cfg Config) (*Keeper, error) {
 	return k, nil
 }
 
-// Register adds key with value to the registration set. While the keeper
-// holds a live lease the key is written at once and Register returns the
-// classified error of that write; otherwise it is written when Start or
-// recovery writes every key. A key that etcd refuses for good (permission,
-// invalid argument) is dropped from the set again; after a retryable error
-// it stays and the next attempt writes it. Registering a key again replaces
-// its value. An empty key or a closed keeper is an error.
-func (k *Keeper) Register(ctx context.Context, key, value string) error {
+// Register adds key with value to the registration set, with the options
+// given (by default the Restore policy). While the keeper holds a live
+// lease the key is written at once and Register returns the classified
+// error of that write; otherwise it is written when Start or recovery
+// writes every key. A key that etcd refuses for good (permission, invalid
+// argument) is dropped from the set again; after a retryable error it
+// stays and the next attempt writes it. An exclusive key another holder
+// has stays registered and Register returns a *KeyTakenError: the keeper
+// tries again by the backoff. Registering a key again replaces its value
+// and policy. An empty key or a closed keeper is an error.
+func (k *Keeper) Register(ctx context.Context, key, value string, opts ...KeyOption) error {
+	var o keyOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if err := k.lockKey(key); err != nil {
 		return err
 	}
 	defer k.writeMu.Unlock()
 	prev, existed := k.keys[key]
+	prevPolicy := k.policies[key]
 	k.keys[key] = value
+	k.setPolicyLocked(key, o.policy)
 	k.pending[key] = true
+	k.rewatchLocked(key)
 	id, live := k.leaseID, k.liveLocked(time.Now())
 	timeout := k.timing().renewTimeout
 	k.mu.Unlock()
@@ -122,27 +150,45 @@ func (k *Keeper) Register(ctx context.Context, key, value string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := k.b.put(ctx, id, []kv{{key, value}})
-	err = lkerrors.ClassifyConn(err, k.b.connState())
+	err := k.writeKey(ctx, id, kv{key, value}, o.policy)
 
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	switch {
-	case err == nil:
-		if k.leaseID == id {
-			delete(k.pending, key)
-		}
+	case err == nil, lkerrors.KindOf(err) == lkerrors.KeyTaken:
 	case !lkerrors.IsRetryable(err) && !k.closed:
 		if existed {
 			k.keys[key] = prev
+			k.setPolicyLocked(key, prevPolicy)
 		} else {
-			delete(k.keys, key)
-			delete(k.pending, key)
+			k.forgetLocked(key)
 		}
 	default:
 		k.scheduleRetryLocked(lkerrors.KindOf(err))
 	}
 	return err
+}
+
+// setPolicyLocked records key's policy.
+func (k *Keeper) setPolicyLocked(key string, p Policy) {
+	if p == Restore {
+		delete(k.policies, key)
+	} else {
+		k.policies[key] = p
+	}
+	if p != Exclusive {
+		delete(k.taken, key)
+	}
+}
+
+// forgetLocked removes key and everything known of it.
+func (k *Keeper) forgetLocked(key string) {
+	delete(k.keys, key)
+	delete(k.pending, key)
+	delete(k.policies, key)
+	delete(k.own, key)
+	delete(k.taken, key)
+	delete(k.fights, key)
 }
 
 // Deregister removes key from the registration set and, while the keeper
@@ -154,8 +200,7 @@ func (k *Keeper) Deregister(ctx context.Context, key string) error {
 	}
 	defer k.writeMu.Unlock()
 	_, existed := k.keys[key]
-	delete(k.keys, key)
-	delete(k.pending, key)
+	k.forgetLocked(key)
 	id, held := k.leaseID, k.leaseID != 0 && !k.gone
 	timeout := k.timing().renewTimeout
 	k.mu.Unlock()
@@ -202,6 +247,7 @@ func (k *Keeper) Start(ctx context.Context) error {
 	}
 	k.started, k.starting = true, true
 	k.scheduleLocked(0)
+	k.startWatchLocked()
 	k.mu.Unlock()
 
 	for {
@@ -291,6 +337,7 @@ func (k *Keeper) Close(ctx context.Context) error {
 	k.closed = true
 	k.stopTimer(&k.attemptT)
 	k.stopTimer(&k.checkT)
+	k.stopTimer(&k.integT)
 	k.cancel()
 	k.stepLocked(statemachine.Close, nil, time.Now())
 	id := k.leaseID

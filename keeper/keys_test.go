@@ -164,7 +164,7 @@ func TestDeregisterOnlyDeletesOwnKey(t *testing.T) {
 		startHealthy(t, k, "svc/a")
 		// Another writer took the key over with its own lease.
 		other, _, _ := f.grant(context.Background(), 60)
-		if err := f.put(context.Background(), other, []kv{{"svc/a", "theirs"}}); err != nil {
+		if _, err := f.put(context.Background(), other, []kv{{"svc/a", "theirs"}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := k.Deregister(context.Background(), "svc/a"); err != nil {
