@@ -50,12 +50,45 @@
 //     goroutine that holds no lock of the keeper; a slow callback delays only
 //     later callbacks, a panicking one is recovered and logged.
 //   - Renewals are scheduled with timers: a keeper between renewals costs a
-//     timer, not a goroutine. The one exception is a client with a password
-//     (see Secure clusters).
+//     timer, not a goroutine of its renewals. Watching the keys costs one
+//     goroutine from Start on (DisableWatch turns it off), and a client with
+//     a password keeps a renewal stream (see Secure clusters).
 //   - Close stops every timer, revokes the lease (the server deletes its keys
 //     at once) and leaves no goroutine behind once its callbacks returned.
 //   - Errors are classified (see package errors): errors.Is matches both the
 //     kind and the original cause.
+//
+// # Registration integrity
+//
+// From Start on the keeper watches the smallest key range holding its keys
+// (keep them under one prefix) and acts on a key deleted or overwritten
+// behind its back while it holds its lease, by the key's Policy: Restore
+// (the default) writes it back at once, with the next write the cluster
+// sees; ReportOnly leaves it and reports it; Exclusive never overwrites
+// another holder. Each change reaches Callbacks.OnKeyEvent as a KeyEvent
+// that says what happened and who holds the key now. Two keepers restoring
+// one key against each other back off like failed attempts. When the watch
+// breaks (a compacted history after a long disconnection, a lost leader, an
+// error) the keeper reads its keys again and acts on what it finds, so no
+// change goes unnoticed; changes that came and went while it was cut off
+// are seen only by their result.
+//
+// An exclusive key is written in one transaction, only if it is absent or
+// already on the keeper's lease. While another holder has it, Register and
+// Token return a *KeyTakenError (errors.Is(err, ErrKeyTaken)), the keeper
+// reports a Taken event and tries again by the backoff, and at once when
+// the watch sees the key deleted. Such a key does not keep the keeper from
+// Healthy: the lease and the other keys are fine; ask Token whether this
+// keeper holds it.
+//
+// A lease is not a lock. The holder of an exclusive key can be paused (GC,
+// SIGSTOP, a suspended VM) past its lease's expiry, another keeper takes
+// the key, and the first one wakes up still believing it holds it: its
+// next write to a database or a queue races the new holder's. Token returns
+// a fencing token, the lease and the key's create revision; a new holder
+// always gets a higher revision, so a system that keeps the highest token
+// it accepted can refuse the stale holder's write. Pass it along with
+// every write that must be exclusive.
 //
 // # Secure clusters
 //
@@ -92,8 +125,9 @@
 //     with the lease ID as a fencing token to the systems you write to.
 //   - D assumes the local monotonic clock runs at nearly the server's rate;
 //     Margin absorbs small differences only.
-//   - Keys deleted or overwritten by another client while the lease stays
-//     alive are not noticed: the keeper watches its lease, not its keys.
+//   - A change to a key that another client made and undid while the
+//     keeper's watch was broken is not seen: after a break the keeper
+//     compares the keys as they are with what it wrote.
 //   - A key written with Register while the keeper holds no live lease is
 //     written by the next Start or recovery, not at once.
 package keeper

@@ -2,6 +2,7 @@ package keeper_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -113,4 +114,41 @@ func ExampleConfig_Validate() {
 	fmt.Println(cfg.Validate())
 	// Output:
 	// keeper: renew timeout (2s) must be less than a third of the ttl (3s)
+}
+
+// Hold an exclusive key and pass its fencing token to the systems the
+// holder writes to. A second keeper asking for the key is told who has it
+// and waits its turn; it never overwrites the holder.
+func ExampleKeeper_Token() {
+	cli, stop := exampleClient()
+	defer stop()
+	ctx := context.Background()
+
+	newKeeper := func() *keeper.Keeper {
+		cfg := keeper.DefaultConfig()
+		cfg.TTL = 5 * time.Second
+		k, err := keeper.New(cli, cfg)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := k.Register(ctx, "jobs/scheduler/leader", "node-1", keeper.WithPolicy(keeper.Exclusive)); err != nil {
+			log.Fatal(err)
+		}
+		if err := k.Start(ctx); err != nil {
+			log.Fatal(err)
+		}
+		return k
+	}
+	first := newKeeper()
+	defer func() { _ = first.Close(ctx) }()
+	second := newKeeper()
+	defer func() { _ = second.Close(ctx) }()
+
+	tok, err := first.Token("jobs/scheduler/leader")
+	fmt.Println("first holds it:", err == nil, tok.Lease == first.LeaseID())
+	_, err = second.Token("jobs/scheduler/leader")
+	fmt.Println("second:", errors.Is(err, keeper.ErrKeyTaken))
+	// Output:
+	// first holds it: true true
+	// second: true
 }
