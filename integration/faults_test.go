@@ -2,9 +2,11 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/leasekeeper/leasekeeper/statemachine"
@@ -100,30 +102,35 @@ func TestFaultsExternalRevoke(t *testing.T) {
 func TestFaultsExternalDelete(t *testing.T) {
 	s := newScenario(t, "external key delete", 1, ttl1)
 	s.startFault()
-	if _, err := s.obs.Delete(context.Background(), s.keys[0]); err != nil {
-		t.Fatal(err)
-	}
-	s.hold(2 * s.ttl)
-	resp, err := s.obs.Get(context.Background(), s.keys[0])
+	del, err := s.obs.Delete(context.Background(), s.keys[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	restored := len(resp.Kvs) > 0
-	state := s.k.State()
-	// Today the keeper watches its lease, not its keys: it stays healthy
-	// and the key stays deleted. Restoring it is a later issue.
-	if state != statemachine.Healthy || restored {
-		t.Errorf("after an external delete: state %v, key restored %v; want healthy, not restored (today's behaviour)", state, restored)
+	// The keeper watches its keys: the next write the cluster sees puts
+	// the key back on the keeper's lease.
+	var restored *mvccpb.KeyValue
+	for end := time.Now().Add(2 * time.Second); restored == nil && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		resp, err := s.obs.Get(context.Background(), s.keys[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) > 0 {
+			restored = resp.Kvs[0]
+		}
 	}
-	// Put the key back so that finish's registration check holds.
-	if _, err := s.obs.Put(context.Background(), s.keys[0], "v", clientv3.WithLease(s.k.LeaseID())); err != nil {
-		t.Fatal(err)
+	took := time.Since(s.faultStart)
+	if restored == nil || clientv3.LeaseID(restored.Lease) != s.k.LeaseID() {
+		t.Fatalf("after an external delete: key %v, want it restored on lease %x", restored, s.k.LeaseID())
+	}
+	if state := s.k.State(); state != statemachine.Healthy {
+		t.Errorf("after an external delete: state %v, want healthy", state)
 	}
 	s.mu.Lock()
 	s.deletedAt = time.Time{}
 	s.mu.Unlock()
 	s.endFault()
-	s.finish("not noticed: key stays deleted, state healthy")
+	s.finish(fmt.Sprintf("restored by the watch at revision %d (deleted at %d), within %v",
+		restored.ModRevision, del.Header.Revision, took.Round(time.Millisecond)))
 }
 
 // wantPath checks that the keeper went through want in order (other
