@@ -26,10 +26,12 @@ type attempt struct {
 	err  error
 }
 
-func (a *attempts) ObserveAttempt(op string, _ time.Duration, err error) {
+// ObserveAttempt records when the attempt started: the backoff counts from
+// there.
+func (a *attempts) ObserveAttempt(op string, took time.Duration, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.all = append(a.all, attempt{op, time.Now(), lkerrors.KindOf(err), err})
+	a.all = append(a.all, attempt{op, time.Now().Add(-took), lkerrors.KindOf(err), err})
 }
 
 func (a *attempts) ObserveTransition(statemachine.Transition) {}

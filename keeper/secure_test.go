@@ -50,15 +50,17 @@ type attemptLog struct {
 }
 
 type loggedAttempt struct {
-	at   time.Time
+	at   time.Time // when it started
 	kind lkerrors.Kind
 	ok   bool
 }
 
-func (a *attemptLog) ObserveAttempt(_ string, _ time.Duration, err error) {
+// ObserveAttempt logs when the attempt started: the backoff counts from
+// there.
+func (a *attemptLog) ObserveAttempt(_ string, took time.Duration, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.all = append(a.all, loggedAttempt{time.Now(), lkerrors.KindOf(err), err == nil})
+	a.all = append(a.all, loggedAttempt{time.Now().Add(-took), lkerrors.KindOf(err), err == nil})
 }
 
 func (a *attemptLog) ObserveTransition(statemachine.Transition) {}
