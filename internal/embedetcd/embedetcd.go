@@ -81,9 +81,14 @@ func (s *Server) start(timeout time.Duration) error {
 	return nil
 }
 
-// Stop stops the server; its data stays for Restart.
+// Stop stops the server as a crash would: raft and the lease clock stop
+// at once (no lease expires from then on), then the listeners close. Its
+// data stays for Restart. Stop returns once the server is closed, which
+// takes etcd's request timeout (about 7s) while clients hold streams open
+// (a watch, say): etcd waits that long for them to end.
 func (s *Server) Stop() {
 	if s.etcd != nil {
+		s.etcd.Server.HardStop()
 		s.etcd.Close()
 		s.etcd = nil
 	}

@@ -121,10 +121,17 @@ func TestServiceIntegration(t *testing.T) {
 	waitState(t, k, statemachine.Healthy)
 	check(statemachine.Healthy, true, healthpb.HealthCheckResponse_SERVING)
 
-	srv.Stop()
+	// Stopping etcd waits a while for open streams (the keeper's watch) to
+	// end; the keeper goes on meanwhile.
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		srv.Stop()
+	}()
 	waitState(t, k, statemachine.Degraded)
 	check(statemachine.Degraded, false, healthpb.HealthCheckResponse_NOT_SERVING)
 	waitState(t, k, statemachine.Failed)
+	<-stopped
 	if err := srv.Restart(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
