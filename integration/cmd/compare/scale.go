@@ -81,20 +81,30 @@ func scaleFigures(bin string, o options, r *report) error {
 		}))
 
 	progress("idle footprint of %d keepers", o.keepers)
-	g, h, err := footprint(target, o)
+	g, h, err := footprint(target, o, false)
+	if err != nil {
+		return err
+	}
+	gw, hw, err := footprint(target, o, true)
 	if err != nil {
 		return err
 	}
 	r.add(fmt.Sprintf("## 6. Idle footprint of %d keepers on one client\n\n", o.keepers) +
+		"Renewals cost a timer, not a goroutine. Watching the keeper's keys (the default since " +
+		"registration integrity) costs the keeper's watch goroutine and the etcd client's goroutine " +
+		"for that watch; `DisableWatch` turns it off.\n\n" +
 		table([]string{"per keeper", "value", "target"}, [][]string{
-			{"goroutines", fmt.Sprintf("%.4f", g), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(g < 0.01))},
-			{"heap", fmt.Sprintf("%.0f bytes", h), ""},
+			{"goroutines, DisableWatch", fmt.Sprintf("%.4f", g), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(g < 0.01))},
+			{"heap, DisableWatch", fmt.Sprintf("%.0f bytes", h), ""},
+			{"goroutines, watching its key (default)", fmt.Sprintf("%.4f", gw), ""},
+			{"heap, watching its key (default)", fmt.Sprintf("%.0f bytes", hw), ""},
 		}))
 	return nil
 }
 
-// startKeepers starts n keepers with one key each on cli, 32 at a time.
-func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string) ([]*keeper.Keeper, error) {
+// startKeepers starts n keepers with one key each on cli, 32 at a time,
+// watching their keys or not.
+func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string, watch bool) ([]*keeper.Keeper, error) {
 	ks := make([]*keeper.Keeper, n)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -102,6 +112,7 @@ func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string)
 	for i := range ks {
 		cfg := keeper.DefaultConfig()
 		cfg.TTL = ttl
+		cfg.DisableWatch = !watch
 		k, err := keeper.New(cli, cfg)
 		if err != nil {
 			return nil, err
@@ -161,7 +172,7 @@ func keeperCost(target string, o options) (usage, error) {
 	}
 	defer closeAll()
 	idle := measure(p)
-	ks, err := startKeepers(cli, o.leases, 10*time.Second, "cost/keeper/")
+	ks, err := startKeepers(cli, o.leases, 10*time.Second, "cost/keeper/", true)
 	defer closeKeepers(ks)
 	if err != nil {
 		return usage{}, err
@@ -261,7 +272,7 @@ func rewrite(c *integration.Cluster, o options) (time.Duration, time.Duration, e
 }
 
 // footprint returns goroutines and heap bytes per idle keeper.
-func footprint(target string, o options) (float64, float64, error) {
+func footprint(target string, o options, watch bool) (float64, float64, error) {
 	cli, err := newClient([]string{"http://" + target})
 	if err != nil {
 		return 0, 0, err
@@ -271,7 +282,7 @@ func footprint(target string, o options) (float64, float64, error) {
 		return 0, 0, err
 	}
 	idle := measure(nil)
-	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/")
+	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/", watch)
 	defer closeKeepers(ks)
 	if err != nil {
 		return 0, 0, err
