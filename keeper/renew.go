@@ -188,11 +188,7 @@ func (k *Keeper) applyLocked(r result) {
 	k.logFailureLocked(r, kind, now)
 	switch {
 	case kind == lkerrors.LeaseExpired:
-		k.gone, k.retries = true, 0
-		k.stepLocked(statemachine.LeaseLost, r.err, now)
-		if k.recoveringLocked() {
-			k.scheduleLocked(0)
-		}
+		k.leaseLostLocked(r.err, now)
 		return
 	case permanent(r.err):
 		k.stepLocked(statemachine.PermanentFailure, r.err, now)
@@ -213,6 +209,16 @@ func (k *Keeper) applyLocked(r result) {
 	}
 	if kind == lkerrors.ClusterUnreachable {
 		k.watchConnLocked()
+	}
+}
+
+// leaseLostLocked acts on the server's word that the lease is gone (err):
+// the keeper is Failed, and the next attempt, at once, grants a new lease.
+func (k *Keeper) leaseLostLocked(err error, now time.Time) {
+	k.gone, k.retries = true, 0
+	k.stepLocked(statemachine.LeaseLost, err, now)
+	if k.recoveringLocked() && !k.running {
+		k.scheduleLocked(0)
 	}
 }
 

@@ -238,9 +238,21 @@ func (k *Keeper) restoreLocked(key, value string, ev KeyEvent) {
 	if ev.Err = err; err == nil {
 		ev.Ours, ev.Holder = true, id
 	} else {
-		k.scheduleRetryLocked(lkerrors.KindOf(err))
+		k.writeFailedLocked(id, err)
 	}
 	k.keyEventLocked(ev)
+}
+
+// writeFailedLocked acts on a write-back that failed: a lease the server
+// no longer knows is lost (the keys are gone with it, and a new lease
+// writes them all); anything else brings the next attempt forward.
+func (k *Keeper) writeFailedLocked(id clientv3.LeaseID, err error) {
+	switch {
+	case lkerrors.KindOf(err) == lkerrors.LeaseExpired && id == k.leaseID && !k.gone && !k.closed:
+		k.leaseLostLocked(err, time.Now())
+	case lkerrors.KindOf(err) != lkerrors.KeyTaken:
+		k.scheduleRetryLocked(lkerrors.KindOf(err))
+	}
 }
 
 // exclusiveLocked acts on a change to an exclusive key: another holder's
@@ -272,8 +284,8 @@ func (k *Keeper) exclusiveLocked(key, value string, obs *mvccpb.KeyValue, ev Key
 	err := k.writeKey(ctx, id, kv{key, value}, Exclusive)
 	cancel()
 	k.mu.Lock()
-	if err != nil && lkerrors.KindOf(err) != lkerrors.KeyTaken {
-		k.scheduleRetryLocked(lkerrors.KindOf(err))
+	if err != nil {
+		k.writeFailedLocked(id, err)
 	}
 }
 
@@ -301,7 +313,7 @@ func (k *Keeper) integrityRetry() {
 	defer k.wg.Done()
 	if err := k.writePending(id, deadline, tm); err != nil {
 		k.mu.Lock()
-		k.scheduleRetryLocked(lkerrors.KindOf(err))
+		k.writeFailedLocked(id, err)
 		k.mu.Unlock()
 	}
 }
