@@ -36,10 +36,13 @@ type marks struct {
 	at map[string][]time.Time
 }
 
-func (m *marks) set(name string) {
+func (m *marks) set(name string) { m.setAt(name, time.Now()) }
+
+// setAt records that name happened at t.
+func (m *marks) setAt(name string, t time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.at[name] = append(m.at[name], time.Now())
+	m.at[name] = append(m.at[name], t)
 }
 
 // since returns how long after t0 name first happened at or after t0, or
