@@ -236,6 +236,9 @@ func TestIntegrityExclusiveRace(t *testing.T) {
 		t.Errorf("KindOf(%v) = %v, want key taken", err, lkerrors.KindOf(err))
 	}
 	evs[1-holder].waitFor(t, key, keeper.Taken, time.Second)
+	if err := lose.Register(context.Background(), key, "mine-"+key, keeper.WithPolicy(keeper.Exclusive)); !errors.Is(err, keeper.ErrKeyTaken) {
+		t.Errorf("Register of the taken key = %v, want ErrKeyTaken", err)
+	}
 	if v, l, _ := keyLease(t, cli, key); l != win.LeaseID() || v != "mine-"+key {
 		t.Errorf("%s on lease %x, want the holder's %x", key, l, win.LeaseID())
 	}
