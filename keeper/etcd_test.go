@@ -2,6 +2,7 @@ package keeper_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +23,14 @@ func startEtcd(t testing.TB) *clientv3.Client {
 		t.Fatalf("start etcd: %v", err)
 	}
 	t.Cleanup(srv.Stop)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	return newClient(t, clientv3.Config{Endpoints: []string{srv.Endpoint}})
+}
+
+// newClient returns a client with cfg, closed when the test ends.
+func newClient(t testing.TB, cfg clientv3.Config) *clientv3.Client {
+	t.Helper()
+	cfg.DialTimeout, cfg.Logger = 5*time.Second, zap.NewNop()
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		t.Fatalf("etcd client: %v", err)
 	}
@@ -30,34 +38,44 @@ func startEtcd(t testing.TB) *clientv3.Client {
 	return cli
 }
 
-// transitions collects a keeper's transitions and lets a test wait for one.
-type transitions struct {
-	mu   sync.Mutex
-	ts   []statemachine.Transition
-	more chan struct{}
+// closeAtEnd closes k when the test ends.
+func closeAtEnd(t testing.TB, k *keeper.Keeper) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = k.Close(ctx)
+	})
 }
 
-func newTransitions() *transitions { return &transitions{more: make(chan struct{})} }
+// recorded collects what a keeper reports to a callback (transitions, key
+// events) and lets a test wait for one.
+type recorded[T any] struct {
+	mu    sync.Mutex
+	items []T
+	more  chan struct{}
+}
 
-func (r *transitions) record(t statemachine.Transition) {
+func newRecorded[T any]() *recorded[T] { return &recorded[T]{more: make(chan struct{})} }
+
+func (r *recorded[T]) record(x T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.ts = append(r.ts, t)
+	r.items = append(r.items, x)
 	close(r.more)
 	r.more = make(chan struct{})
 }
 
-// waitFor waits until a transition from -> to arrived after the first skip
-// transitions, and returns its index.
-func (r *transitions) waitFor(t *testing.T, from, to statemachine.State, timeout time.Duration) int {
+// waitFor waits until an item matching match arrived and returns the first
+// one and its index; what names it in the failure.
+func (r *recorded[T]) waitFor(t *testing.T, what string, match func(T) bool, timeout time.Duration) (int, T) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
 		r.mu.Lock()
-		for i, tr := range r.ts {
-			if tr.From == from && tr.To == to {
+		for i, x := range r.items {
+			if match(x) {
 				r.mu.Unlock()
-				return i
+				return i, x
 			}
 		}
 		more := r.more
@@ -65,9 +83,25 @@ func (r *transitions) waitFor(t *testing.T, from, to statemachine.State, timeout
 		select {
 		case <-more:
 		case <-deadline:
-			t.Fatalf("no transition %v -> %v within %v; got %v", from, to, timeout, r.ts)
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			t.Fatalf("no %s within %v; got %+v", what, timeout, r.items)
 		}
 	}
+}
+
+// transitions are a keeper's transitions.
+type transitions = recorded[statemachine.Transition]
+
+func newTransitions() *transitions { return newRecorded[statemachine.Transition]() }
+
+// waitTransition waits until a transition from -> to arrived and returns
+// its index.
+func waitTransition(t *testing.T, r *transitions, from, to statemachine.State, timeout time.Duration) int {
+	t.Helper()
+	i, _ := r.waitFor(t, fmt.Sprintf("transition %v -> %v", from, to),
+		func(tr statemachine.Transition) bool { return tr.From == from && tr.To == to }, timeout)
+	return i
 }
 
 // newEtcdKeeper returns a keeper with the given TTL on cli and the recorder
@@ -142,7 +176,7 @@ func TestEtcdRegisterRenewClose(t *testing.T) {
 			t.Errorf("%s present right after Close, want deleted at once", key)
 		}
 	}
-	rec.waitFor(t, statemachine.Healthy, statemachine.Closed, 5*time.Second)
+	waitTransition(t, rec, statemachine.Healthy, statemachine.Closed, 5*time.Second)
 }
 
 func TestEtcdExternalRevokeHeals(t *testing.T) {
@@ -163,8 +197,8 @@ func TestEtcdExternalRevokeHeals(t *testing.T) {
 	if _, err := cli.Revoke(ctx, old); err != nil {
 		t.Fatalf("external revoke: %v", err)
 	}
-	lost := rec.waitFor(t, statemachine.Healthy, statemachine.Failed, 5*time.Second)
-	healed := rec.waitFor(t, statemachine.Failed, statemachine.Healthy, 5*time.Second)
+	lost := waitTransition(t, rec, statemachine.Healthy, statemachine.Failed, 5*time.Second)
+	healed := waitTransition(t, rec, statemachine.Failed, statemachine.Healthy, 5*time.Second)
 	if healed < lost {
 		t.Fatalf("healed at transition %d before lost at %d", healed, lost)
 	}

@@ -3,13 +3,13 @@ package keeper_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/integration"
@@ -17,45 +17,15 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// keyEvents collects a keeper's key events and lets a test wait for one.
-type keyEvents struct {
-	mu   sync.Mutex
-	evs  []keeper.KeyEvent
-	more chan struct{}
-}
+// keyEvents are a keeper's key events.
+type keyEvents = recorded[keeper.KeyEvent]
 
-func newKeyEvents() *keyEvents { return &keyEvents{more: make(chan struct{})} }
-
-func (r *keyEvents) record(ev keeper.KeyEvent) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.evs = append(r.evs, ev)
-	close(r.more)
-	r.more = make(chan struct{})
-}
-
-// waitFor waits for an event on key with change c and returns it.
-func (r *keyEvents) waitFor(t *testing.T, key string, c keeper.Change, timeout time.Duration) keeper.KeyEvent {
+// waitKeyEvent waits for an event on key with change c and returns it.
+func waitKeyEvent(t *testing.T, r *keyEvents, key string, c keeper.Change, timeout time.Duration) keeper.KeyEvent {
 	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		r.mu.Lock()
-		for _, ev := range r.evs {
-			if ev.Key == key && ev.Change == c {
-				r.mu.Unlock()
-				return ev
-			}
-		}
-		more := r.more
-		r.mu.Unlock()
-		select {
-		case <-more:
-		case <-deadline:
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			t.Fatalf("no %v event for %s within %v; got %+v", c, key, timeout, r.evs)
-		}
-	}
+	_, ev := r.waitFor(t, fmt.Sprintf("%v event for %s", c, key),
+		func(ev keeper.KeyEvent) bool { return ev.Key == key && ev.Change == c }, timeout)
+	return ev
 }
 
 // integrityKeeper starts a keeper on cli holding keys registered with
@@ -65,17 +35,13 @@ func integrityKeeper(t *testing.T, cli *clientv3.Client, policy keeper.Policy, k
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = 5 * time.Second
 	cfg.Backoff.MaxDelay = time.Second
-	evs := newKeyEvents()
+	evs := newRecorded[keeper.KeyEvent]()
 	cfg.Callbacks.OnKeyEvent = evs.record
 	k, err := keeper.New(cli, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = k.Close(ctx)
-	})
+	closeAtEnd(t, k)
 	for _, key := range keys {
 		if err := k.Register(context.Background(), key, "mine-"+key, keeper.WithPolicy(policy)); err != nil {
 			t.Fatalf("Register(%q) = %v", key, err)
@@ -117,7 +83,7 @@ func TestIntegrityDeleteRestored(t *testing.T) {
 		t.Fatalf("delete = %v, %v", del, err)
 	}
 	began := time.Now()
-	ev := evs.waitFor(t, "svc/a", keeper.Deleted, 5*time.Second)
+	ev := waitKeyEvent(t, evs, "svc/a", keeper.Deleted, 5*time.Second)
 	took := time.Since(began)
 	if !ev.Ours || ev.Holder != k.LeaseID() || ev.Revision != del.Header.Revision || ev.Err != nil {
 		t.Errorf("event = %+v, want ours on lease %x at revision %d", ev, k.LeaseID(), del.Header.Revision)
@@ -159,7 +125,7 @@ func TestIntegrityOverwrite(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ev := evs.waitFor(t, key, keeper.Overwritten, 5*time.Second)
+			ev := waitKeyEvent(t, evs, key, keeper.Overwritten, 5*time.Second)
 			if ev.Revision != put.Header.Revision || ev.Policy != tc.policy {
 				t.Errorf("event = %+v, want revision %d, policy %v", ev, put.Header.Revision, tc.policy)
 			}
@@ -235,7 +201,7 @@ func TestIntegrityExclusiveRace(t *testing.T) {
 	if lkerrors.KindOf(lkerrors.Classify(err)) != lkerrors.KeyTaken {
 		t.Errorf("KindOf(%v) = %v, want key taken", err, lkerrors.KindOf(err))
 	}
-	evs[1-holder].waitFor(t, key, keeper.Taken, time.Second)
+	waitKeyEvent(t, evs[1-holder], key, keeper.Taken, time.Second)
 	if err := lose.Register(context.Background(), key, "mine-"+key, keeper.WithPolicy(keeper.Exclusive)); !errors.Is(err, keeper.ErrKeyTaken) {
 		t.Errorf("Register of the taken key = %v, want ErrKeyTaken", err)
 	}
@@ -249,7 +215,7 @@ func TestIntegrityExclusiveRace(t *testing.T) {
 	if err := win.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ev := evs[1-holder].waitFor(t, key, keeper.Acquired, 5*time.Second)
+	ev := waitKeyEvent(t, evs[1-holder], key, keeper.Acquired, 5*time.Second)
 	next, err := lose.Token(key)
 	if err != nil || !ev.Ours || next.Lease != lose.LeaseID() || next.Revision <= tok.Revision {
 		t.Errorf("after the holder closed: event %+v, Token = %v, %v; want the other to hold it with revision above %d", ev, next, err, tok.Revision)
@@ -293,11 +259,7 @@ func TestIntegrityCompactedWhileCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer proxy.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{proxy.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cli.Close() }()
+	cli := newClient(t, clientv3.Config{Endpoints: []string{proxy.URL()}})
 	k, evs := integrityKeeper(t, cli, keeper.Restore, "svc/a", "svc/b", "svc/c")
 	startOrFail(t, k)
 
@@ -322,8 +284,8 @@ func TestIntegrityCompactedWhileCutOff(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	del := evs.waitFor(t, "svc/a", keeper.Deleted, 10*time.Second)
-	over := evs.waitFor(t, "svc/b", keeper.Overwritten, 10*time.Second)
+	del := waitKeyEvent(t, evs, "svc/a", keeper.Deleted, 10*time.Second)
+	over := waitKeyEvent(t, evs, "svc/b", keeper.Overwritten, 10*time.Second)
 	for _, ev := range []keeper.KeyEvent{del, over} {
 		if !ev.Ours || ev.Revision < last.Header.Revision {
 			t.Errorf("event %+v: want restored, seen by reading the keys at or after the compaction (%d)", ev, last.Header.Revision)

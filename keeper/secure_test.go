@@ -8,7 +8,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/stats"
 
@@ -91,11 +90,7 @@ func secureKeeper(t *testing.T, cli *clientv3.Client, capDelay time.Duration) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = k.Close(ctx)
-	})
+	closeAtEnd(t, k)
 	return k, rec, log
 }
 
@@ -188,9 +183,7 @@ func TestSecureRenewalsDoNotAuthenticate(t *testing.T) {
 		DialOptions: []grpc.DialOption{grpc.WithStatsHandler(counter)}})
 	k, _, log := secureKeeper(t, cli, time.Second)
 	registerAll(t, k, "svc/a")
-	if err := k.Start(context.Background()); err != nil {
-		t.Fatalf("Start() = %v", err)
-	}
+	startOrFail(t, k)
 	const (
 		auth    = "/etcdserverpb.Auth/Authenticate"
 		renewal = "/etcdserverpb.Lease/LeaseKeepAlive"
@@ -314,28 +307,17 @@ func TestSecureWrongCredentials(t *testing.T) {
 	}
 }
 
-// last returns when the keeper last entered s.
-func (r *transitions) last(s statemachine.State) time.Time {
+// lastEntered returns when the keeper last entered s.
+func lastEntered(r *transitions, s statemachine.State) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var at time.Time
-	for _, tr := range r.ts {
+	for _, tr := range r.items {
 		if tr.To == s {
 			at = tr.At
 		}
 	}
 	return at
-}
-
-func newClient(t *testing.T, cfg clientv3.Config) *clientv3.Client {
-	t.Helper()
-	cfg.DialTimeout, cfg.Logger = 5*time.Second, zap.NewNop()
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
-	return cli
 }
 
 // TestSecurePermissionRevoked: with the role's permission revoked, etcd
@@ -348,16 +330,14 @@ func TestSecurePermissionRevoked(t *testing.T) {
 	const capDelay = 500 * time.Millisecond
 	k, rec, log := secureKeeper(t, cli, capDelay)
 	registerAll(t, k, "svc/a", "svc/b")
-	if err := k.Start(context.Background()); err != nil {
-		t.Fatalf("Start() = %v", err)
-	}
+	startOrFail(t, k)
 	ctx := context.Background()
 
 	if err := c.Revoke(ctx); err != nil {
 		t.Fatal(err)
 	}
 	revoked := time.Now()
-	rec.waitFor(t, statemachine.Healthy, statemachine.Failed, 5*time.Second)
+	waitTransition(t, rec, statemachine.Healthy, statemachine.Failed, 5*time.Second)
 	if !errors.Is(k.Err(), lkerrors.ErrPermissionDenied) {
 		t.Errorf("Err() = %v, want PermissionDenied", k.Err())
 	}
@@ -385,10 +365,10 @@ func TestSecurePermissionRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	granted := time.Now()
-	rec.waitFor(t, statemachine.Failed, statemachine.Healthy, 10*time.Second)
+	waitTransition(t, rec, statemachine.Failed, statemachine.Healthy, 10*time.Second)
 	t.Logf("failed %v after the revoke; %d attempts in %v revoked (cap %v); healthy %v after the grant",
-		rec.last(statemachine.Failed).Sub(revoked).Round(time.Millisecond), len(tries), window, capDelay,
-		rec.last(statemachine.Healthy).Sub(granted).Round(time.Millisecond))
+		lastEntered(rec, statemachine.Failed).Sub(revoked).Round(time.Millisecond), len(tries), window, capDelay,
+		lastEntered(rec, statemachine.Healthy).Sub(granted).Round(time.Millisecond))
 	wantOnLease(t, c.Root(), k.LeaseID(), "svc/a", "svc/b")
 }
 
@@ -402,9 +382,7 @@ func TestSecureKeyOutsidePrefix(t *testing.T) {
 	t.Run("registered while healthy", func(t *testing.T) {
 		k, _, log := secureKeeper(t, cli, time.Second)
 		registerAll(t, k, "svc/a", "svc/b")
-		if err := k.Start(context.Background()); err != nil {
-			t.Fatalf("Start() = %v", err)
-		}
+		startOrFail(t, k)
 		err := k.Register(context.Background(), "other/x", "v")
 		if !errors.Is(err, lkerrors.ErrPermissionDenied) {
 			t.Errorf("Register(other/x) = %v, want PermissionDenied", err)
