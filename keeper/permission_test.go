@@ -3,7 +3,6 @@ package keeper
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -13,42 +12,6 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// attempts records every attempt a keeper reports to its observers.
-type attempts struct {
-	mu  sync.Mutex
-	all []attempt
-}
-
-type attempt struct {
-	op   string
-	at   time.Time
-	kind lkerrors.Kind
-	err  error
-}
-
-// ObserveAttempt records when the attempt started: the backoff counts from
-// there.
-func (a *attempts) ObserveAttempt(op string, took time.Duration, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.all = append(a.all, attempt{op, time.Now().Add(-took), lkerrors.KindOf(err), err})
-}
-
-func (a *attempts) ObserveTransition(statemachine.Transition) {}
-
-// since returns the attempts at or after t.
-func (a *attempts) since(t time.Time) []attempt {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []attempt
-	for _, x := range a.all {
-		if !x.at.Before(t) {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
 // TestPermissionRevokedWhileRunning: etcd refuses renewals once the user
 // may no longer write the lease's keys. The keeper is Failed at once with
 // PermissionDenied, tries no more than once per backoff cap while the
@@ -57,7 +20,7 @@ func (a *attempts) since(t time.Time) []attempt {
 func TestPermissionRevokedWhileRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		obs := &attempts{}
+		obs := &AttemptLog{}
 		var lost atomic.Int32
 		k, rec := newTest(t, f, func(c *Config) {
 			c.Observers = []Observer{obs}
@@ -83,7 +46,7 @@ func TestPermissionRevokedWhileRunning(t *testing.T) {
 		}
 
 		capDelay := k.cfg.Backoff.MaxDelay
-		tries := obs.since(revoked)
+		tries := obs.Since(revoked)
 		if limit := int(window/capDelay) + 2; len(tries) > limit {
 			t.Errorf("%d attempts in %v of revoked permission, want at most %d (one per %v cap)", len(tries), window, limit, capDelay)
 		}
@@ -92,13 +55,13 @@ func TestPermissionRevokedWhileRunning(t *testing.T) {
 		}
 		var quick int
 		for i := 1; i < len(tries); i++ {
-			if tries[i-1].err == nil {
+			if tries[i-1].Err == nil {
 				continue // the renewal interval, not a retry
 			}
-			if gap := tries[i].at.Sub(tries[i-1].at); gap < capDelay {
+			if gap := tries[i].At.Sub(tries[i-1].At); gap < capDelay {
 				quick++
-				if tries[i-1].kind != lkerrors.LeaseExpired {
-					t.Errorf("attempt %d came %v after a %v failure, want at least the cap %v", i, gap, tries[i-1].kind, capDelay)
+				if tries[i-1].Kind != lkerrors.LeaseExpired {
+					t.Errorf("attempt %d came %v after a %v failure, want at least the cap %v", i, gap, tries[i-1].Kind, capDelay)
 				}
 			}
 		}
@@ -128,7 +91,7 @@ func TestPermissionRevokedWhileRunning(t *testing.T) {
 func TestPermissionDeniedAtStart(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		obs := &attempts{}
+		obs := &AttemptLog{}
 		k, _ := newTest(t, f, func(c *Config) { c.Observers = []Observer{obs} })
 		f.setRefuse("svc/")
 		if err := k.Register(context.Background(), "svc/a", "v"); err != nil {
@@ -142,7 +105,7 @@ func TestPermissionDeniedAtStart(t *testing.T) {
 			t.Errorf("Start took %v, want it to return at the first refusal", took)
 		}
 		time.Sleep(time.Minute)
-		if n, limit := len(obs.since(began)), int(time.Minute/k.cfg.Backoff.MaxDelay)+1; n > limit {
+		if n, limit := len(obs.Since(began)), int(time.Minute/k.cfg.Backoff.MaxDelay)+1; n > limit {
 			t.Errorf("%d attempts in a minute, want at most %d", n, limit)
 		}
 		mustClose(t, k)

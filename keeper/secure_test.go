@@ -42,48 +42,14 @@ func connect(t *testing.T, c *secureetcd.Cluster, user, password string, pair te
 	return cli
 }
 
-// attemptLog counts a keeper's attempts and keeps when each ended.
-type attemptLog struct {
-	mu  sync.Mutex
-	all []loggedAttempt
-}
-
-type loggedAttempt struct {
-	at   time.Time // when it started
-	kind lkerrors.Kind
-	ok   bool
-}
-
-// ObserveAttempt logs when the attempt started: the backoff counts from
-// there.
-func (a *attemptLog) ObserveAttempt(_ string, took time.Duration, err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.all = append(a.all, loggedAttempt{time.Now().Add(-took), lkerrors.KindOf(err), err == nil})
-}
-
-func (a *attemptLog) ObserveTransition(statemachine.Transition) {}
-
-func (a *attemptLog) since(t time.Time) []loggedAttempt {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []loggedAttempt
-	for _, x := range a.all {
-		if !x.at.Before(t) {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
 // secureKeeper returns a keeper on cli that retries at most every capDelay.
-func secureKeeper(t *testing.T, cli *clientv3.Client, capDelay time.Duration) (*keeper.Keeper, *transitions, *attemptLog) {
+func secureKeeper(t *testing.T, cli *clientv3.Client, capDelay time.Duration) (*keeper.Keeper, *transitions, *keeper.AttemptLog) {
 	t.Helper()
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = 3 * time.Second
 	cfg.Backoff.BaseDelay = capDelay / 10
 	cfg.Backoff.MaxDelay = capDelay
-	rec, log := newTransitions(), &attemptLog{}
+	rec, log := newTransitions(), &keeper.AttemptLog{}
 	cfg.Callbacks.OnTransition = rec.record
 	cfg.Observers = []keeper.Observer{log}
 	k, err := keeper.New(cli, cfg)
@@ -195,8 +161,8 @@ func TestSecureRenewalsDoNotAuthenticate(t *testing.T) {
 	for ok := 0; ok < renewals && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
 		ok = 0
-		for _, a := range log.since(time.Time{}) {
-			if a.ok {
+		for _, a := range log.Since(time.Time{}) {
+			if a.Err == nil {
 				ok++
 			}
 		}
@@ -285,7 +251,7 @@ func TestSecureWrongCredentials(t *testing.T) {
 			defer cancel()
 			began := time.Now()
 			err := k.Start(ctx)
-			n := len(log.since(began))
+			n := len(log.Since(began))
 			switch kind := lkerrors.KindOf(err); {
 			case kind == lkerrors.ClusterUnreachable && tc.transportToo:
 				// Reported as unreachable at Start's end.
@@ -344,7 +310,7 @@ func TestSecurePermissionRevoked(t *testing.T) {
 	// Stay revoked past the lease's expiry on the server.
 	const window = 6 * time.Second
 	time.Sleep(window - time.Since(revoked))
-	tries := log.since(revoked)
+	tries := log.Since(revoked)
 	if limit := int(window/capDelay) + 2; len(tries) > limit {
 		t.Errorf("%d attempts in %v of revoked permission, want at most %d (one per %v cap)", len(tries), window, limit, capDelay)
 	}
@@ -353,8 +319,8 @@ func TestSecurePermissionRevoked(t *testing.T) {
 	}
 	for i := 1; i < len(tries); i++ {
 		prev := tries[i-1]
-		if gap := tries[i].at.Sub(prev.at); !prev.ok && prev.kind != lkerrors.LeaseExpired && gap < capDelay {
-			t.Errorf("attempt %d came %v after a %v failure, want at least %v", i, gap, prev.kind, capDelay)
+		if gap := tries[i].At.Sub(prev.At); prev.Err != nil && prev.Kind != lkerrors.LeaseExpired && gap < capDelay {
+			t.Errorf("attempt %d came %v after a %v failure, want at least %v", i, gap, prev.Kind, capDelay)
 		}
 	}
 	if got := k.State(); got != statemachine.Failed {
@@ -389,9 +355,9 @@ func TestSecureKeyOutsidePrefix(t *testing.T) {
 		}
 		// The next renewal still succeeds: the refused key never joined
 		// the lease.
-		before := len(log.since(time.Time{}))
+		before := len(log.Since(time.Time{}))
 		deadline := time.Now().Add(5 * time.Second)
-		for len(log.since(time.Time{})) == before && time.Now().Before(deadline) {
+		for len(log.Since(time.Time{})) == before && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		if got := k.State(); got != statemachine.Healthy || k.Keys() != 2 {
