@@ -229,18 +229,27 @@ func (k *Keeper) restoreLocked(key, value string, ev KeyEvent) {
 		k.scheduleIntegrityLocked(lkerrors.Unknown)
 		return
 	}
+	id, err := k.writeBackLocked(kv{key, value}, Restore)
+	if ev.Err = err; err == nil {
+		ev.Ours, ev.Holder = true, id
+	}
+	k.keyEventLocked(ev)
+}
+
+// writeBackLocked writes p by policy with the lease held, bounded like an
+// attempt, and acts on a failure. Called with writeMu and mu held; it
+// releases mu while it writes. It returns the lease it wrote with.
+func (k *Keeper) writeBackLocked(p kv, policy Policy) (clientv3.LeaseID, error) {
 	id, deadline, tm := k.leaseID, k.deadline, k.timing()
 	k.mu.Unlock()
 	ctx, cancel := k.attemptCtx(tm, deadline)
-	err := k.writeKey(ctx, id, kv{key, value}, Restore)
+	err := k.writeKey(ctx, id, p, policy)
 	cancel()
 	k.mu.Lock()
-	if ev.Err = err; err == nil {
-		ev.Ours, ev.Holder = true, id
-	} else {
+	if err != nil {
 		k.writeFailedLocked(id, err)
 	}
-	k.keyEventLocked(ev)
+	return id, err
 }
 
 // writeFailedLocked acts on a write-back that failed: a lease the server
@@ -278,15 +287,7 @@ func (k *Keeper) exclusiveLocked(key, value string, obs *mvccpb.KeyValue, ev Key
 	if held {
 		k.keyEventLocked(ev)
 	}
-	id, deadline, tm := k.leaseID, k.deadline, k.timing()
-	k.mu.Unlock()
-	ctx, cancel := k.attemptCtx(tm, deadline)
-	err := k.writeKey(ctx, id, kv{key, value}, Exclusive)
-	cancel()
-	k.mu.Lock()
-	if err != nil {
-		k.writeFailedLocked(id, err)
-	}
+	_, _ = k.writeBackLocked(kv{key, value}, Exclusive)
 }
 
 // scheduleIntegrityLocked arms, unless it is armed, the timer that writes
