@@ -22,15 +22,7 @@ import (
 // certificates, has auth on, and lets the user "svc" write under "svc/"
 // only.
 
-func startSecure(t *testing.T) *secureetcd.Cluster {
-	t.Helper()
-	c, err := secureetcd.Start(t.TempDir(), "svc", "svc/")
-	if err != nil {
-		t.Fatalf("secure etcd: %v", err)
-	}
-	t.Cleanup(c.Stop)
-	return c
-}
+func startSecure(t *testing.T) *secureetcd.Cluster { return secureetcd.ForTest(t, "svc", "svc/") }
 
 func connect(t *testing.T, c *secureetcd.Cluster, user, password string, pair testpki.Pair) *clientv3.Client {
 	t.Helper()

@@ -18,15 +18,7 @@ import (
 // client certificates, has auth on, and lets the user "svc" write under
 // "svc/" only.
 
-func startSecure(t *testing.T) *secureetcd.Cluster {
-	t.Helper()
-	c, err := secureetcd.Start(t.TempDir(), "svc", "svc/")
-	if err != nil {
-		t.Fatalf("secure etcd: %v", err)
-	}
-	t.Cleanup(c.Stop)
-	return c
-}
+func startSecure(t *testing.T) *secureetcd.Cluster { return secureetcd.ForTest(t, "svc", "svc/") }
 
 // secureArgs are the flags that reach c as its user, with the password
 // left to the caller.

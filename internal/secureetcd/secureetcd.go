@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"path/filepath"
+	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -76,6 +77,18 @@ func Start(dir, user, prefix string) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// ForTest starts a cluster for t in a directory of its own, stopped when t
+// ends; it fails t if the cluster does not start.
+func ForTest(t testing.TB, user, prefix string) *Cluster {
+	t.Helper()
+	c, err := Start(t.TempDir(), user, prefix)
+	if err != nil {
+		t.Fatalf("secure etcd: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	return c
 }
 
 // enableAuth makes root and User, then turns auth on. Once it is on, the
