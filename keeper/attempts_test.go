@@ -20,6 +20,7 @@ type AttemptLog struct {
 type Attempt struct {
 	Op   string
 	At   time.Time
+	Took time.Duration
 	Kind lkerrors.Kind
 	Err  error
 }
@@ -27,7 +28,7 @@ type Attempt struct {
 func (a *AttemptLog) ObserveAttempt(op string, took time.Duration, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.all = append(a.all, Attempt{op, time.Now().Add(-took), lkerrors.KindOf(err), err})
+	a.all = append(a.all, Attempt{op, time.Now().Add(-took), took, lkerrors.KindOf(err), err})
 }
 
 func (a *AttemptLog) ObserveTransition(statemachine.Transition) {}

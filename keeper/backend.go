@@ -13,9 +13,6 @@ import (
 	"google.golang.org/grpc/connectivity"
 )
 
-// kv is one registered key and its value.
-type kv struct{ key, value string }
-
 // putResult is what a successful put wrote: the revision of its
 // transaction and each key's create revision, in the order of the kvs.
 type putResult struct {
@@ -60,9 +57,14 @@ type backend interface {
 	del(ctx context.Context, id clientv3.LeaseID, key string) error
 	// connState is the state of the client's connection now.
 	connState() connectivity.State
-	// waitReady returns true once the connection is READY, false when ctx
-	// ends first.
-	waitReady(ctx context.Context) bool
+	// waitStateChange waits until the connection's state differs from s,
+	// and returns false if ctx ended first.
+	waitStateChange(ctx context.Context, s connectivity.State) bool
+	// connect makes an IDLE connection connect.
+	connect()
+	// resetConnectBackoff makes a connection in TRANSIENT_FAILURE try to
+	// reconnect now instead of after gRPC's reconnect backoff.
+	resetConnectBackoff()
 	// close releases what the backend keeps between calls; the keeper
 	// calls it once, at Close, after its last attempt.
 	close()
@@ -229,20 +231,10 @@ func (b *clientBackend) connState() connectivity.State {
 	return b.cli.ActiveConnection().GetState()
 }
 
-func (b *clientBackend) waitReady(ctx context.Context) bool {
-	conn := b.cli.ActiveConnection()
-	for {
-		s := conn.GetState()
-		switch s {
-		case connectivity.Ready:
-			return true
-		case connectivity.Idle:
-			conn.Connect()
-		case connectivity.Shutdown:
-			return false
-		}
-		if !conn.WaitForStateChange(ctx, s) {
-			return false
-		}
-	}
+func (b *clientBackend) waitStateChange(ctx context.Context, s connectivity.State) bool {
+	return b.cli.ActiveConnection().WaitForStateChange(ctx, s)
 }
+
+func (b *clientBackend) connect() { b.cli.ActiveConnection().Connect() }
+
+func (b *clientBackend) resetConnectBackoff() { b.cli.ActiveConnection().ResetConnectBackoff() }

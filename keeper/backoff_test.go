@@ -69,14 +69,15 @@ func BenchmarkScheduleRenewal(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	k.started = true
+	l := k.loop
+	l.started = true
 	b.ReportAllocs()
-	k.mu.Lock()
+	l.mu.Lock()
 	for b.Loop() {
-		k.scheduleLocked(time.Hour)
+		l.scheduleLocked(time.Hour)
 	}
-	k.stopTimer(&k.attemptT)
-	k.mu.Unlock()
+	stopTimer(&l.sched.attemptT)
+	l.mu.Unlock()
 }
 
 func BenchmarkBackoffDelay(b *testing.B) {

@@ -74,7 +74,10 @@ type Config struct {
 // BackoffConfig paces retries: the n-th consecutive retry waits
 // BaseDelay*Multiplier^(n-1), at most MaxDelay, spread by Jitter.
 type BackoffConfig struct {
-	// BaseDelay is the wait before the first retry. Default 100ms.
+	// BaseDelay is the wait before the first retry. Default 100ms. It also
+	// paces the keeper's tries to reach etcd again once no lease is live:
+	// a fresh keepalive, and a reconnect asked of gRPC while the connection
+	// is in transient failure, about every BaseDelay (jittered).
 	BaseDelay time.Duration
 	// Multiplier grows the wait after each failed retry. Default 2.
 	Multiplier float64

@@ -1,7 +1,11 @@
 package keeper
 
 import (
+	"bytes"
+	"context"
+	"runtime"
 	"strconv"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -11,138 +15,198 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// enqueueLocked queues t for the callbacks and starts the dispatcher unless
-// it runs. The dispatcher exits when the queue is empty, so an idle keeper
-// has no goroutine.
-func (k *Keeper) enqueueLocked(t statemachine.Transition) {
-	k.queueLocked(queued{t: t, lease: k.leaseID, deadline: k.deadline})
+// dispatcher delivers what the keeper reports (transitions, key events,
+// attempts) to the callbacks and observers: in order, one at a time, from
+// a goroutine that holds no lock of the keeper and runs only while there is
+// something to deliver, so an idle keeper has none. Every call into the
+// user's code goes through it, so that code may call any method of the
+// keeper. mu guards the queue and the goroutine's state; it is the
+// innermost lock of the keeper.
+type dispatcher struct {
+	log *zap.Logger
+	cb  Callbacks
+	obs []Observer
+
+	mu      sync.Mutex
+	queue   []report
+	running bool
+	gid     uint64        // the delivering goroutine's ID once it runs
+	drained chan struct{} // closed when the queue is empty and no goroutine runs
 }
 
-// keyEventLocked queues ev for the callbacks, in order with transitions.
-func (k *Keeper) keyEventLocked(ev KeyEvent) {
-	k.queueLocked(queued{ev: &ev})
+// report is one thing to deliver.
+type report interface {
+	deliver(d *dispatcher)
 }
 
-func (k *Keeper) queueLocked(q queued) {
-	k.queue = append(k.queue, q)
-	if k.dispatching {
+func newDispatcher(log *zap.Logger, cb Callbacks, obs []Observer) *dispatcher {
+	d := &dispatcher{log: log, cb: cb, obs: obs, drained: make(chan struct{})}
+	close(d.drained)
+	return d
+}
+
+// push queues r and starts the delivering goroutine unless it runs. It
+// never blocks, so it may be called with any lock of the keeper held.
+func (d *dispatcher) push(r report) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.queue = append(d.queue, r)
+	if d.running {
 		return
 	}
-	k.dispatching = true
-	k.drained = make(chan struct{})
-	go k.dispatch()
+	d.running = true
+	d.drained = make(chan struct{})
+	go d.run()
 }
 
-// dispatch delivers queued transitions in order, one at a time, without
-// holding mu while a callback runs.
-func (k *Keeper) dispatch() {
+func (d *dispatcher) run() {
+	id := goid()
 	for {
-		k.mu.Lock()
-		if len(k.queue) == 0 {
-			k.dispatching = false
-			close(k.drained)
-			k.mu.Unlock()
+		d.mu.Lock()
+		d.gid = id
+		if len(d.queue) == 0 {
+			d.running, d.gid = false, 0
+			close(d.drained)
+			d.mu.Unlock()
 			return
 		}
-		q := k.queue[0]
-		k.queue[0] = queued{}
-		k.queue = k.queue[1:]
-		k.mu.Unlock()
-		if q.ev != nil {
-			k.deliverKeyEvent(*q.ev)
-			continue
-		}
-		k.logTransition(q)
-		k.deliver(q.t)
+		r := d.queue[0]
+		d.queue[0] = nil
+		d.queue = d.queue[1:]
+		d.mu.Unlock()
+		r.deliver(d)
 	}
 }
 
-func (k *Keeper) deliver(t statemachine.Transition) {
-	k.observeTransition(t)
-	cb := k.cfg.Callbacks
-	k.call("OnTransition", cb.OnTransition, t)
-	if t.From == statemachine.Healthy {
-		k.call("OnStopWrites", cb.OnStopWrites, t)
-	}
-	if t.To == statemachine.Healthy {
-		k.call("OnResumeWrites", cb.OnResumeWrites, t)
-	}
-	if t.To == statemachine.Failed {
-		k.call("OnLost", cb.OnLost, t)
-	}
+// inCallback reports whether the caller runs on the delivering goroutine,
+// that is, inside a callback or an observer.
+func (d *dispatcher) inCallback() bool {
+	d.mu.Lock()
+	id := d.gid
+	d.mu.Unlock()
+	return id != 0 && id == goid()
 }
 
-// call runs one callback; a panic is logged and does not reach the keeper.
-func (k *Keeper) call(name string, f func(statemachine.Transition), t statemachine.Transition) {
-	if f == nil {
+// wait waits until everything queued so far has been delivered, or ctx
+// ends. Called from a callback it returns at once: the callback it is
+// called from is part of what it would wait for.
+func (d *dispatcher) wait(ctx context.Context) {
+	if d.inCallback() {
 		return
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			k.log.Error("callback panicked", zap.String("callback", name), zap.Any("panic", p),
-				zap.Stringer("from", t.From), zap.Stringer("to", t.To))
-		}
-	}()
-	f(t)
-}
-
-// recoverObserver recovers a panicking observer; deferred by its callers.
-func (k *Keeper) recoverObserver(method string) {
-	if p := recover(); p != nil {
-		k.log.Error("observer panicked", zap.String("method", method), zap.Any("panic", p))
+	d.mu.Lock()
+	drained := d.drained
+	d.mu.Unlock()
+	select {
+	case <-drained:
+	case <-ctx.Done():
 	}
 }
 
-// queued is a transition waiting for the callbacks, with the lease held and
-// its local deadline when it happened, for the log line; or a key event.
-type queued struct {
+// goid returns the ID of the calling goroutine, read from the first line of
+// its stack ("goroutine 42 [running]:"). Go offers no other way for Close
+// to tell that it was called from a callback, which it must not wait for;
+// it costs a microsecond, once per Close.
+func goid() uint64 {
+	var buf [64]byte
+	b := bytes.TrimPrefix(buf[:runtime.Stack(buf[:], false)], []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
+	}
+	id, _ := strconv.ParseUint(string(b), 10, 64)
+	return id
+}
+
+// transition is a transition with the lease held and its local deadline
+// when it happened, for the log line.
+type transition struct {
 	t        statemachine.Transition
 	lease    clientv3.LeaseID
 	deadline time.Time
-	ev       *KeyEvent
 }
 
-// deliverKeyEvent logs ev and hands it to OnKeyEvent.
-func (k *Keeper) deliverKeyEvent(ev KeyEvent) {
+func (tr transition) deliver(d *dispatcher) {
+	tr.log(d.log)
+	t := tr.t
+	for _, o := range d.obs {
+		d.protect("ObserveTransition", func() { o.ObserveTransition(t) })
+	}
+	cb := d.cb
+	d.call("OnTransition", cb.OnTransition, t)
+	if t.From == statemachine.Healthy {
+		d.call("OnStopWrites", cb.OnStopWrites, t)
+	}
+	if t.To == statemachine.Healthy {
+		d.call("OnResumeWrites", cb.OnResumeWrites, t)
+	}
+	if t.To == statemachine.Failed {
+		d.call("OnLost", cb.OnLost, t)
+	}
+}
+
+// log writes one structured line: from, to, the cause's kind, the lease
+// and the time left before its local deadline.
+func (tr transition) log(log *zap.Logger) {
+	t := tr.t
+	left := time.Duration(0)
+	if !tr.deadline.IsZero() {
+		left = max(tr.deadline.Sub(t.At), 0)
+	}
+	fields := []zap.Field{zap.Stringer("from", t.From), zap.Stringer("to", t.To),
+		zap.String("lease", strconv.FormatInt(int64(tr.lease), 16)), zap.Duration("time_left", left)}
+	if t.Cause != nil {
+		fields = append(fields, zap.String("kind", lkerrors.KindOf(t.Cause).String()), zap.Error(t.Cause))
+	}
+	switch t.To {
+	case statemachine.Degraded, statemachine.Failed:
+		log.Warn("lease keeper "+t.To.String(), fields...)
+	default:
+		log.Info("lease keeper "+t.To.String(), fields...)
+	}
+}
+
+func (d *dispatcher) call(name string, f func(statemachine.Transition), t statemachine.Transition) {
+	if f != nil {
+		d.protect(name, func() { f(t) })
+	}
+}
+
+// protect runs f, a callback or an observer method named name; a panic is
+// logged and does not reach the keeper.
+func (d *dispatcher) protect(name string, f func()) {
+	defer func() {
+		if p := recover(); p != nil {
+			d.log.Error("callback panicked", zap.String("callback", name), zap.Any("panic", p))
+		}
+	}()
+	f()
+}
+
+func (ev KeyEvent) deliver(d *dispatcher) {
 	fields := []zap.Field{zap.String("key", ev.Key), zap.Stringer("change", ev.Change), zap.Stringer("policy", ev.Policy),
 		zap.Bool("ours", ev.Ours), zap.String("holder", strconv.FormatInt(int64(ev.Holder), 16)), zap.Int64("revision", ev.Revision)}
 	if ev.Err != nil {
 		fields = append(fields, zap.Error(ev.Err))
 	}
 	if ev.Ours {
-		k.log.Info("registered key "+ev.Change.String(), fields...)
+		d.log.Info("registered key "+ev.Change.String(), fields...)
 	} else {
-		k.log.Warn("registered key "+ev.Change.String(), fields...)
+		d.log.Warn("registered key "+ev.Change.String(), fields...)
 	}
-	f := k.cfg.Callbacks.OnKeyEvent
-	if f == nil {
-		return
+	if f := d.cb.OnKeyEvent; f != nil {
+		d.protect("OnKeyEvent", func() { f(ev) })
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			k.log.Error("callback panicked", zap.String("callback", "OnKeyEvent"), zap.Any("panic", p), zap.String("key", ev.Key))
-		}
-	}()
-	f(ev)
 }
 
-// logTransition writes one structured line: from, to, the cause's kind,
-// the lease and the time left before its local deadline.
-func (k *Keeper) logTransition(q queued) {
-	t := q.t
-	left := time.Duration(0)
-	if !q.deadline.IsZero() {
-		left = max(q.deadline.Sub(t.At), 0)
-	}
-	fields := []zap.Field{zap.Stringer("from", t.From), zap.Stringer("to", t.To),
-		zap.String("lease", strconv.FormatInt(int64(q.lease), 16)), zap.Duration("time_left", left)}
-	if t.Cause != nil {
-		fields = append(fields, zap.String("kind", lkerrors.KindOf(t.Cause).String()), zap.Error(t.Cause))
-	}
-	switch t.To {
-	case statemachine.Degraded, statemachine.Failed:
-		k.log.Warn("lease keeper "+t.To.String(), fields...)
-	default:
-		k.log.Info("lease keeper "+t.To.String(), fields...)
+// attemptReport is one finished attempt, for the observers.
+type attemptReport struct {
+	op   string
+	took time.Duration
+	err  error
+}
+
+func (a attemptReport) deliver(d *dispatcher) {
+	for _, o := range d.obs {
+		d.protect("ObserveAttempt", func() { o.ObserveAttempt(a.op, a.took, a.err) })
 	}
 }

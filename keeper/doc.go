@@ -12,18 +12,25 @@
 // When a renewal sent at local monotonic time s succeeds with TTL t, the
 // server cannot expire the lease before s+t. The keeper's local deadline is
 // D = s + t - Margin: the send time, never the receive time. Renewals run
-// every t/3, counted from the send time of the last successful one; each attempt has its own deadline
-// (RenewTimeout, never past D), so an attempt stuck on a silent member is
-// abandoned, and a keepalive with no reply after a third of RenewTimeout is
-// hedged by a second one on a new stream, which the client's balancer sends
-// to the next member: one silent member of three does not even degrade the
-// keeper. Failed attempts are retried with exponential backoff and jitter,
-// shortened so that a last attempt still fits before D. A lost connection
-// that comes back triggers an attempt at once instead of waiting out the
-// backoff; and once no live lease is left to protect, each attempt stays
-// outstanding for the whole backoff instead of the keeper waiting idle, so
-// a member that answers again after a silent partition answers that
-// request at once.
+// every t/3, counted from the send time of the last successful one; each
+// attempt has its own deadline (RenewTimeout, never past D), so an attempt
+// stuck on a silent member is abandoned, and a keepalive with no reply
+// after a third of RenewTimeout is hedged by a second one on a new stream,
+// which the client's balancer sends to the next member: one silent member
+// of three does not even degrade the keeper. Failed attempts are retried
+// with exponential backoff and jitter, shortened so that a last attempt
+// still fits before D.
+//
+// Once no live lease is left to protect, a request is always in flight:
+// each attempt stays outstanding for its backoff, sends a fresh keepalive
+// every Backoff.BaseDelay while none is answered (a member without a
+// leader holds a keepalive until it looks for one again, once per election
+// timeout), and the next attempt starts when it ends. While the client's
+// connection is in transient failure, the keeper asks gRPC to reconnect
+// every Backoff.BaseDelay instead of after gRPC's own backoff, which grows
+// to two minutes; once the connection is back, the next attempt starts at
+// once. So the keeper is healthy again within a round trip or two of etcd
+// answering again, with a client built with default options.
 //
 // # States
 //
@@ -40,21 +47,33 @@
 //
 // # Guarantees
 //
-//   - State is computed against D when it is asked: after a pause of the
-//     process (GC, SIGSTOP, a suspended VM) it says Failed as soon as D has
-//     passed, even before the late timers fire. It never reports Healthy or
-//     Degraded after D without a later successful renewal.
+//   - State only reads: it is computed against D when it is asked, so after
+//     a pause of the process (GC, SIGSTOP, a suspended VM) it says Failed as
+//     soon as D has passed, even before the late timers fire; the timers
+//     move the state and report the transition. It never reports Healthy
+//     or Degraded after D without a later successful renewal.
 //   - Failures shorter than the time left before D never make the keeper
 //     Failed.
-//   - Transitions reach the callbacks in order, one at a time, from a
-//     goroutine that holds no lock of the keeper; a slow callback delays only
-//     later callbacks, a panicking one is recovered and logged.
+//   - Transitions, key events and attempts reach the callbacks and
+//     observers in order, one at a time, from a goroutine that holds no
+//     lock of the keeper; a slow callback delays only later callbacks,
+//     never an attempt, and a panicking one is recovered and logged.
+//   - Callbacks and observers may call any method of the keeper. Close
+//     called from one of them returns once the lease is revoked: it cannot
+//     wait for the callback it is called from, nor for those queued after
+//     it, which run once that callback returns.
+//   - Close honours its context: it cancels the work in flight (attempts,
+//     watches, the writes of Register and Deregister, whatever contexts
+//     their callers passed), waits for it, revokes the lease (the server
+//     deletes its keys at once) and waits for the callbacks queued, all
+//     within its context, and leaves no goroutine behind once they
+//     returned.
+//   - Register and Deregister wait for at most one transaction of a
+//     rewrite of every key in flight, never for all of it.
 //   - Renewals are scheduled with timers: a keeper between renewals costs a
 //     timer, not a goroutine of its renewals. Watching the keys costs one
 //     goroutine from Start on (DisableWatch turns it off), and a client with
 //     a password keeps a renewal stream (see Secure clusters).
-//   - Close stops every timer, revokes the lease (the server deletes its keys
-//     at once) and leaves no goroutine behind once its callbacks returned.
 //   - Errors are classified (see package errors): errors.Is matches both the
 //     kind and the original cause.
 //
@@ -103,8 +122,13 @@
 // registration. etcd (v3.7) refuses to renew a lease when the user may no
 // longer write one of its keys, so a revoked permission shows at the next
 // renewal. A key the role may not write is refused at Register and never
-// joins the lease; one refused while every key is written again is dropped
-// and logged, and the other keys stay registered.
+// joins the lease. One refused while the keeper writes its keys again (at
+// Start, on a new lease) stays registered and is reported (a KeyEvent with
+// Change Refused; Token returns the refusal); the other keys stay
+// registered and the keeper Healthy, and it tries the key again by the
+// backoff, at most once per Backoff.MaxDelay, until it is written
+// (Acquired). Only when every key is refused is the fault not in the keys:
+// the keeper is then Failed.
 //
 // With a password, etcd's client authenticates again at every stream it
 // opens, which costs the server a bcrypt check and a raft write. The keeper

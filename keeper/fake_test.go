@@ -21,15 +21,20 @@ type fakeBackend struct {
 	kvs     map[string]fakeKV
 	down    bool          // calls hang until their context ends, as for an unreachable cluster
 	stalled bool          // as down, but the connection still looks READY (a silent partition)
-	readyC  chan struct{} // closed when down ends
-	err     error         // when set, every call fails at once with it
-	latency time.Duration // each call takes this long
-	minTTL  int64         // grants below it are rounded up, as etcd does
-	refuse  string        // keys with this prefix are refused with permission denied, and so are renewals of leases holding one, as etcd v3.7 does
-	hang    int           // this many next keepalives hang, as on a silent member
-	calls   map[string]int
-	expired []string // keys deleted by lease expiry, in order
-	rev     int64    // revision of the last write
+	readyC  chan struct{} // closed when down or stalled ends
+	// stateChanged is closed when down starts; the connection is READY
+	// until then.
+	stateChanged chan struct{}
+	err          error         // when set, every call fails at once with it
+	latency      time.Duration // each call takes this long
+	minTTL       int64         // grants below it are rounded up, as etcd does
+	refuse       string        // keys with this prefix are refused with permission denied, and so are renewals of leases holding one, as etcd v3.7 does
+	hang         int           // this many next keepalives hang, as on a silent member
+	renewErr     error         // when set, keepalives fail at once with it
+	putHang      bool          // puts hang until their context ends
+	calls        map[string]int
+	expired      []string // keys deleted by lease expiry, in order
+	rev          int64    // revision of the last write
 }
 
 type fakeLease struct {
@@ -45,12 +50,13 @@ type fakeKV struct {
 
 func newFake() *fakeBackend {
 	return &fakeBackend{
-		nextID: 100,
-		leases: map[clientv3.LeaseID]*fakeLease{},
-		kvs:    map[string]fakeKV{},
-		readyC: make(chan struct{}),
-		minTTL: 2,
-		calls:  map[string]int{},
+		nextID:       100,
+		leases:       map[clientv3.LeaseID]*fakeLease{},
+		kvs:          map[string]fakeKV{},
+		readyC:       make(chan struct{}),
+		stateChanged: make(chan struct{}),
+		minTTL:       2,
+		calls:        map[string]int{},
 	}
 }
 
@@ -59,8 +65,13 @@ func newFake() *fakeBackend {
 func (f *fakeBackend) call(ctx context.Context, name string) error {
 	f.mu.Lock()
 	f.calls[name]++
-	down, latency, ready := f.down || f.stalled, f.latency, f.readyC
+	down, latency, ready, err := f.down || f.stalled, f.latency, f.readyC, f.err
 	f.mu.Unlock()
+	if down && err != nil {
+		// A refusal while the connection is down, as a refused TLS
+		// handshake is: it fails at once.
+		return err
+	}
 	if down {
 		select {
 		case <-ctx.Done():
@@ -119,12 +130,17 @@ func (f *fakeBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID, i
 
 func (f *fakeBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {
 	f.mu.Lock()
-	hang := f.hang > 0
+	hang, renewErr := f.hang > 0, f.renewErr
 	if hang {
 		f.hang--
+	}
+	if hang || renewErr != nil {
 		f.calls["keepalive"]++
 	}
 	f.mu.Unlock()
+	if renewErr != nil {
+		return 0, renewErr
+	}
 	if hang {
 		<-ctx.Done()
 		return 0, ctx.Err()
@@ -159,6 +175,13 @@ func (f *fakeBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
 }
 
 func (f *fakeBackend) put(ctx context.Context, id clientv3.LeaseID, kvs []kv) (putResult, error) {
+	f.mu.Lock()
+	hang := f.putHang
+	f.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return putResult{}, ctx.Err()
+	}
 	if err := f.call(ctx, "put"); err != nil {
 		return putResult{}, err
 	}
@@ -247,20 +270,34 @@ func (f *fakeBackend) connState() connectivity.State {
 	return connectivity.Ready
 }
 
-func (f *fakeBackend) waitReady(ctx context.Context) bool {
+// waitStateChange waits for down to change, which is the only thing that
+// changes the fake's connection state.
+func (f *fakeBackend) waitStateChange(ctx context.Context, s connectivity.State) bool {
 	f.mu.Lock()
-	ready := f.readyC
+	ready, changed := f.readyC, f.stateChanged
 	down := f.down
 	f.mu.Unlock()
-	if !down {
+	if (s == connectivity.Ready) == down {
 		return true
 	}
+	if down {
+		changed = ready
+	}
 	select {
-	case <-ready:
+	case <-changed:
 		return true
 	case <-ctx.Done():
 		return false
 	}
+}
+
+func (f *fakeBackend) connect() {}
+
+// resetConnectBackoff counts the calls, as "reset".
+func (f *fakeBackend) resetConnectBackoff() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls["reset"]++
 }
 
 func (f *fakeBackend) close() {}
@@ -275,8 +312,10 @@ func (f *fakeBackend) setDown(down bool) {
 	f.down = down
 	if down {
 		f.readyC = make(chan struct{})
+		close(f.stateChanged)
 	} else {
 		close(f.readyC)
+		f.stateChanged = make(chan struct{})
 	}
 }
 
@@ -353,6 +392,18 @@ func (f *fakeBackend) setHang(n int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hang = n
+}
+
+func (f *fakeBackend) setRenewErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.renewErr = err
+}
+
+func (f *fakeBackend) setPutHang(hang bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.putHang = hang
 }
 
 func (f *fakeBackend) setLatency(d time.Duration) {

@@ -1,57 +1,101 @@
 package keeper
 
 import (
+	"context"
+	"math/rand/v2"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 )
 
-// keepAlive renews lease id once and returns the TTL and the send time of
-// the request that succeeded. If no reply came within a third of the renew
-// timeout, it sends a second keepalive on a new stream, which the client's
-// balancer sends to the next member: a silent member then costs a third of
-// the renew timeout instead of all of it, and the keeper stays Healthy. The
-// first success wins; both requests end at the attempt's deadline, and
-// keepAlive returns only once both did.
-func (k *Keeper) keepAlive(id clientv3.LeaseID, deadline time.Time, tm timing) (int64, time.Time, error) {
+// maxOutstanding is how many keepalives an attempt without a live lease
+// keeps in flight: sending another cancels the oldest.
+const maxOutstanding = 2
+
+// keepAlive renews lease a.id and returns the TTL and the send time of the
+// request that succeeded. The first success wins, as does the server's
+// word that the lease is gone; every request ends at the attempt's
+// deadline, and keepAlive returns only once all did.
+//
+// With a live lease, a keepalive with no reply within a third of the renew
+// timeout is hedged once, on a new stream, which the client's balancer
+// sends to the next member: a silent member then costs a third of the
+// renew timeout instead of all of it, and the keeper stays Healthy.
+//
+// Without one, the attempt stays outstanding for its backoff and sends a
+// fresh keepalive on a new stream every Backoff.BaseDelay (jittered) while
+// none was answered, keeping maxOutstanding in flight. A member that lost
+// its leader holds a keepalive until it looks for a leader again, which
+// etcd does once per election timeout (a second by default); a fresh
+// request reaches the new leader at once. So the keeper hears that etcd
+// answers again within a fraction of a second, whatever member its
+// requests wait on. An error that comes back while nothing else is in
+// flight ends the attempt: it goes back to the backoff, so that errors
+// that return at once cannot spin.
+func (l *leaseLoop) keepAlive(a attempt) (int64, time.Time, error) {
 	type reply struct {
 		ttl  int64
 		sent time.Time
 		err  error
+		n    int
 	}
-	ctx, cancel := k.attemptCtx(tm, deadline)
+	ctx, cancel := l.attemptCtx(a.timeout, a.deadline)
 	defer cancel()
-	replies := make(chan reply, 2)
-	send := func() {
-		sent := time.Now()
-		ttl, err := k.b.keepAliveOnce(ctx, id)
-		replies <- reply{ttl, sent, err}
+	every := a.tm.renewTimeout / 3
+	maxSends := 2
+	if !a.live {
+		every = l.cfg.Backoff.BaseDelay
+		maxSends = int(a.timeout/(every/2)) + 2
 	}
-	go send()
-	inflight, hedged := 1, false
-	hedge := time.NewTimer(tm.renewTimeout / 3)
-	defer hedge.Stop()
+	replies := make(chan reply, maxSends)
+	var stops []context.CancelFunc // of the requests, by send order; nil once answered or canceled
+	send := func() {
+		sctx, stop := context.WithCancel(ctx)
+		n := len(stops)
+		stops = append(stops, stop)
+		go func() {
+			sent := time.Now()
+			ttl, err := l.b.keepAliveOnce(sctx, a.id)
+			replies <- reply{ttl, sent, err, n}
+		}()
+	}
+	send()
+	inflight, active := 1, 1 // requests not answered yet; those of them not canceled
+	next := time.NewTimer(jittered(every, a.live))
+	defer next.Stop()
 
 	var first reply
+	first.err = context.DeadlineExceeded
 	for {
 		select {
-		case <-hedge.C:
-			if !hedged && inflight > 0 {
-				hedged, inflight = true, inflight+1
-				go send()
+		case <-next.C:
+			if len(stops) < maxSends && ctx.Err() == nil {
+				send()
+				inflight, active = inflight+1, active+1
+				for oldest := 0; active > maxOutstanding && oldest < len(stops); oldest++ {
+					if stops[oldest] != nil {
+						stops[oldest]()
+						stops[oldest] = nil
+						active--
+					}
+				}
+				if !a.live {
+					next.Reset(jittered(every, false))
+				}
 			}
 			continue
 		case r := <-replies:
 			inflight--
-			if r.err == nil || first.err == nil && first.sent.IsZero() {
+			canceled := stops[r.n] == nil
+			if !canceled {
+				stops[r.n]()
+				stops[r.n] = nil
+				active--
+			}
+			if r.err == nil || (!canceled && first.sent.IsZero()) {
 				first = r
 			}
-			// A success, the server's word that the lease is gone, or the
-			// last request in flight decides. An early failure without a
-			// hedge goes back to the backoff.
-			decided := r.err == nil || lkerrors.KindOf(k.classify(r.err)) == lkerrors.LeaseExpired || inflight == 0
+			decided := r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired || active == 0
 			if !decided {
 				continue
 			}
@@ -65,4 +109,13 @@ func (k *Keeper) keepAlive(id clientv3.LeaseID, deadline time.Time, tm timing) (
 		}
 		return first.ttl, first.sent, nil
 	}
+}
+
+// jittered spreads d over [d/2, 3d/2) when spread, so that keepers that
+// lost the cluster together do not ask it again together.
+func jittered(d time.Duration, exact bool) time.Duration {
+	if exact || d <= 0 {
+		return d
+	}
+	return d/2 + rand.N(d)
 }

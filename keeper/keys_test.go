@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
@@ -105,30 +108,95 @@ func TestRecoveryRewritesKeysInBatches(t *testing.T) {
 	})
 }
 
-// TestRefusedKeyDoesNotBlockOthers: a key etcd refuses for good is dropped
-// when written with others; the rest of the registration stays healthy.
-func TestRefusedKeyDoesNotBlockOthers(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newFake()
-		f.refuse = "forbidden/"
-		k, _ := newTest(t, f, nil)
-		startHealthy(t, k, "svc/a", "forbidden/x", "svc/b")
-		for _, key := range []string{"svc/a", "svc/b"} {
-			if v, ok := f.get(key); !ok || v.lease != k.LeaseID() {
-				t.Errorf("%s = %+v (present %v), want written", key, v, ok)
-			}
+// keyEventLog records a keeper's key events.
+type keyEventLog struct {
+	mu  sync.Mutex
+	evs []KeyEvent
+}
+
+func (l *keyEventLog) record(ev KeyEvent) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.evs = append(l.evs, ev)
+}
+
+// changes returns the changes reported for key, in order.
+func (l *keyEventLog) changes(key string) []Change {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var cs []Change
+	for _, ev := range l.evs {
+		if ev.Key == key {
+			cs = append(cs, ev.Change)
 		}
-		if _, ok := f.get("forbidden/x"); ok {
-			t.Errorf("forbidden/x written although refused")
-		}
-		k.mu.Lock()
-		_, kept := k.keys["forbidden/x"]
-		k.mu.Unlock()
-		if kept {
-			t.Errorf("forbidden/x still in the registration set, want dropped")
-		}
-		mustClose(t, k)
-	})
+	}
+	return cs
+}
+
+// TestRefusedKeyIsRetried: a key etcd refuses for good while the keeper
+// writes its keys (at Start, or again on a new lease after a permission
+// was revoked) does not keep the others unregistered, stays registered,
+// is retried no faster than once per backoff cap, and is written once the
+// permission comes back.
+func TestRefusedKeyIsRetried(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		revoke func(t *testing.T, f *fakeBackend, k *Keeper)
+	}{
+		{"refused at start", func(t *testing.T, f *fakeBackend, k *Keeper) {
+			f.setRefuse("forbidden/")
+			startHealthy(t, k, "svc/a", "forbidden/x", "svc/b")
+		}},
+		{"refused on a new lease", func(t *testing.T, f *fakeBackend, k *Keeper) {
+			startHealthy(t, k, "svc/a", "forbidden/x", "svc/b")
+			// etcd v3.7 then refuses to renew the lease: it expires, and
+			// the keeper writes every key on a new one.
+			f.setRefuse("forbidden/")
+			old := k.LeaseID()
+			time.Sleep(20 * time.Second)
+			synctest.Wait()
+			require.NotEqual(t, old, k.LeaseID(), "the keeper should hold a new lease")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake()
+				evs := &keyEventLog{}
+				k, _ := newTest(t, f, func(c *Config) { c.Callbacks.OnKeyEvent = evs.record })
+				tc.revoke(t, f, k)
+				synctest.Wait()
+				require.Equal(t, statemachine.Healthy, k.State())
+				for _, key := range []string{"svc/a", "svc/b"} {
+					v, ok := f.get(key)
+					assert.True(t, ok && v.lease == k.LeaseID(), "%s = %+v (present %v), want on lease %x", key, v, ok, k.LeaseID())
+				}
+				_, ok := f.get("forbidden/x")
+				assert.False(t, ok, "forbidden/x written although refused")
+				assert.Equal(t, 3, k.Keys(), "the refused key stays registered")
+				_, err := k.Token("forbidden/x")
+				assert.ErrorIs(t, err, lkerrors.ErrPermissionDenied)
+				assert.Equal(t, []Change{Refused}, evs.changes("forbidden/x"))
+
+				before := f.count("put")
+				time.Sleep(time.Minute)
+				tries := f.count("put") - before
+				assert.LessOrEqual(t, tries, 60/5+1, "tries of the refused key in a minute, want at most one per backoff cap")
+				assert.GreaterOrEqual(t, tries, 60/6-1, "tries of the refused key in a minute, want it retried")
+				assert.Equal(t, statemachine.Healthy, k.State())
+
+				f.setRefuse("")
+				time.Sleep(6 * time.Second)
+				synctest.Wait()
+				v, ok := f.get("forbidden/x")
+				assert.True(t, ok && v.lease == k.LeaseID(), "forbidden/x = %+v (present %v) after the permission came back, want on lease %x", v, ok, k.LeaseID())
+				tok, err := k.Token("forbidden/x")
+				assert.NoError(t, err)
+				assert.Equal(t, k.LeaseID(), tok.Lease)
+				assert.Equal(t, []Change{Refused, Acquired}, evs.changes("forbidden/x"))
+				mustClose(t, k)
+			})
+		})
+	}
 }
 
 // TestAllKeysRefusedIsPermanent: when every key is refused the fault is not
@@ -147,10 +215,7 @@ func TestAllKeysRefusedIsPermanent(t *testing.T) {
 		if err := k.Start(ctx); !errors.Is(err, lkerrors.ErrPermissionDenied) {
 			t.Errorf("Start() = %v, want PermissionDenied", err)
 		}
-		k.mu.Lock()
-		n := len(k.keys)
-		k.mu.Unlock()
-		if n != 2 {
+		if n := k.Keys(); n != 2 {
 			t.Errorf("registered keys = %d, want 2 (none dropped)", n)
 		}
 		mustClose(t, k)
@@ -173,6 +238,54 @@ func TestDeregisterOnlyDeletesOwnKey(t *testing.T) {
 		if v, ok := f.get("svc/a"); !ok || v.value != "theirs" {
 			t.Errorf("svc/a = %+v (present %v), want the other writer's value kept", v, ok)
 		}
+		mustClose(t, k)
+	})
+}
+
+// TestRegisterDoesNotQueueBehindRewrite: while every key is written again
+// on a new lease, one transaction after another, Register and Deregister
+// wait for at most the transaction in flight, not for the whole re-write,
+// and what they wrote stays written.
+func TestRegisterDoesNotQueueBehindRewrite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		keys := make([]string, 1280)
+		for i := range keys {
+			keys[i] = fmt.Sprintf("svc/%04d", i)
+		}
+		startHealthy(t, k, keys...)
+		const perCall = 20 * time.Millisecond
+		f.setLatency(perCall) // 10 transactions, 200ms of re-write
+		require.NoError(t, f.revoke(context.Background(), k.LeaseID()))
+		// The renewal at 3.33s finds the lease gone and grants a new one
+		// at once; the re-write follows.
+		time.Sleep(10*time.Second/3 + 2*perCall + perCall/2)
+		require.True(t, k.Deadline().After(time.Now()), "a new lease is held")
+		require.NotEqual(t, statemachine.Healthy, k.State(), "the re-write has begun, not ended")
+		began := time.Now()
+		require.NoError(t, k.Register(context.Background(), "svc/new", "v"))
+		regTook := time.Since(began)
+		began = time.Now()
+		require.NoError(t, k.Deregister(context.Background(), "svc/0000"))
+		deregTook := time.Since(began)
+		assert.LessOrEqual(t, regTook, 2*perCall, "Register waited behind the re-write")
+		assert.LessOrEqual(t, deregTook, 2*perCall, "Deregister waited behind the re-write")
+		time.Sleep(time.Second)
+		synctest.Wait()
+		require.Equal(t, statemachine.Healthy, k.State())
+		healed := rec.at(statemachine.Healthy)
+		for _, tr := range rec.transitions() {
+			if tr.To == statemachine.Healthy {
+				healed = tr.At
+			}
+		}
+		assert.Greater(t, healed.Sub(began), 4*perCall, "the re-write went on after Register returned")
+		v, ok := f.get("svc/new")
+		assert.True(t, ok && v.lease == k.LeaseID(), "svc/new = %+v (present %v), want on the new lease", v, ok)
+		_, ok = f.get("svc/0000")
+		assert.False(t, ok, "svc/0000 written again by the re-write after Deregister")
+		assert.Equal(t, len(keys), k.Keys())
 		mustClose(t, k)
 	})
 }

@@ -331,8 +331,9 @@ func TestSecurePermissionRevoked(t *testing.T) {
 }
 
 // TestSecureKeyOutsidePrefix: a key the role may not write is refused with
-// a classified error, at Register or at Start, and the other keys stay
-// registered.
+// a classified error, at Register (where it is dropped) or at Start (where
+// it stays registered, is retried by the backoff and reported), and the
+// other keys stay registered.
 func TestSecureKeyOutsidePrefix(t *testing.T) {
 	c := startSecure(t)
 	cli := connect(t, c, c.User, c.Password, c.Cert)
@@ -362,10 +363,13 @@ func TestSecureKeyOutsidePrefix(t *testing.T) {
 		k, _, _ := secureKeeper(t, cli, time.Second)
 		registerAll(t, k, "svc/c", "other/y", "svc/d")
 		if err := k.Start(context.Background()); err != nil {
-			t.Fatalf("Start() = %v, want nil with the refused key dropped", err)
+			t.Fatalf("Start() = %v, want nil with the refused key held", err)
 		}
-		if k.Keys() != 2 {
-			t.Errorf("Keys() = %d, want 2", k.Keys())
+		if k.Keys() != 3 {
+			t.Errorf("Keys() = %d, want 3: the refused key stays registered", k.Keys())
+		}
+		if _, err := k.Token("other/y"); !errors.Is(err, lkerrors.ErrPermissionDenied) {
+			t.Errorf("Token(other/y) = %v, want PermissionDenied", err)
 		}
 		wantOnLease(t, c.Root(), k.LeaseID(), "svc/c", "svc/d")
 		if _, _, ok := keyLease(t, c.Root(), "other/y"); ok {

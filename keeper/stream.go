@@ -7,6 +7,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 )
 
 // openTimeout bounds the opening of a renewal stream that outlives its
@@ -58,7 +59,7 @@ func newStreams(cli *clientv3.Client, reuse bool) *streams {
 func (s *streams) get(ctx context.Context) (*renewStream, bool, error) {
 	if !s.reuse {
 		sctx, cancel := context.WithCancel(ctx)
-		st, err := s.lease.LeaseKeepAlive(sctx)
+		st, err := s.lease.LeaseKeepAlive(sctx, grpc.WaitForReady(true))
 		if err != nil {
 			cancel()
 			return nil, false, err
@@ -100,7 +101,7 @@ func (s *streams) open() {
 	defer s.wg.Done()
 	sctx, cancel := context.WithCancel(s.ctx)
 	late := time.AfterFunc(openTimeout, cancel)
-	st, err := s.lease.LeaseKeepAlive(sctx)
+	st, err := s.lease.LeaseKeepAlive(sctx, grpc.WaitForReady(true))
 	if !late.Stop() && err == nil {
 		err = context.DeadlineExceeded
 	}

@@ -5,6 +5,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -180,27 +182,40 @@ func TestShortFaultsNeverFail(t *testing.T) {
 }
 
 // TestStateAfterPause models a process pause: the timers do not fire, yet
-// State must already say Failed once the deadline passed.
+// State must already say Failed once the deadline passed, without changing
+// anything; the timers, once they fire late, move the state and recover.
 func TestStateAfterPause(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
 		k, rec := newTest(t, f, nil)
+		start := time.Now()
 		startHealthy(t, k, "svc/a")
-		k.mu.Lock()
-		k.stopTimer(&k.attemptT)
-		k.stopTimer(&k.checkT)
-		k.mu.Unlock()
-		time.Sleep(20 * time.Second)
-		if got := k.State(); got != statemachine.Failed {
-			t.Errorf("State() 20s after the last renewal = %v, want failed", got)
-		}
+		l := k.loop
+		l.mu.Lock()
+		stopTimer(&l.sched.attemptT)
+		stopTimer(&l.sched.checkT)
+		l.mu.Unlock()
+		// Past the threshold (5s left of 9.5s), before D: degraded.
+		time.Sleep(5 * time.Second)
+		assert.Equal(t, statemachine.Degraded, k.State(), "State() 5s after the last renewal")
+		assert.False(t, k.Writable(), "Writable() past the degrade threshold")
+		time.Sleep(15 * time.Second)
+		assert.Equal(t, statemachine.Failed, k.State(), "State() 20s after the last renewal")
+		_, err := k.Token("svc/a")
+		assert.ErrorIs(t, err, ErrNotHeld, "Token() after the deadline")
 		synctest.Wait()
-		// Recovery started when the deadline was noticed: the old lease
-		// expired on the server, so a new one was granted.
+		// Asking changed nothing: no transition, no attempt.
+		assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
+		assert.Equal(t, 0, f.count("keepalive"), "keepalives while paused")
+
+		// The timers fire late, as after SIGCONT.
+		l.onCheck()
+		synctest.Wait()
+		failed := rec.at(statemachine.Failed)
+		assert.Equal(t, 20*time.Second, failed.Sub(start), "the transition to failed, when the late timer fired")
+		// The old lease expired on the server, so a new one was granted.
 		want := []statemachine.State{statemachine.Idle, statemachine.Healthy, statemachine.Failed, statemachine.Healthy}
-		if !samePath(rec.path(), want...) {
-			t.Errorf("path = %v, want %v", rec.path(), want)
-		}
+		assert.Equal(t, want, rec.path())
 		mustClose(t, k)
 	})
 }
@@ -235,11 +250,12 @@ func TestSilentMemberIsHedged(t *testing.T) {
 	})
 }
 
-// TestHealsWithinARoundTripAfterSilentPartition: once Failed, an attempt
-// stays outstanding for the backoff instead of the keeper waiting idle, so
-// when a silent partition heals (the connection never looked broken, so
-// nothing signals it) the request in flight is answered at once, whenever
-// the partition ends.
+// TestHealsWithinARoundTripAfterSilentPartition: once no lease is live,
+// a request is always outstanding (the next attempt starts when one ends,
+// and each sends a fresh keepalive every BaseDelay), so when a silent
+// partition heals (the connection never looked broken, so nothing signals
+// it) a request in flight is answered at once, whenever the partition
+// ends.
 func TestHealsWithinARoundTripAfterSilentPartition(t *testing.T) {
 	for _, outage := range []time.Duration{10 * time.Second, 12 * time.Second, 20 * time.Second, 31*time.Second + 700*time.Millisecond, 44*time.Second + 300*time.Millisecond, time.Minute + 2100*time.Millisecond} {
 		t.Run(outage.String(), func(t *testing.T) {
@@ -261,9 +277,10 @@ func TestHealsWithinARoundTripAfterSilentPartition(t *testing.T) {
 				if last := ts[len(ts)-1]; last.To != statemachine.Healthy || last.At.Sub(healed) != 0 {
 					t.Errorf("last transition %v at +%v after the heal, want healthy at once", last, last.At.Sub(healed))
 				}
-				// Outstanding attempts are no flood: one per backoff cap
-				// (5s), each hedged once, after the first few.
-				if limit := int(outage/(4*time.Second))*2 + 16; calls > limit {
+				// Outstanding attempts are no flood: a fresh keepalive at
+				// most every BaseDelay/2 (jitter) once no lease is live, two
+				// in flight; before that, one attempt and its hedge per retry.
+				if limit := int(outage/(50*time.Millisecond)) + 20; calls > limit {
 					t.Errorf("calls during a %v partition = %d, want at most %d", outage, calls, limit)
 				}
 				mustClose(t, k)

@@ -1,186 +1,257 @@
 package keeper
 
 import (
-	"cmp"
 	"context"
 	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 )
 
-// written is one key a write put on the lease, with the revision of the
-// write and the key's create revision.
-type written struct {
-	kv
-	rev, create int64
+// The registry's writes. Each RPC takes wmu on its own and reads the
+// records it writes just before, so a long rewrite never holds wmu across
+// more than one transaction and never writes a value that was replaced or a
+// key that was deregistered meanwhile.
+
+// refusal is a key etcd refused to write for good, and why.
+type refusal struct {
+	key string
+	err error
 }
 
-// writePending writes the keys not yet written with lease id: exclusive
-// keys one transaction each, the others in transactions of at most
-// MaxTxnOps keys. Each is bounded by the renew timeout and the deadline. A
-// key is marked written only if it still has the value that was written.
-// An exclusive key another holder has is not an error here: it is reported
-// and retried by the backoff.
-func (k *Keeper) writePending(id clientv3.LeaseID, deadline time.Time, tm timing) error {
-	k.writeMu.Lock()
-	defer k.writeMu.Unlock()
-	k.mu.Lock()
-	if k.leaseID != id || len(k.pending) == 0 {
-		k.mu.Unlock()
+// writePending writes the keys not yet written with lease v.id, bounded by
+// v's timing and deadline: exclusive keys one transaction each, the others
+// in transactions of at most MaxTxnOps keys. A key is marked written only
+// if it still has the value that was written. An exclusive key another
+// holder has is no error here: it is reported and retried by the backoff.
+// Keys etcd refuses for good are held, reported and retried by the backoff
+// while the others stay registered, unless no key at all is written with
+// the lease: then the fault is not in the keys, and the refusal is
+// returned.
+func (r *registry) writePending(v leaseView) error {
+	var exclusive, batch []string
+	r.mu.Lock()
+	if r.lease != v.id {
+		r.mu.Unlock()
 		return nil
 	}
-	var batch, exclusive []kv
-	for key := range k.pending {
-		p := kv{key, k.keys[key]}
-		if k.policyLocked(key) == Exclusive {
-			exclusive = append(exclusive, p)
-		} else {
-			batch = append(batch, p)
+	for key, rec := range r.keys {
+		switch {
+		case !rec.pending || rec.held:
+		case rec.policy == Exclusive:
+			exclusive = append(exclusive, key)
+		default:
+			batch = append(batch, key)
 		}
 	}
-	k.mu.Unlock()
-	byKey := func(a, b kv) int { return cmp.Compare(a.key, b.key) }
-	slices.SortFunc(batch, byKey)
-	slices.SortFunc(exclusive, byKey)
-	for _, p := range exclusive {
-		ctx, cancel := k.attemptCtx(tm, deadline)
-		err := k.writeKey(ctx, id, p, Exclusive)
-		cancel()
-		if err != nil && lkerrors.KindOf(err) != lkerrors.KeyTaken {
+	r.mu.Unlock()
+	slices.Sort(exclusive)
+	slices.Sort(batch)
+	for _, key := range exclusive {
+		if err := r.writeOne(v, key); err != nil && lkerrors.KindOf(err) != lkerrors.KeyTaken {
 			return err
 		}
 	}
-	for chunk := range slices.Chunk(batch, k.cfg.MaxTxnOps) {
-		ws, err := k.putChunk(id, chunk, deadline, tm)
-		k.mu.Lock()
-		for _, w := range ws {
-			k.recordLocked(id, w)
-		}
-		k.mu.Unlock()
+	var refused []refusal
+	for chunk := range slices.Chunk(batch, r.cfg.MaxTxnOps) {
+		ref, err := r.putChunk(v, chunk)
+		refused = append(refused, ref...)
 		if err != nil {
 			return err
+		}
+	}
+	return r.hold(v.id, refused)
+}
+
+// writeOne writes key by its policy if it is still pending, in one RPC.
+func (r *registry) writeOne(v leaseView, key string) error {
+	if err := r.wmu.lock(r.life.ctx); err != nil {
+		return r.classify(err)
+	}
+	defer r.wmu.unlock()
+	r.mu.Lock()
+	rec := r.keys[key]
+	if rec == nil || !rec.pending || r.lease != v.id {
+		r.mu.Unlock()
+		return nil
+	}
+	p, policy := kv{key, rec.value}, rec.policy
+	r.mu.Unlock()
+	ctx, cancel := boundCtx(r.life.ctx, v.tm.renewTimeout, v.deadline)
+	defer cancel()
+	return r.writeKey(ctx, v.id, p, policy)
+}
+
+// putChunk writes the keys of chunk in one transaction. When etcd refuses
+// it for good it writes them one by one, so that one bad key cannot keep
+// the others unregistered, and returns the keys refused.
+func (r *registry) putChunk(v leaseView, chunk []string) ([]refusal, error) {
+	err := r.put(v, chunk)
+	switch {
+	case err == nil:
+		return nil, nil
+	case !r.refused(err):
+		return nil, err
+	case len(chunk) == 1:
+		return []refusal{{chunk[0], err}}, nil
+	}
+	var refused []refusal
+	for _, key := range chunk {
+		switch err := r.put(v, []string{key}); {
+		case err == nil:
+		case !r.refused(err):
+			return refused, err
+		default:
+			refused = append(refused, refusal{key, err})
+		}
+	}
+	return refused, nil
+}
+
+// refused reports whether err is etcd refusing a write for good, and not
+// the keeper closing.
+func (r *registry) refused(err error) bool {
+	return permanent(err) && !r.life.closed()
+}
+
+// put writes those of keys that are still pending, with their current
+// values, in one transaction, and records them.
+func (r *registry) put(v leaseView, keys []string) error {
+	if err := r.wmu.lock(r.life.ctx); err != nil {
+		return r.classify(err)
+	}
+	defer r.wmu.unlock()
+	r.mu.Lock()
+	kvs := make([]kv, 0, len(keys))
+	for _, key := range keys {
+		if rec := r.keys[key]; rec != nil && rec.pending && !rec.held && r.lease == v.id {
+			kvs = append(kvs, kv{key, rec.value})
+		}
+	}
+	r.mu.Unlock()
+	if len(kvs) == 0 {
+		return nil
+	}
+	ctx, cancel := boundCtx(r.life.ctx, v.tm.renewTimeout, v.deadline)
+	defer cancel()
+	res, err := r.b.put(ctx, v.id, kvs)
+	if err != nil {
+		return r.classify(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for i, p := range kvs {
+		if _, healed := r.recordLocked(v.id, p, res.rev, res.create[i]); healed {
+			r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: r.keys[p.key].policy, Ours: true, Holder: v.id, Revision: res.rev, At: now})
 		}
 	}
 	return nil
 }
 
-// recordLocked marks w written with lease id, if the key still has that
-// value and the keeper that lease.
-func (k *Keeper) recordLocked(id clientv3.LeaseID, w written) bool {
-	if v, ok := k.keys[w.key]; !ok || v != w.value || k.leaseID != id {
-		return false
+// hold acts on the keys refused while writing with lease id: unless no key
+// is written with it (the refusal is then returned), each is held until
+// the retry timer, and reported once.
+func (r *registry) hold(id clientv3.LeaseID, refused []refusal) error {
+	if len(refused) == 0 {
+		return nil
 	}
-	delete(k.pending, w.key)
-	k.own[w.key] = owned{lease: id, rev: w.rev, create: w.create}
-	return true
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	written := false
+	for _, rec := range r.keys {
+		if !rec.pending && rec.own.lease == id {
+			written = true
+			break
+		}
+	}
+	if !written {
+		return refused[0].err
+	}
+	now := time.Now()
+	for _, f := range refused {
+		rec := r.keys[f.key]
+		if rec == nil || !rec.pending {
+			continue
+		}
+		if rec.refused == nil {
+			r.disp.push(KeyEvent{Key: f.key, Change: Refused, Policy: rec.policy, Err: f.err, At: now})
+		}
+		rec.refused, rec.held = f.err, true
+	}
+	r.scheduleRetryLocked(lkerrors.KindOf(refused[0].err))
+	return nil
+}
+
+// recordLocked marks p written with lease id at revision rev, if the key
+// still has that value and the registry that lease. It reports whether it
+// did, and whether the key had been refused before.
+func (r *registry) recordLocked(id clientv3.LeaseID, p kv, rev, create int64) (ok, healed bool) {
+	rec := r.keys[p.key]
+	if rec == nil || rec.value != p.value || r.lease != id {
+		return false, false
+	}
+	healed = rec.refused != nil
+	rec.pending, rec.refused, rec.held = false, nil, false
+	rec.own = owned{lease: id, rev: rev, create: create}
+	if healed {
+		r.retryN = 0
+	}
+	return true, healed
 }
 
 // writeKey writes one key by its policy within ctx and records it. An
 // exclusive key another holder has is left alone and reported with a
-// *KeyTakenError, classified. Called with writeMu held.
-func (k *Keeper) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, policy Policy) error {
+// *KeyTakenError, classified. Called with wmu held.
+func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, policy Policy) error {
+	now := time.Now()
 	if policy != Exclusive {
-		r, err := k.b.put(ctx, id, []kv{p})
+		res, err := r.b.put(ctx, id, []kv{p})
 		if err != nil {
-			return k.classify(err)
+			return r.classify(err)
 		}
-		k.mu.Lock()
-		k.recordLocked(id, written{p, r.rev, r.create[0]})
-		k.mu.Unlock()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if _, healed := r.recordLocked(id, p, res.rev, res.create[0]); healed {
+			r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: policy, Ours: true, Holder: id, Revision: res.rev, At: now})
+		}
 		return nil
 	}
-	r, err := k.b.acquire(ctx, id, p)
+	res, err := r.b.acquire(ctx, id, p)
 	if err != nil {
-		return k.classify(err)
+		return r.classify(err)
 	}
-	now := time.Now()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	_, wasTaken := k.taken[p.key]
-	_, held := k.own[p.key]
-	if r.ok {
-		if k.recordLocked(id, written{p, r.rev, r.create}) {
-			delete(k.taken, p.key)
-			k.integN = 0
-			if wasTaken || !held {
-				k.keyEventLocked(KeyEvent{Key: p.key, Change: Acquired, Policy: Exclusive, Ours: true, Holder: id, Revision: r.rev, At: now})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := r.keys[p.key]
+	if rec == nil {
+		return nil
+	}
+	wasTaken, held := rec.taken != nil, rec.own.lease != 0
+	if res.ok {
+		if ok, healed := r.recordLocked(id, p, res.rev, res.create); ok {
+			rec.taken = nil
+			r.retryN = 0
+			if wasTaken || !held || healed {
+				r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: Exclusive, Ours: true, Holder: id, Revision: res.rev, At: now})
 			}
 		}
 		return nil
 	}
-	te := &KeyTakenError{Key: p.key, Holder: r.holder, CreateRevision: r.create}
-	if _, ok := k.keys[p.key]; ok && k.policyLocked(p.key) == Exclusive {
-		prev := k.taken[p.key]
-		k.taken[p.key] = te
-		delete(k.own, p.key)
+	te := &KeyTakenError{Key: p.key, Holder: res.holder, CreateRevision: res.create}
+	if rec.policy == Exclusive {
+		prev := rec.taken
+		rec.taken, rec.own = te, owned{}
 		if prev == nil || prev.Holder != te.Holder {
-			k.keyEventLocked(KeyEvent{Key: p.key, Change: Taken, Policy: Exclusive, Holder: r.holder, Revision: r.rev, At: now})
+			r.disp.push(KeyEvent{Key: p.key, Change: Taken, Policy: Exclusive, Holder: res.holder, Revision: res.rev, At: now})
 		}
-		k.scheduleIntegrityLocked(lkerrors.KeyTaken)
+		r.scheduleRetryLocked(lkerrors.KeyTaken)
 	}
 	return lkerrors.Classify(te)
 }
 
-// putChunk writes chunk in one transaction. When etcd refuses it for good
-// (permission, invalid argument), it writes the keys one by one so that one
-// bad key cannot keep the others unregistered: keys refused for good are
-// dropped from the set and logged, unless every key is refused, which says
-// the fault is not in the keys and is returned as it is.
-func (k *Keeper) putChunk(id clientv3.LeaseID, chunk []kv, deadline time.Time, tm timing) ([]written, error) {
-	ws, err := k.put(id, chunk, deadline, tm)
-	if err == nil {
-		return ws, nil
-	}
-	if lkerrors.IsRetryable(err) || len(chunk) == 1 {
-		return nil, err
-	}
-	type refusal struct {
-		kv
-		err error
-	}
-	var done []written
-	var refused []refusal
-	for _, p := range chunk {
-		switch w, perr := k.put(id, []kv{p}, deadline, tm); {
-		case perr == nil:
-			done = append(done, w...)
-		case lkerrors.IsRetryable(perr):
-			return done, perr
-		default:
-			refused = append(refused, refusal{p, perr})
-		}
-	}
-	if len(done) == 0 {
-		return nil, err
-	}
-	k.mu.Lock()
-	for _, p := range refused {
-		if v, ok := k.keys[p.key]; ok && v == p.value {
-			k.forgetLocked(p.key)
-		}
-	}
-	k.mu.Unlock()
-	for _, p := range refused {
-		k.log.Error("key refused by etcd: dropped from the registration", zap.String("key", p.key),
-			zap.String("kind", lkerrors.KindOf(p.err).String()), zap.Error(p.err))
-	}
-	return done, nil
-}
-
-func (k *Keeper) put(id clientv3.LeaseID, kvs []kv, deadline time.Time, tm timing) ([]written, error) {
-	ctx, cancel := k.attemptCtx(tm, deadline)
-	defer cancel()
-	r, err := k.b.put(ctx, id, kvs)
-	if err != nil {
-		return nil, k.classify(err)
-	}
-	ws := make([]written, len(kvs))
-	for i, p := range kvs {
-		ws[i] = written{p, r.rev, r.create[i]}
-	}
-	return ws, nil
+func (r *registry) classify(err error) error {
+	return lkerrors.ClassifyConn(err, r.b.connState())
 }

@@ -62,17 +62,8 @@ func New(reg prometheus.Registerer) *Metrics {
 // the first call registers.
 func (m *Metrics) Track(k Keeper) {
 	m.trackOnce.Do(func() {
-		for _, s := range statemachine.States() {
-			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "leasekeeper_state", Help: "1 for the keeper's current state, 0 for the others.",
-				ConstLabels: prometheus.Labels{"state": s.String()},
-			}, func() float64 {
-				if k.State() == s {
-					return 1
-				}
-				return 0
-			}))
-		}
+		m.reg.MustRegister(&stateCollector{k: k, desc: prometheus.NewDesc("leasekeeper_state",
+			"1 for the keeper's current state, 0 for the others.", []string{"state"}, nil)})
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "leasekeeper_time_left_seconds", Help: "Time left before the local lease deadline; 0 without a lease.",
 		}, func() float64 {
@@ -86,6 +77,27 @@ func (m *Metrics) Track(k Keeper) {
 			Name: "leasekeeper_keys", Help: "Keys registered.",
 		}, func() float64 { return float64(k.Keys()) }))
 	})
+}
+
+// stateCollector exports leasekeeper_state with one series per state. It
+// reads the keeper's state once per scrape, so that a scrape shows exactly
+// one state at 1 even when the state changes while it is collected.
+type stateCollector struct {
+	k    Keeper
+	desc *prometheus.Desc
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.k.State()
+	for _, s := range statemachine.States() {
+		v := 0.0
+		if s == now {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, s.String())
+	}
 }
 
 // ObserveAttempt counts an attempt by result and records its duration.

@@ -1,0 +1,332 @@
+package keeper
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// timing is the part of the configuration that derives from the granted TTL.
+type timing struct {
+	renewTimeout time.Duration
+	margin       time.Duration
+	threshold    time.Duration
+}
+
+// timingFor returns the timing for a lease granted with ttl; zero means the
+// TTL asked.
+func (c Config) timingFor(ttl time.Duration) timing {
+	if ttl > 0 {
+		c.TTL = ttl
+	}
+	r := c.resolved()
+	return timing{renewTimeout: r.RenewTimeout, margin: r.Margin, threshold: r.DegradeThreshold}
+}
+
+// attempt is one attempt as it started.
+type attempt struct {
+	start    time.Time
+	id       clientv3.LeaseID // the lease to renew, if renew
+	renew    bool             // renew id; else grant a new lease
+	deadline time.Time        // D when it started
+	tm       timing
+	live     bool // a lease alive by D was held when it started
+	// Without a live lease the lease RPC stays outstanding for wait, the
+	// backoff drawn for it, instead of the keeper waiting idle; timeout is
+	// what bounds it.
+	wait    time.Duration
+	timeout time.Duration
+}
+
+// result is what one attempt did.
+type result struct {
+	granted  bool             // a new lease was granted (else the held one renewed)
+	id       clientv3.LeaseID // the lease renewed or granted
+	ttl      time.Duration    // TTL the server set; zero if the lease RPC failed
+	sent     time.Time        // when the successful lease request was sent
+	deadline time.Time        // the new local deadline when ttl > 0
+	err      error            // classified; nil when every key is written
+}
+
+// fire runs one attempt. It is the attempt timer's function, so it runs on a
+// goroutine of its own that ends with the attempt.
+func (l *leaseLoop) fire() {
+	if !l.life.begin() {
+		return
+	}
+	defer l.life.end()
+	l.mu.Lock()
+	if l.sched.running {
+		l.mu.Unlock()
+		return
+	}
+	l.sched.attemptT = nil
+	if !l.recoveringLocked() {
+		// Start gave up while this attempt was due, with recovery off.
+		l.mu.Unlock()
+		return
+	}
+	l.sched.running = true
+	now := time.Now()
+	l.checkTimeLocked(now)
+	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
+		tm: l.timingLocked(), live: l.liveLocked(now)}
+	a.timeout = a.tm.renewTimeout
+	if !a.live {
+		// No live lease to protect: instead of waiting out the backoff idle,
+		// leave the request outstanding for it. A member that answers again
+		// (a healed partition, a thawed process) then answers it at once, and
+		// the next attempt starts when this one ends: one is always in flight.
+		a.wait = l.cfg.Backoff.delay(max(l.fails.n, 1), lkerrors.KindOf(l.fails.last), rand.Float64())
+		a.timeout = max(a.timeout, a.wait)
+	}
+	l.watchConnLocked()
+	l.mu.Unlock()
+
+	var r result
+	op := "renew"
+	if a.renew {
+		r = l.renew(a)
+	} else {
+		op = "grant"
+		r = l.regrant(a)
+	}
+	if !l.life.closed() || lkerrors.KindOf(r.err) != lkerrors.Canceled {
+		l.disp.push(attemptReport{op: op, took: time.Since(now), err: r.err})
+	}
+
+	l.mu.Lock()
+	l.sched.running = false
+	l.applyLocked(a, r)
+	l.mu.Unlock()
+}
+
+// attemptCtx bounds one RPC by timeout and by limit, if limit is set and
+// still ahead, and ends at Close.
+func (l *leaseLoop) attemptCtx(timeout time.Duration, limit time.Time) (context.Context, context.CancelFunc) {
+	return boundCtx(l.life.ctx, timeout, limit)
+}
+
+// boundCtx returns parent bounded by timeout from now and by limit, if
+// limit is set and still ahead.
+func boundCtx(parent context.Context, timeout time.Duration, limit time.Time) (context.Context, context.CancelFunc) {
+	now := time.Now()
+	end := now.Add(timeout)
+	if !limit.IsZero() && limit.Before(end) && now.Before(limit) {
+		end = limit
+	}
+	return context.WithDeadline(parent, end)
+}
+
+func (l *leaseLoop) classify(err error) error {
+	return lkerrors.ClassifyConn(err, l.b.connState())
+}
+
+// renew renews the held lease, then writes any key not yet written with it.
+func (l *leaseLoop) renew(a attempt) result {
+	ttl, sent, err := l.keepAlive(a)
+	if err != nil {
+		return result{id: a.id, err: l.classify(err)}
+	}
+	r := result{id: a.id, ttl: time.Duration(ttl) * time.Second, sent: sent}
+	// The server reset the lease no earlier than when the request was sent,
+	// so its expiry is no earlier than sent+ttl.
+	r.deadline = sent.Add(r.ttl - l.cfg.timingFor(r.ttl).margin)
+	r.err = l.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+	return r
+}
+
+// regrant grants a new lease and writes every key with it. The old lease
+// is not revoked: a new one is granted only after the server said it does
+// not know the old one.
+func (l *leaseLoop) regrant(a attempt) result {
+	sent := time.Now()
+	ctx, cancel := l.attemptCtx(a.timeout, time.Time{})
+	id, ttl, err := l.b.grant(ctx, l.cfg.ttlSeconds())
+	cancel()
+	if err != nil {
+		return result{granted: true, err: l.classify(err)}
+	}
+	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
+	r.deadline = sent.Add(r.ttl - l.cfg.timingFor(r.ttl).margin)
+
+	// The registry takes the new lease before anyone can see it held, so
+	// that every key is written with it.
+	l.reg.rebase(id)
+	l.mu.Lock()
+	if l.life.closed() {
+		l.mu.Unlock()
+		// Close already took the old lease to revoke: revoke this one here.
+		ctx, cancel := context.WithTimeout(context.Background(), a.tm.renewTimeout)
+		_ = l.b.revoke(ctx, id)
+		cancel()
+		return result{granted: true, err: lkerrors.Classify(context.Canceled)}
+	}
+	l.lease = lease{id: id, ttl: r.ttl, deadline: r.deadline}
+	tm := l.timingLocked()
+	l.mu.Unlock()
+	l.log.Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(a.id)), zap.Duration("ttl", r.ttl))
+	r.err = l.reg.writePending(leaseView{id: id, deadline: r.deadline, tm: tm, live: true})
+	return r
+}
+
+// applyLocked feeds an attempt's result to the state machine and schedules
+// the next attempt.
+func (l *leaseLoop) applyLocked(a attempt, r result) {
+	defer l.signalLocked()
+	if l.life.closed() {
+		return
+	}
+	now := time.Now()
+	if r.ttl > 0 && r.id == l.lease.id {
+		l.lease.ttl, l.lease.deadline = r.ttl, r.deadline
+	}
+	if r.err == nil {
+		l.fails = failures{}
+		if l.m.State() != statemachine.Healthy && !now.Before(l.lease.deadline.Add(-l.timingLocked().threshold)) {
+			// The reply came long after its request was sent (it waited out
+			// an outage), so the lease is alive for less than the degrade
+			// threshold: renew again at once rather than report Healthy for
+			// an instant and Degraded right after.
+			l.scheduleLocked(0)
+			return
+		}
+		ev := statemachine.RenewOK
+		if r.granted {
+			ev = statemachine.Recovered
+		}
+		l.stepLocked(ev, nil, now)
+		l.stopConnWatchLocked()
+		// Count the renewal interval from when the server reset the lease
+		// (the send time), so round trips do not eat into the time left.
+		l.scheduleLocked(max(r.sent.Add(l.lease.ttl/3).Sub(now), 0))
+		l.rearmCheckLocked(now)
+		return
+	}
+
+	kind := lkerrors.KindOf(r.err)
+	l.fails.last = r.err
+	l.fails.n++
+	l.logFailureLocked(r, kind, now)
+	switch {
+	case kind == lkerrors.LeaseExpired:
+		l.leaseLostLocked(r.err, now)
+		return
+	case permanent(r.err):
+		l.stepLocked(statemachine.PermanentFailure, r.err, now)
+	default:
+		l.stepLocked(statemachine.RenewFailed, r.err, now)
+		l.checkTimeLocked(now)
+	}
+	if l.recoveringLocked() {
+		l.scheduleLocked(l.nextAfterFailureLocked(a, kind, now))
+	}
+	l.watchConnLocked()
+}
+
+// nextAfterFailureLocked is the wait before the attempt after a failed one,
+// counted from now. The backoff counts from the start of the failed
+// attempt: an attempt that waited out its timeout already spent it.
+func (l *leaseLoop) nextAfterFailureLocked(a attempt, kind lkerrors.Kind, now time.Time) time.Duration {
+	spent := now.Sub(a.start)
+	switch {
+	case !a.live:
+		// One attempt in flight at a time: the next starts when this one
+		// ended, but no sooner than its backoff after it started, so errors
+		// that return at once cannot spin; errors retrying cannot fix soon
+		// wait their own, longer backoff.
+		wait := a.wait
+		if policyOf(kind).slowest {
+			wait = max(wait, l.cfg.Backoff.delay(l.fails.n, kind, rand.Float64()))
+		}
+		return max(wait-spent, 0)
+	case !l.liveLocked(now) && !policyOf(kind).slowest:
+		// D passed during the attempt: from now on attempts stay
+		// outstanding; the first starts at once.
+		return 0
+	}
+	return max(l.retryDelayLocked(kind, now)-spent, 0)
+}
+
+// leaseLostLocked acts on the server's word that the lease is gone (err):
+// the keeper is Failed, and the next attempt, at once, grants a new lease.
+func (l *leaseLoop) leaseLostLocked(err error, now time.Time) {
+	l.lease.gone, l.fails.n = true, 0
+	l.stepLocked(statemachine.LeaseLost, err, now)
+	if l.recoveringLocked() && !l.sched.running {
+		l.scheduleLocked(0)
+	}
+}
+
+// permanent reports whether err says that retrying soon cannot help: the
+// keeper is Failed at once and retries at the slowest pace.
+func permanent(err error) bool {
+	return err != nil && policyOf(lkerrors.KindOf(err)).permanent
+}
+
+// recoveringLocked reports whether attempts go on: always while the lease
+// is alive or Start waits, and in Failed unless recovery is disabled.
+func (l *leaseLoop) recoveringLocked() bool {
+	return !l.cfg.DisableRecovery || l.starting || l.m.State() != statemachine.Failed
+}
+
+// retryDelayLocked is the backoff for the current failure count, shortened
+// while the lease is alive so that a last attempt of a full renew timeout
+// still fits before the deadline. Inside that last window retries keep a
+// floor of a tenth of the renew timeout (or the base delay, if smaller), so
+// errors that return at once cannot spin.
+func (l *leaseLoop) retryDelayLocked(kind lkerrors.Kind, now time.Time) time.Duration {
+	d := l.cfg.Backoff.delay(l.fails.n, kind, rand.Float64())
+	if l.liveLocked(now) && !policyOf(kind).permanent {
+		rt := l.timingLocked().renewTimeout
+		floor := min(l.cfg.Backoff.BaseDelay, rt/10)
+		d = min(d, max(l.lease.deadline.Sub(now)-rt, floor))
+	}
+	return d
+}
+
+// scheduleRetryLocked brings the next attempt forward to the backoff for
+// kind, unless one is due sooner or running.
+func (l *leaseLoop) scheduleRetryLocked(kind lkerrors.Kind) {
+	if l.life.closed() || l.sched.running || !l.started {
+		return
+	}
+	d := l.retryDelayLocked(kind, time.Now())
+	if l.sched.attemptT == nil || time.Until(l.sched.attemptAt) > d {
+		l.scheduleLocked(d)
+	}
+}
+
+// scheduleLocked replaces the next attempt's timer with one due in d.
+func (l *leaseLoop) scheduleLocked(d time.Duration) {
+	if l.life.closed() {
+		return
+	}
+	stopTimer(&l.sched.attemptT)
+	l.sched.attemptAt = time.Now().Add(d)
+	l.sched.attemptT = time.AfterFunc(d, l.fire)
+}
+
+// failureLogEvery is how often an outage repeats its warning.
+const failureLogEvery = 30 * time.Second
+
+// logFailureLocked logs a failed attempt: a warning for the first failure
+// after a success and then at most one every failureLogEvery, so an outage
+// does not flood the log; every attempt at debug level.
+func (l *leaseLoop) logFailureLocked(r result, kind lkerrors.Kind, now time.Time) {
+	fields := []zap.Field{zap.String("lease", strconv.FormatInt(int64(r.id), 16)), zap.Int("failures", l.fails.n),
+		zap.String("kind", kind.String()), zap.Error(r.err)}
+	if l.fails.warnedAt.IsZero() || now.Sub(l.fails.warnedAt) >= failureLogEvery {
+		l.fails.warnedAt = now
+		l.log.Warn("lease keeper renewal failing", fields...)
+		return
+	}
+	l.log.Debug("attempt failed", fields...)
+}

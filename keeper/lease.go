@@ -1,0 +1,246 @@
+package keeper
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// leaseLoop keeps the lease: attempts that timers start grant and renew it
+// (attempt.go), it keeps the local deadline D and moves the state machine
+// when the clock passes the degrade threshold and D (clock.go), and it
+// follows the client's connection while it is down (conn.go). Transitions
+// go to the dispatcher. It calls the registry to write the keys, never while
+// holding mu; the registry may read it under its own lock. mu guards every
+// field below it.
+type leaseLoop struct {
+	cfg  Config
+	b    backend
+	log  *zap.Logger
+	life *life
+	disp *dispatcher
+	reg  *registry
+
+	mu       sync.Mutex
+	m        *statemachine.Machine
+	lease    lease
+	started  bool
+	starting bool // Start waits: attempts go on even without recovery
+	sched    schedule
+	fails    failures
+	conn     *connWatch    // the connection watch running, if any
+	progress chan struct{} // closed and replaced after every attempt and transition, for Start
+}
+
+// lease is the lease held: its ID, the TTL the server granted, and the
+// local deadline D. gone says the server said it does not know it: the next
+// attempt grants a new one.
+type lease struct {
+	id       clientv3.LeaseID
+	ttl      time.Duration
+	deadline time.Time
+	gone     bool
+}
+
+// schedule is when the loop acts next: the next attempt and when it is
+// due, whether one runs, and the timer that moves the state at the degrade
+// threshold and at D.
+type schedule struct {
+	attemptT  *time.Timer
+	attemptAt time.Time
+	running   bool
+	checkT    *time.Timer
+}
+
+// failures are the failed attempts since the last success: how many, the
+// last one's classified error, and when one was last logged as a warning.
+type failures struct {
+	n        int
+	last     error
+	warnedAt time.Time
+}
+
+// leaseView is the lease as the registry writes with it: the lease (0 when
+// none is held, or the server said it is gone), its local deadline, the
+// timing that bounds a write, and whether it is alive by D.
+type leaseView struct {
+	id       clientv3.LeaseID
+	deadline time.Time
+	tm       timing
+	live     bool
+}
+
+func newLeaseLoop(cfg Config, b backend, log *zap.Logger, l *life, d *dispatcher) (*leaseLoop, error) {
+	m, err := statemachine.New(cfg.DegradeAfter)
+	if err != nil {
+		return nil, err
+	}
+	return &leaseLoop{cfg: cfg, b: b, log: log, life: l, disp: d, m: m, progress: make(chan struct{})}, nil
+}
+
+// view returns the lease as it stands at now; after Close, none.
+func (l *leaseLoop) view(now time.Time) leaseView {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v := leaseView{deadline: l.lease.deadline, tm: l.timingLocked()}
+	if !l.lease.gone && !l.life.closed() {
+		v.id, v.live = l.lease.id, l.liveLocked(now)
+	}
+	return v
+}
+
+// liveLocked reports whether the loop holds a lease that is alive by the
+// local deadline at now.
+func (l *leaseLoop) liveLocked(now time.Time) bool {
+	return l.lease.id != 0 && !l.lease.gone && now.Before(l.lease.deadline)
+}
+
+// timingLocked returns the timing for the lease held, or for the TTL asked
+// before the first grant.
+func (l *leaseLoop) timingLocked() timing {
+	return l.cfg.timingFor(l.lease.ttl)
+}
+
+// start schedules the first attempt and waits until the keeper is Healthy,
+// ctx ends, or an attempt fails with an error retrying cannot fix.
+func (l *leaseLoop) start(ctx context.Context) error {
+	l.mu.Lock()
+	switch {
+	case l.life.closed():
+		l.mu.Unlock()
+		return ErrClosed
+	case l.started:
+		l.mu.Unlock()
+		return ErrAlreadyStarted
+	}
+	l.started, l.starting = true, true
+	l.scheduleLocked(0)
+	l.mu.Unlock()
+
+	for {
+		l.mu.Lock()
+		st, lastErr, progress := l.m.State(), l.fails.last, l.progress
+		if st == statemachine.Healthy || st == statemachine.Closed || permanent(lastErr) {
+			l.starting = false
+			l.mu.Unlock()
+			switch st {
+			case statemachine.Healthy:
+				return nil
+			case statemachine.Closed:
+				return ErrClosed
+			}
+			return lastErr
+		}
+		l.mu.Unlock()
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.starting = false
+			if lastErr = l.fails.last; lastErr == nil {
+				lastErr = lkerrors.ClassifyConn(ctx.Err(), l.b.connState())
+			}
+			if l.cfg.DisableRecovery && l.m.State() != statemachine.Healthy {
+				stopTimer(&l.sched.attemptT)
+			}
+			return lastErr
+		}
+	}
+}
+
+// close stops every timer and the connection watch, reports the transition
+// to Closed, and returns the lease to revoke: 0 when none is held.
+func (l *leaseLoop) close() clientv3.LeaseID {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	stopTimer(&l.sched.attemptT)
+	stopTimer(&l.sched.checkT)
+	l.stopConnWatchLocked()
+	l.stepLocked(statemachine.Close, nil, time.Now())
+	if l.lease.gone {
+		return 0
+	}
+	return l.lease.id
+}
+
+// state returns the state now, changing nothing (see stateAtLocked).
+func (l *leaseLoop) state() statemachine.State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stateAtLocked(time.Now())
+}
+
+// leaseID returns the lease held, or 0 when none is (before the first
+// grant, after the server said the lease is gone, after Close).
+func (l *leaseLoop) leaseID() clientv3.LeaseID {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease.gone || l.life.closed() {
+		return 0
+	}
+	return l.lease.id
+}
+
+// deadline returns D, or the zero time when no lease is held.
+func (l *leaseLoop) deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease.id == 0 || l.lease.gone || l.life.closed() {
+		return time.Time{}
+	}
+	return l.lease.deadline
+}
+
+// err returns the last failed attempt's classified error since the last
+// success, or nil.
+func (l *leaseLoop) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fails.last
+}
+
+// writeFailed acts on a write of the registry's that failed outside an
+// attempt (Register, a restore, a retry): a lease the server no longer
+// knows is lost (its keys went with it, and a new lease writes them all);
+// anything but a taken key brings the next attempt forward.
+func (l *leaseLoop) writeFailed(id clientv3.LeaseID, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch kind := lkerrors.KindOf(err); {
+	case kind == lkerrors.LeaseExpired && id == l.lease.id && !l.lease.gone && !l.life.closed():
+		l.leaseLostLocked(err, time.Now())
+	case kind != lkerrors.KeyTaken:
+		l.scheduleRetryLocked(kind)
+	}
+}
+
+// stepLocked applies an event and queues the transition, if any, for the
+// callbacks.
+func (l *leaseLoop) stepLocked(e statemachine.Event, cause error, now time.Time) {
+	t, changed := l.m.Step(e, cause, now)
+	if !changed {
+		return
+	}
+	l.signalLocked()
+	l.disp.push(transition{t: t, lease: l.lease.id, deadline: l.lease.deadline})
+}
+
+// signalLocked wakes everyone waiting for progress (Start).
+func (l *leaseLoop) signalLocked() {
+	close(l.progress)
+	l.progress = make(chan struct{})
+}
+
+func stopTimer(t **time.Timer) {
+	if *t != nil {
+		(*t).Stop()
+		*t = nil
+	}
+}

@@ -1,0 +1,242 @@
+package keeper
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+)
+
+// registry holds the registered keys, one record per key, writes them to
+// etcd (write.go) and acts on changes the watch sees (reconcile.go).
+//
+// wmu serializes the registry's writes to etcd one RPC at a time, so that
+// after Register, Deregister or a restore returns, the set and etcd agree,
+// and none of them waits behind more than one transaction of a long
+// rewrite; it is taken before mu. It is a channel, not a mutex, so that
+// waiting for it honours a context. mu guards the records, the lease they
+// are written with and the retry timer. The registry reads the lease loop
+// under mu; the loop never takes mu while holding its own lock.
+type registry struct {
+	cfg   Config
+	b     backend
+	log   *zap.Logger
+	life  *life
+	disp  *dispatcher
+	loop  *leaseLoop
+	watch *keyWatch
+
+	wmu    writeLock
+	mu     sync.Mutex
+	keys   map[string]*record
+	lease  clientv3.LeaseID // the lease the records' written state refers to
+	retryT *time.Timer      // writes held and contested keys again by the backoff
+	retryN int              // retries since a held or contested key was last written
+}
+
+// record is one registered key: what to write, by which policy, and what
+// the keeper knows of it in etcd.
+type record struct {
+	value   string
+	policy  Policy
+	pending bool           // not known written with the registry's lease
+	own     owned          // what the keeper last wrote, or last reported of another writer
+	taken   *KeyTakenError // an exclusive key another holder has
+	refused error          // etcd refused the key for good; cleared once it is written
+	held    bool           // refused: not written again until the retry timer fires
+	fight   fight          // restores of it that another writer undid
+}
+
+// owned is what the keeper knows of a key it wrote: the lease, the
+// revision of its last write and the key's create revision. For a
+// report-only key another writer changed, lease is 0 and seen (or gone, for
+// a deletion) says which change was reported.
+type owned struct {
+	lease  clientv3.LeaseID
+	rev    int64
+	create int64
+	seen   int64
+	gone   bool
+}
+
+// fight counts the restores of one key in a row that another writer undid,
+// so that two writers restoring one key against each other back off.
+type fight struct {
+	n    int
+	last time.Time
+}
+
+// kv is one registered key and its value.
+type kv struct{ key, value string }
+
+// register adds key or replaces its value and policy, and writes it at
+// once while the lease is live. See Keeper.Register.
+func (r *registry) register(ctx context.Context, key, value string, policy Policy) error {
+	ctx, cancel := r.life.bound(ctx)
+	defer cancel()
+	if err := r.wmu.lock(ctx); err != nil {
+		return r.classify(err)
+	}
+	defer r.wmu.unlock()
+	r.mu.Lock()
+	old, existed := r.keys[key]
+	var prev record
+	if existed {
+		prev = *old
+	} else {
+		old = &record{}
+		r.keys[key] = old
+	}
+	rec := old
+	rec.value, rec.policy, rec.pending = value, policy, true
+	rec.refused, rec.held = nil, false
+	if policy != Exclusive {
+		rec.taken = nil
+	}
+	r.watch.widen(key)
+	v := r.loop.view(time.Now())
+	r.mu.Unlock()
+	if !v.live {
+		return nil
+	}
+	wctx, wcancel := boundCtx(ctx, v.tm.renewTimeout, v.deadline)
+	err := r.writeKey(wctx, v.id, kv{key, value}, policy)
+	wcancel()
+
+	switch kind := lkerrors.KindOf(err); {
+	case err == nil, kind == lkerrors.KeyTaken:
+	case policyOf(kind).permanent && !r.life.closed():
+		// Refused at Register: the caller hears of it, and the key does not
+		// join the set (or keeps its previous value).
+		r.mu.Lock()
+		if existed {
+			*rec = prev
+			rec.pending = true
+		} else {
+			delete(r.keys, key)
+		}
+		r.mu.Unlock()
+	default:
+		r.loop.writeFailed(v.id, err)
+	}
+	return err
+}
+
+// deregister removes key and, while a lease is held, deletes it from etcd
+// if it is still attached to that lease. See Keeper.Deregister.
+func (r *registry) deregister(ctx context.Context, key string) error {
+	ctx, cancel := r.life.bound(ctx)
+	defer cancel()
+	if err := r.wmu.lock(ctx); err != nil {
+		return r.classify(err)
+	}
+	defer r.wmu.unlock()
+	r.mu.Lock()
+	_, existed := r.keys[key]
+	delete(r.keys, key)
+	v := r.loop.view(time.Now())
+	r.mu.Unlock()
+	if !existed || v.id == 0 {
+		return nil
+	}
+	ctx, dcancel := context.WithTimeout(ctx, v.tm.renewTimeout)
+	defer dcancel()
+	return lkerrors.ClassifyConn(r.b.del(ctx, v.id, key), r.b.connState())
+}
+
+// rebase makes id the lease every key is to be written with: all are
+// pending again, and keys held after a refusal get one more try.
+func (r *registry) rebase(id clientv3.LeaseID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lease = id
+	for _, rec := range r.keys {
+		rec.pending, rec.held = true, false
+	}
+}
+
+// token returns key's fencing token. See Keeper.Token.
+func (r *registry) token(key string) (Token, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := r.keys[key]
+	switch {
+	case rec == nil:
+		return Token{}, ErrNotRegistered
+	case rec.taken != nil:
+		return Token{}, rec.taken
+	case rec.refused != nil:
+		return Token{}, rec.refused
+	}
+	v := r.loop.view(time.Now())
+	if !v.live || rec.pending || rec.own.lease != v.id {
+		return Token{}, ErrNotHeld
+	}
+	return Token{Lease: v.id, Revision: rec.own.create}, nil
+}
+
+// len returns the number of registered keys.
+func (r *registry) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.keys)
+}
+
+// keyRange returns the smallest range [start, end) holding every key.
+func (r *registry) keyRange() (start, end string, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key := range r.keys {
+		if !ok || key < start {
+			start = key
+		}
+		if !ok || key >= end {
+			end = key + "\x00"
+		}
+		ok = true
+	}
+	return start, end, ok
+}
+
+// keysIn returns the registered keys in [start, end), sorted.
+func (r *registry) keysIn(start, end string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var keys []string
+	for key := range r.keys {
+		if key >= start && key < end {
+			keys = append(keys, key)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// close stops the retry timer.
+func (r *registry) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	stopTimer(&r.retryT)
+}
+
+// writeLock is a lock whose waiting honours a context.
+type writeLock chan struct{}
+
+func newWriteLock() writeLock { return make(writeLock, 1) }
+
+// lock takes the lock, or returns ctx's error if ctx ends first.
+func (w writeLock) lock(ctx context.Context) error {
+	select {
+	case w <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (w writeLock) unlock() { <-w }
