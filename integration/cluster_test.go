@@ -27,7 +27,7 @@ func TestFaultsLeaderKilled(t *testing.T) {
 	}
 	s.endFault()
 	r := s.finish("SIGKILL; restarted after 2×TTL")
-	if s.reached(statemachine.Failed) {
+	if s.failedOnItsOwn() {
 		t.Errorf("path %s: failed although two of three members stayed up", pathString(r.path))
 	}
 }
@@ -119,7 +119,7 @@ func TestFaultsStreamMemberStalled(t *testing.T) {
 	}
 	note := fmt.Sprintf("etcd KeepAlive on the same cluster: lease %s", map[bool]string{true: "LOST", false: "kept"}[rawLost])
 	r := s.finish(note)
-	if s.reached(statemachine.Failed) {
+	if s.failedOnItsOwn() {
 		t.Errorf("path %s: failed although two of three members stayed up", pathString(r.path))
 	}
 	if !rawLost {
@@ -141,6 +141,7 @@ func TestFaultsQuorumLost(t *testing.T) {
 	s.endFault()
 	r := s.finish("2 of 3 SIGKILLed, restarted after 2×TTL")
 	wantPath(t, r, statemachine.Healthy, statemachine.Degraded, statemachine.Failed, statemachine.Healthy)
+	wantHealed(t, r)
 }
 
 func TestFaultsWholeClusterRestart(t *testing.T) {
@@ -158,6 +159,7 @@ func TestFaultsWholeClusterRestart(t *testing.T) {
 	s.endFault()
 	r := s.finish("all SIGKILLed for 2×TTL")
 	wantPath(t, r, statemachine.Healthy, statemachine.Degraded, statemachine.Failed, statemachine.Healthy)
+	wantHealed(t, r)
 	if r.lease != "same" {
 		t.Errorf("lease after the restart: %s, want the same lease resumed", r.lease)
 	}

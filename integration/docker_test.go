@@ -166,7 +166,7 @@ func TestDocker(t *testing.T) {
 			}
 			s.endFault()
 			r := s.finish(svc + ": " + strings.Join(f.act, " "))
-			if s.reached(statemachine.Failed) {
+			if s.failedOnItsOwn() {
 				t.Errorf("path %s: failed although two of three members stayed up", pathString(r.path))
 			}
 		})
@@ -286,14 +286,17 @@ func dockerSidecarDisconnected(t *testing.T, d *dockerTier) {
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == oldLease {
 		t.Errorf("sidecar key after the heal: %v, %v; want re-written on a new lease", resp, err)
 	}
-	path, failedAt, degradedAt := sidecarTransitions(t, id, start)
+	ts, failedAt, degradedAt := sidecarTransitions(t, id, start)
 	if failedAt.IsZero() || !failedAt.Before(deletedAt) {
 		t.Errorf("sidecar failed at %v, server deleted its key at %v: want failed first", failedAt, deletedAt)
 	}
-	r := result{scenario: "docker: sidecar container disconnected 2×TTL", ttl: ttlDocker, path: path,
+	r := result{scenario: "docker: sidecar container disconnected 2×TTL", ttl: ttlDocker, path: pathOf(ts),
 		toDegraded: since(degradedAt, start), toFailed: since(failedAt, start), deleted: true,
-		margin: deletedAt.Sub(failedAt), heal: healed.Sub(end), lease: "new",
-		note: "docker network disconnect; times from the sidecar's own log"}
+		margin: deletedAt.Sub(failedAt), heal: healed.Sub(end), lease: "new", flaps: returns(ts, start, end),
+		note: "docker network disconnect; times from the sidecar's own log, from the fault on"}
+	if r.flaps > 0 {
+		t.Errorf("sidecar: %d flaps while cut off: %s", r.flaps, pathString(r.path))
+	}
 	record(r)
 }
 
@@ -304,9 +307,10 @@ func since(at, start time.Time) time.Duration {
 	return at.Sub(start)
 }
 
-// sidecarTransitions reads the sidecar's JSON log and returns its state
-// path and when it became degraded and failed after start.
-func sidecarTransitions(t *testing.T, id string, start time.Time) (path []statemachine.State, failedAt, degradedAt time.Time) {
+// sidecarTransitions reads the sidecar's JSON log and returns its
+// transitions from start on (it has lived through the tier's earlier
+// faults), their path, and when it became degraded and failed.
+func sidecarTransitions(t *testing.T, id string, start time.Time) (ts []statemachine.Transition, failedAt, degradedAt time.Time) {
 	t.Helper()
 	out, err := exec.Command("docker", "logs", id).Output()
 	if err != nil {
@@ -322,17 +326,33 @@ func sidecarTransitions(t *testing.T, id string, start time.Time) (path []statem
 			continue
 		}
 		at := time.Unix(0, int64(l.TS*float64(time.Second)))
-		if len(path) == 0 {
-			path = append(path, stateNamed(l.From))
+		if at.Before(start) {
+			continue
 		}
-		path = append(path, stateNamed(l.To))
+		ts = append(ts, statemachine.Transition{From: stateNamed(l.From), To: stateNamed(l.To), At: at})
 		switch {
-		case at.Before(start):
 		case l.To == "failed" && failedAt.IsZero():
 			failedAt = at
 		case l.To == "degraded" && degradedAt.IsZero():
 			degradedAt = at
 		}
 	}
-	return path, failedAt, degradedAt
+	return ts, failedAt, degradedAt
+}
+
+// returns counts the returns, within [start, end], to a state the keeper
+// had left within it.
+func returns(ts []statemachine.Transition, start, end time.Time) int {
+	n := 0
+	left := map[statemachine.State]bool{}
+	for _, t := range ts {
+		if t.At.Before(start) || t.At.After(end) {
+			continue
+		}
+		if left[t.To] {
+			n++
+		}
+		left[t.From] = true
+	}
+	return n
 }

@@ -27,6 +27,7 @@ func TestFaultsSilentPartition(t *testing.T) {
 	s.endFault()
 	r := s.finish("proxy stalls every byte")
 	wantPath(t, r, statemachine.Healthy, statemachine.Degraded, statemachine.Failed, statemachine.Healthy)
+	wantHealed(t, r)
 	if !r.deleted {
 		t.Errorf("the server kept the keys through a %v partition with ttl %v", 2*s.ttl, s.ttl)
 	}
@@ -35,16 +36,16 @@ func TestFaultsSilentPartition(t *testing.T) {
 func TestFaultsShortPartitions(t *testing.T) {
 	s := newScenario(t, "5 partitions of TTL/3.5", 1, ttl1)
 	p := s.c.Members[0].Proxy
-	s.startFault()
 	for range 5 {
+		s.startFault()
 		p.Stall()
 		s.hold(s.ttl * 2 / 7)
 		p.Heal()
+		s.endFault()
 		s.hold(s.ttl)
 	}
-	s.endFault()
 	r := s.finish("never failed")
-	if s.reached(statemachine.Failed) {
+	if s.failedOnItsOwn() {
 		t.Errorf("path %s: failed on partitions shorter than a third of the ttl", pathString(r.path))
 	}
 }
@@ -60,7 +61,7 @@ func TestFaultsDelayNearRenewTimeout(t *testing.T) {
 	p.Delay(0)
 	s.endFault()
 	r := s.finish("round trip " + rtt.String())
-	if s.reached(statemachine.Failed) {
+	if s.failedOnItsOwn() {
 		t.Errorf("path %s: failed with round trips inside the renew timeout", pathString(r.path))
 	}
 }
@@ -74,6 +75,7 @@ func TestFaultsFrozenMember(t *testing.T) {
 	s.endFault()
 	r := s.finish("SIGSTOP, SIGCONT")
 	wantPath(t, r, statemachine.Healthy, statemachine.Degraded, statemachine.Failed, statemachine.Healthy)
+	wantHealed(t, r)
 }
 
 func TestFaultsExternalRevoke(t *testing.T) {
@@ -86,12 +88,10 @@ func TestFaultsExternalRevoke(t *testing.T) {
 	s.endFault()
 	// A revoke deletes the keys at once: no keeper can know first, so the
 	// safety check does not apply. Forget the deletion before finishing.
-	if !s.waitState(statemachine.Failed, s.faultStart, 2*s.ttl) {
+	if !s.waitState(statemachine.Failed, s.faultStart(), 2*s.ttl) {
 		t.Fatalf("not failed within 2×ttl of an external revoke")
 	}
-	s.mu.Lock()
-	s.deletedAt = time.Time{}
-	s.mu.Unlock()
+	s.forgetDeletion()
 	r := s.finish("keys re-written on a new lease")
 	wantPath(t, r, statemachine.Healthy, statemachine.Failed, statemachine.Healthy)
 	if r.lease != "new" {
@@ -118,16 +118,14 @@ func TestFaultsExternalDelete(t *testing.T) {
 			restored = resp.Kvs[0]
 		}
 	}
-	took := time.Since(s.faultStart)
+	took := time.Since(s.faultStart())
 	if restored == nil || clientv3.LeaseID(restored.Lease) != s.k.LeaseID() {
 		t.Fatalf("after an external delete: key %v, want it restored on lease %x", restored, s.k.LeaseID())
 	}
 	if state := s.k.State(); state != statemachine.Healthy {
 		t.Errorf("after an external delete: state %v, want healthy", state)
 	}
-	s.mu.Lock()
-	s.deletedAt = time.Time{}
-	s.mu.Unlock()
+	s.forgetDeletion()
 	s.endFault()
 	s.finish(fmt.Sprintf("restored by the watch at revision %d (deleted at %d), within %v",
 		restored.ModRevision, del.Header.Revision, took.Round(time.Millisecond)))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,37 +20,52 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// scenario is one keeper on a fresh cluster, watched from outside.
+// scenario is a fault against a fresh cluster and two keepers on it, each
+// with three keys and a client of its own: one built with default options
+// (clientv3.New with the endpoints alone), one with a short reconnect
+// backoff. An observer watches the keys straight on the members, and a
+// prober tells when etcd answers.
 type scenario struct {
 	t      *testing.T
 	name   string
 	c      *Cluster    // the process cluster, if any
 	docker *dockerTier // the compose cluster, if any
 	ttl    time.Duration
-	cli    *clientv3.Client // the keeper's, through the proxies
 	obs    *clientv3.Client // the observer's, straight to the members
-	k      *keeper.Keeper
-	keys   []string
-	lease  clientv3.LeaseID // granted at the start
-	ignore []goleak.Option  // goroutines that are not the scenario's
+	probe  *prober
+	ignore []goleak.Option // goroutines that are not the scenario's
 
-	faultStart, faultEnd time.Time
+	*subject          // the keeper on the client with a short reconnect backoff
+	plain    *subject // the keeper on a client built with default options
+
+	faults    []span // the fault's spans, in order
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+	closeOnce sync.Once
+}
+
+// span is one stretch of time a fault lasted.
+type span struct{ start, end time.Time }
+
+// subject is one keeper under test, its client and what it reported.
+type subject struct {
+	cli   *clientv3.Client
+	k     *keeper.Keeper
+	keys  []string
+	lease clientv3.LeaseID // granted at the start
 
 	mu        sync.Mutex
+	attempts  []string // for debugging: when each attempt ended, and how
 	ts        []statemachine.Transition
 	more      chan struct{}
-	deletedAt time.Time // the first DELETE of a key the observer saw
+	deletedAt time.Time // the first DELETE of one of its keys the observer saw
 	// deadlineAt is the keeper's local deadline when that DELETE came. A
 	// deletion before it is a revoke, not an expiry: the server cannot have
 	// expired a lease the keeper renewed less than a TTL ago.
 	deadlineAt time.Time
-	stopWatch  context.CancelFunc
-	watchDone  chan struct{}
-	closeOnce  sync.Once
 }
 
-// newScenario starts a cluster of n members and a Healthy keeper with three
-// keys on it, and an observer watching the keys straight on the members.
+// newScenario starts a cluster of n members and the two keepers on it.
 func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario {
 	t.Helper()
 	c, err := StartCluster(etcdBin, t.TempDir(), n)
@@ -62,23 +78,16 @@ func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario 
 	return s
 }
 
-// newScenarioOn starts a Healthy keeper with three keys on the cluster
-// behind endpoints, and an observer on observed.
+// newScenarioOn starts the two Healthy keepers on the cluster behind
+// endpoints, the prober on endpoints, and the observer on observed.
 func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, observed []string) *scenario {
 	t.Helper()
-	s := &scenario{t: t, name: name, ttl: ttl, more: make(chan struct{}), ignore: []goleak.Option{
+	s := &scenario{t: t, name: name, ttl: ttl, ignore: []goleak.Option{
 		goleak.IgnoreCurrent(),
 		// Members restarted during the scenario get a new process waiter.
 		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/integration.(*Member).reap"),
 	}}
 	var err error
-	s.cli, err = clientv3.New(clientv3.Config{
-		Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{demo.FastReconnect},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	s.obs, err = clientv3.New(clientv3.Config{
 		Endpoints: observed, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
 		DialOptions: []grpc.DialOption{demo.FastReconnect},
@@ -87,80 +96,139 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 		t.Fatal(err)
 	}
 	prefix := "lk/" + name + "/"
-	s.keys = []string{prefix + "a", prefix + "b", prefix + "c"}
-	cfg := keeper.DefaultConfig()
-	cfg.TTL = ttl
-	cfg.Callbacks.OnTransition = s.record
-	if s.k, err = keeper.New(s.cli, cfg); err != nil {
-		t.Fatal(err)
-	}
-	// The watcher reads s.k: start it once s.k is set, before any key is
-	// written.
 	wctx, cancel := context.WithCancel(context.Background())
 	s.stopWatch, s.watchDone = cancel, make(chan struct{})
 	wch := s.obs.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
 	<-wch
-	go s.watch(wch)
-	ctx, cancelStart := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancelStart()
-	for _, key := range s.keys {
-		if err := s.k.Register(ctx, key, "v"); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// Close everything even when the test stops early, before the cluster
 	// goes (cleanups run last in, first out).
 	t.Cleanup(s.close)
-	if err := s.k.Start(ctx); err != nil {
-		t.Fatalf("Start() = %v", err)
+	s.subject = s.newSubject(prefix, endpoints, demo.FastReconnect)
+	s.plain = s.newSubject(prefix+"plain/", endpoints)
+	go s.watch(wch, prefix)
+	if s.probe, err = startProber(endpoints); err != nil {
+		t.Fatal(err)
 	}
-	s.lease = s.k.LeaseID()
+	ctx, cancelStart := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelStart()
+	for _, sub := range s.subjects() {
+		if err := sub.k.Start(ctx); err != nil {
+			t.Fatalf("Start() = %v", err)
+		}
+		sub.lease = sub.k.LeaseID()
+	}
 	return s
 }
 
-// close closes the keeper, the watcher and the clients; it is idempotent.
+// newSubject makes a keeper with three keys under prefix on a client of
+// its own, built with opts only.
+func (s *scenario) newSubject(prefix string, endpoints []string, opts ...grpc.DialOption) *subject {
+	t := s.t
+	t.Helper()
+	sub := &subject{more: make(chan struct{}), keys: []string{prefix + "a", prefix + "b", prefix + "c"}}
+	var err error
+	sub.cli, err = clientv3.New(clientv3.Config{Endpoints: endpoints, Logger: zap.NewNop(), DialOptions: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := keeper.DefaultConfig()
+	cfg.TTL = s.ttl
+	cfg.Callbacks.OnTransition = sub.record
+	cfg.Observers = []keeper.Observer{sub}
+	if sub.k, err = keeper.New(sub.cli, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range sub.keys {
+		if err := sub.k.Register(context.Background(), key, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return sub
+}
+
+// subjects returns the keepers under test that exist yet: the one on the
+// client built with default options first.
+func (s *scenario) subjects() []*subject {
+	var out []*subject
+	for _, sub := range []*subject{s.plain, s.subject} {
+		if sub != nil {
+			out = append(out, sub)
+		}
+	}
+	return out
+}
+
+// close closes the keepers, the prober, the watcher and the clients; it is
+// idempotent.
 func (s *scenario) close() {
 	s.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := s.k.Close(ctx); err != nil {
-			s.t.Errorf("Close() = %v", err)
+		for _, sub := range s.subjects() {
+			if err := sub.k.Close(ctx); err != nil {
+				s.t.Errorf("Close() = %v", err)
+			}
+			_ = sub.cli.Close()
+		}
+		if s.probe != nil {
+			s.probe.close()
 		}
 		s.stopWatch()
-		<-s.watchDone
-		_ = s.cli.Close()
+		if s.subject != nil {
+			<-s.watchDone
+		}
 		_ = s.obs.Close()
 	})
 }
 
-func (s *scenario) watch(wch clientv3.WatchChan) {
+// watch records, for each keeper, the first deletion of one of its keys.
+func (s *scenario) watch(wch clientv3.WatchChan, prefix string) {
 	defer close(s.watchDone)
 	for wr := range wch {
 		for _, ev := range wr.Events {
-			if ev.Type == mvccpb.DELETE {
-				now := time.Now()
-				d := s.k.Deadline()
-				s.mu.Lock()
-				if s.deletedAt.IsZero() {
-					s.deletedAt, s.deadlineAt = now, d
-				}
-				s.mu.Unlock()
+			if ev.Type != mvccpb.DELETE {
+				continue
 			}
+			sub := s.subject
+			if strings.HasPrefix(string(ev.Kv.Key), prefix+"plain/") {
+				sub = s.plain
+			}
+			now, d := time.Now(), sub.k.Deadline()
+			sub.mu.Lock()
+			if sub.deletedAt.IsZero() {
+				sub.deletedAt, sub.deadlineAt = now, d
+			}
+			sub.mu.Unlock()
 		}
 	}
 }
 
-func (s *scenario) record(t statemachine.Transition) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ts = append(s.ts, t)
-	close(s.more)
-	s.more = make(chan struct{})
+// ObserveAttempt keeps a line per attempt, for debug.
+func (sub *subject) ObserveAttempt(op string, took time.Duration, err error) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.attempts = append(sub.attempts, fmt.Sprintf("%d %s took %v: %v", time.Now().UnixMilli(), op, took.Round(time.Millisecond), err))
 }
 
-// startFault and endFault mark the fault's span for the timings.
-func (s *scenario) startFault() { s.faultStart = time.Now() }
-func (s *scenario) endFault()   { s.faultEnd = time.Now() }
+// ObserveTransition does nothing: OnTransition records them.
+func (sub *subject) ObserveTransition(statemachine.Transition) {}
+
+func (sub *subject) record(t statemachine.Transition) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.ts = append(sub.ts, t)
+	close(sub.more)
+	sub.more = make(chan struct{})
+}
+
+// startFault and endFault mark a span of the fault; a fault may have
+// several.
+func (s *scenario) startFault() { s.faults = append(s.faults, span{start: time.Now()}) }
+func (s *scenario) endFault()   { s.faults[len(s.faults)-1].end = time.Now() }
+
+// faultStart is when the fault began, and faultEnd when it ended.
+func (s *scenario) faultStart() time.Time { return s.faults[0].start }
+func (s *scenario) faultEnd() time.Time   { return s.faults[len(s.faults)-1].end }
 
 // hold waits d, the length of a fault.
 func (s *scenario) hold(d time.Duration) {
@@ -168,10 +236,10 @@ func (s *scenario) hold(d time.Duration) {
 }
 
 // firstAt returns when the keeper first entered st at or after since.
-func (s *scenario) firstAt(st statemachine.State, since time.Time) (time.Time, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, t := range s.ts {
+func (sub *subject) firstAt(st statemachine.State, since time.Time) (time.Time, bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	for _, t := range sub.ts {
 		if t.To == st && !t.At.Before(since) {
 			return t.At, true
 		}
@@ -180,15 +248,15 @@ func (s *scenario) firstAt(st statemachine.State, since time.Time) (time.Time, b
 }
 
 // waitState waits until the keeper entered st at or after since.
-func (s *scenario) waitState(st statemachine.State, since time.Time, timeout time.Duration) bool {
+func (sub *subject) waitState(st statemachine.State, since time.Time, timeout time.Duration) bool {
 	deadline := time.After(timeout)
 	for {
-		if _, ok := s.firstAt(st, since); ok {
+		if _, ok := sub.firstAt(st, since); ok {
 			return true
 		}
-		s.mu.Lock()
-		more := s.more
-		s.mu.Unlock()
+		sub.mu.Lock()
+		more := sub.more
+		sub.mu.Unlock()
 		select {
 		case <-more:
 		case <-deadline:
@@ -197,90 +265,214 @@ func (s *scenario) waitState(st statemachine.State, since time.Time, timeout tim
 	}
 }
 
-func (s *scenario) path() []statemachine.State {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.ts) == 0 {
+func (sub *subject) transitions() []statemachine.Transition {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return slices.Clone(sub.ts)
+}
+
+func (sub *subject) path() []statemachine.State {
+	return pathOf(sub.transitions())
+}
+
+func pathOf(ts []statemachine.Transition) []statemachine.State {
+	if len(ts) == 0 {
 		return nil
 	}
-	p := []statemachine.State{s.ts[0].From}
-	for _, t := range s.ts {
+	p := []statemachine.State{ts[0].From}
+	for _, t := range ts {
 		p = append(p, t.To)
 	}
 	return p
 }
 
-func (s *scenario) reached(st statemachine.State) bool {
-	return slices.Contains(s.path()[1:], st)
+// forgetDeletion makes the checks ignore a deletion the test caused.
+func (sub *subject) forgetDeletion() {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.deletedAt = time.Time{}
 }
 
-// finish waits for the keeper to heal, checks the registration and the
+// revokedAt returns when the server revoked the keeper's lease on its own
+// (a deletion of its keys before its local deadline), if it did.
+func (sub *subject) revokedAt() (time.Time, bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.deletedAt, !sub.deletedAt.IsZero() && sub.deletedAt.Before(sub.deadlineAt)
+}
+
+// failedOnItsOwn reports whether the keeper went failed during the fault
+// other than because the server revoked its lease.
+func (sub *subject) failedOnItsOwn(since time.Time) bool {
+	at, failed := sub.firstAt(statemachine.Failed, since)
+	revoked, ok := sub.revokedAt()
+	return failed && (!ok || at.Before(revoked))
+}
+
+// flaps counts, in each span of the fault, the returns to a state the
+// fault had moved the keeper away from (healthy -> degraded -> healthy),
+// unless etcd changed in between: its answers stopped or came back, as
+// when the cluster elects a new leader while a member stays down, or it
+// revoked the keeper's lease (a paused leader does so when it wakes). That
+// is the cluster changing, and the keeper following it, not flapping.
+func (s *scenario) flaps(sub *subject) int {
+	n := 0
+	ts := sub.transitions()
+	revoked, wasRevoked := sub.revokedAt()
+	for _, sp := range s.faults {
+		left := map[statemachine.State]time.Time{} // state -> when the keeper left it
+		for _, t := range ts {
+			if t.At.Before(sp.start) || t.At.After(sp.end) {
+				continue
+			}
+			at, ok := left[t.To]
+			cleared := s.probe.changedBetween(at, t.At) || wasRevoked && revoked.Before(t.At)
+			if ok && !cleared {
+				n++
+			}
+			left[t.From] = t.At
+		}
+	}
+	return n
+}
+
+// finish waits for the keepers to heal, checks the registrations and the
 // safety of every expiry, closes everything, checks for leaked goroutines
 // and records the row.
 func (s *scenario) finish(note string) result {
 	t := s.t
 	t.Helper()
-	if s.faultEnd.IsZero() {
+	if s.faultEnd().IsZero() {
 		s.endFault()
 	}
+	start, end := s.faultStart(), s.faultEnd()
 	r := result{scenario: s.name, ttl: s.ttl, toDegraded: -1, toFailed: -1, heal: -1, note: note}
-	s.mu.Lock()
-	deletedAt, deadlineAt := s.deletedAt, s.deadlineAt
-	s.mu.Unlock()
-	revoked := !deletedAt.IsZero() && deletedAt.Before(deadlineAt)
-	if revoked {
-		// The server dropped a lease the keeper holds: it learns so on its
-		// next renewal, fails, and registers again.
-		if !s.waitState(statemachine.Failed, deletedAt, 2*s.ttl) || !s.waitState(statemachine.Healthy, deletedAt, 30*time.Second) {
-			t.Errorf("%s: the server revoked the lease at +%v and the keeper did not re-register: %v",
-				s.name, deletedAt.Sub(s.faultStart), s.path())
+	for _, sub := range s.subjects() {
+		if at, ok := sub.revokedAt(); ok {
+			// The server dropped a lease the keeper holds: it learns so at
+			// its next renewal or through its watch, fails, and registers
+			// again.
+			if !sub.waitState(statemachine.Failed, at, 2*s.ttl) || !sub.waitState(statemachine.Healthy, at, 30*time.Second) {
+				t.Errorf("%s: the server revoked the lease at +%v and the keeper did not re-register: %v",
+					s.name, at.Sub(start), sub.path())
+			}
 		}
-	}
-	if s.k.State() == statemachine.Healthy || s.waitState(statemachine.Healthy, s.faultEnd, 30*time.Second) {
-		r.heal = 0 // healthy when the fault ended
-		if at, ok := s.firstAt(statemachine.Healthy, s.faultEnd); ok {
-			r.heal = at.Sub(s.faultEnd)
+		if sub.k.State() != statemachine.Healthy && !sub.waitState(statemachine.Healthy, end, 30*time.Second) {
+			t.Errorf("%s: not healthy 30s after the fault ended: %v", s.name, sub.k.State())
+			continue
 		}
-		s.checkKeys()
-		r.lease = "new"
-		if s.k.LeaseID() == s.lease {
-			r.lease = "same"
-		}
-	} else {
-		t.Errorf("%s: not healthy 30s after the fault ended: %v", s.name, s.k.State())
+		s.checkKeys(sub)
+		r.answersToHealthy = append(r.answersToHealthy, s.answersToHealthy(sub, start))
+		r.flaps += s.flaps(sub)
 	}
-	if at, ok := s.firstAt(statemachine.Degraded, s.faultStart); ok {
-		r.toDegraded = at.Sub(s.faultStart)
+	sub := s.subject
+	if at, ok := sub.firstAt(statemachine.Healthy, end); ok {
+		r.heal = at.Sub(end)
+	} else if sub.k.State() == statemachine.Healthy {
+		r.heal = 0
 	}
-	failedAt, failed := s.firstAt(statemachine.Failed, s.faultStart)
+	r.lease = "new"
+	if sub.k.LeaseID() == sub.lease {
+		r.lease = "same"
+	}
+	if at, ok := sub.firstAt(statemachine.Degraded, start); ok {
+		r.toDegraded = at.Sub(start)
+	}
+	failedAt, failed := sub.firstAt(statemachine.Failed, start)
 	if failed {
-		r.toFailed = failedAt.Sub(s.faultStart)
+		r.toFailed = failedAt.Sub(start)
 	}
-	switch {
-	case revoked:
-		r.expiry = fmt.Sprintf("revoked by the server %v before the keeper's deadline", deadlineAt.Sub(deletedAt).Round(10*time.Millisecond))
-	case !deletedAt.IsZero():
-		r.deleted = true
-		r.margin = deletedAt.Sub(failedAt)
-		if !failed || !failedAt.Before(deletedAt) {
-			t.Errorf("%s: the server deleted the keys at +%v, before the keeper reported failed (%v)",
-				s.name, deletedAt.Sub(s.faultStart), r.toFailed)
+	for _, sub := range s.subjects() {
+		deletedAt, revoked := sub.revokedAt()
+		switch {
+		case revoked:
+			if sub == s.subject {
+				r.expiry = fmt.Sprintf("revoked by the server %v before the keeper's deadline", sub.deadlineAt.Sub(deletedAt).Round(10*time.Millisecond))
+			}
+		case !deletedAt.IsZero():
+			at, failed := sub.firstAt(statemachine.Failed, start)
+			if sub == s.subject {
+				r.deleted, r.margin = true, deletedAt.Sub(at)
+			}
+			if !failed || !at.Before(deletedAt) {
+				t.Errorf("%s: the server deleted the keys at +%v, before the keeper reported failed (%v)",
+					s.name, deletedAt.Sub(start), at.Sub(start))
+			}
 		}
 	}
-	r.path = s.path()
+	r.path = sub.path()
+	if r.flaps > 0 {
+		t.Errorf("%s: %d flaps while the fault lasted: %s / %s", s.name, r.flaps, pathString(s.path()), pathString(s.plain.path()))
+	}
 
+	if testing.Verbose() {
+		s.debug()
+	}
 	s.close()
 	goleak.VerifyNone(t, s.ignore...)
 	record(r)
-	t.Logf("%s: path %s, degraded %s, failed %s, heal %s", s.name, pathString(r.path), dur(r.toDegraded), dur(r.toFailed), dur(r.heal))
+	t.Logf("%s: path %s, degraded %s, failed %s, heal %s, etcd answers -> healthy %s, flaps %d", s.name, pathString(r.path),
+		dur(r.toDegraded), dur(r.toFailed), dur(r.heal), durs(r.answersToHealthy), r.flaps)
 	return r
 }
 
-// checkKeys asserts every key is on the server with the keeper's lease.
-func (s *scenario) checkKeys() {
+// failedOnItsOwn reports whether either keeper went failed during the
+// fault other than because the server revoked its lease.
+func (s *scenario) failedOnItsOwn() bool {
+	for _, sub := range s.subjects() {
+		if sub.failedOnItsOwn(s.faultStart()) {
+			return true
+		}
+	}
+	return false
+}
+
+// healTarget is how soon after etcd answers again a keeper must be
+// healthy again, whichever way its client was built.
+const healTarget = 200 * time.Millisecond
+
+// wantHealed fails the test unless every keeper that left healthy was
+// healthy again within healTarget of etcd answering.
+func wantHealed(t *testing.T, r result) {
+	t.Helper()
+	for i, d := range r.answersToHealthy {
+		if d > healTarget {
+			t.Errorf("%s: keeper %d healthy %v after etcd answered again, want within %v", r.scenario, i, d, healTarget)
+		}
+	}
+}
+
+// answersToHealthy is how long after etcd answered again the keeper was
+// healthy again: from the prober's first answer after the keeper last left
+// healthy to its return, or -1 if it never left healthy after since. A
+// keeper that heard first counts 0.
+func (s *scenario) answersToHealthy(sub *subject, since time.Time) time.Duration {
+	var left, back time.Time
+	for _, t := range sub.transitions() {
+		switch {
+		case t.At.Before(since):
+		case t.From == statemachine.Healthy:
+			left, back = t.At, time.Time{}
+		case t.To == statemachine.Healthy:
+			back = t.At
+		}
+	}
+	if left.IsZero() || back.IsZero() {
+		return -1
+	}
+	answered, ok := s.probe.answeredAfter(left)
+	if !ok {
+		s.t.Errorf("%s: the keeper was healthy again, but the prober never heard etcd answer", s.name)
+		return -1
+	}
+	return max(back.Sub(answered), 0)
+}
+
+// checkKeys asserts every key of sub is on the server with its lease.
+func (s *scenario) checkKeys(sub *subject) {
 	s.t.Helper()
-	id := s.k.LeaseID()
-	for _, key := range s.keys {
+	id := sub.k.LeaseID()
+	for _, key := range sub.keys {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := s.obs.Get(ctx, key)
 		cancel()
@@ -292,4 +484,34 @@ func (s *scenario) checkKeys() {
 			s.t.Errorf("%s: %v, want present with the keeper's lease %x", key, resp.Kvs, int64(id))
 		}
 	}
+}
+
+// debug logs every transition and the gaps in etcd's answers, from the
+// fault's start.
+func (s *scenario) debug() {
+	start := s.faultStart()
+	for i, sub := range s.subjects() {
+		for _, t := range sub.transitions() {
+			s.t.Logf("keeper %d: +%v %v -> %v (%v)", i, t.At.Sub(start).Round(time.Millisecond), t.From, t.To, t.Cause)
+		}
+		sub.mu.Lock()
+		for _, a := range sub.attempts {
+			var ms int64
+			var rest string
+			_, _ = fmt.Sscanf(a, "%d", &ms)
+			rest = a[strings.IndexByte(a, ' ')+1:]
+			s.t.Logf("keeper %d: attempt ended +%v %s", i, time.UnixMilli(ms).Sub(start).Round(time.Millisecond), rest)
+		}
+		sub.mu.Unlock()
+	}
+	s.probe.mu.Lock()
+	defer s.probe.mu.Unlock()
+	var prev time.Time
+	for _, a := range s.probe.answers {
+		if !prev.IsZero() && a.Sub(prev) > 200*time.Millisecond {
+			s.t.Logf("etcd silent from +%v to +%v", prev.Sub(start).Round(time.Millisecond), a.Sub(start).Round(time.Millisecond))
+		}
+		prev = a
+	}
+	s.t.Logf("last answer +%v", prev.Sub(start).Round(time.Millisecond))
 }

@@ -22,8 +22,13 @@ type result struct {
 	deleted    bool
 	expiry     string        // replaces the margin column when set
 	heal       time.Duration // from the end of the fault to Healthy
-	lease      string        // "same" or "new" lease once healed
-	note       string
+	// answersToHealthy is, for each keeper (the client built with default
+	// options, then the one with a short reconnect backoff), how long after
+	// etcd answered again it was healthy; negative: it stayed healthy.
+	answersToHealthy []time.Duration
+	flaps            int    // returns to a state the fault moved the keeper away from
+	lease            string // "same" or "new" lease once healed
+	note             string
 }
 
 var (
@@ -43,8 +48,8 @@ func printResults(w io.Writer) {
 	if len(results) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "| scenario | ttl | state path | to degraded | to failed | failed before expiry by | heal to healthy | lease | note |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | ttl | state path | to degraded | to failed | failed before expiry by | heal to healthy | etcd answers → healthy: default client / short reconnect | flaps | lease | note |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
 		margin := "no expiry"
 		switch {
@@ -53,8 +58,8 @@ func printResults(w io.Writer) {
 		case r.deleted:
 			margin = dur(r.margin)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.ttl, pathString(r.path),
-			dur(r.toDegraded), dur(r.toFailed), margin, dur(r.heal), r.lease, r.note)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %s |\n", r.scenario, r.ttl, pathString(r.path),
+			dur(r.toDegraded), dur(r.toFailed), margin, dur(r.heal), durs(r.answersToHealthy), r.flaps, r.lease, r.note)
 	}
 }
 
@@ -63,6 +68,23 @@ func dur(d time.Duration) string {
 		return "-"
 	}
 	return d.Round(10 * time.Millisecond).String()
+}
+
+// durs prints one duration per keeper, "-" for one that stayed healthy,
+// in milliseconds.
+func durs(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	var s []string
+	for _, d := range ds {
+		if d < 0 {
+			s = append(s, "-")
+		} else {
+			s = append(s, d.Round(time.Millisecond).String())
+		}
+	}
+	return strings.Join(s, " / ")
 }
 
 func pathString(p []statemachine.State) string {

@@ -1,0 +1,121 @@
+package integration
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+)
+
+// probeEvery is how often the prober asks etcd, and probeWindow how long
+// after an answer etcd counts as answering.
+const (
+	probeEvery  = 20 * time.Millisecond
+	probeWindow = 100 * time.Millisecond
+)
+
+// prober tells when etcd answers: every probeEvery it sends a linearizable
+// read through the endpoints the keepers use, each on its own with a
+// timeout, so a read held by a stalled member is answered the moment the
+// stall ends. Its client reconnects within tens of milliseconds, so it
+// hears of a member coming back before any keeper could.
+type prober struct {
+	cli  *clientv3.Client
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu      sync.Mutex
+	answers []time.Time // when a read was answered, in order
+}
+
+// probeReconnect makes the prober's client retry a connection every few
+// tens of milliseconds.
+var probeReconnect = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.2, MaxDelay: 30 * time.Millisecond},
+	MinConnectTimeout: time.Second,
+})
+
+func startProber(endpoints []string) (*prober, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{probeReconnect}})
+	if err != nil {
+		return nil, err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	p := &prober{cli: cli, stop: stop}
+	p.wg.Add(1)
+	go p.run(ctx)
+	return p, nil
+}
+
+func (p *prober) run(ctx context.Context) {
+	defer p.wg.Done()
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := p.cli.Get(rctx, "lk-probe")
+			cancel()
+			if err == nil {
+				p.mu.Lock()
+				p.answers = append(p.answers, time.Now())
+				p.mu.Unlock()
+			}
+		}()
+	}
+}
+
+// close stops probing and closes the client.
+func (p *prober) close() {
+	p.stop()
+	p.wg.Wait()
+	_ = p.cli.Close()
+}
+
+// answeredAfter returns the first time etcd answered at or after t.
+func (p *prober) answeredAfter(t time.Time) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, a := range p.answers {
+		if !a.Before(t) {
+			return a, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// answering reports whether etcd answered within probeWindow before t.
+func (p *prober) answering(t time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, a := range p.answers {
+		if !a.After(t) && t.Sub(a) < probeWindow {
+			return true
+		}
+	}
+	return false
+}
+
+// changedBetween reports whether etcd went from answering to not, or back,
+// at some point in (from, to], sampled every probeEvery.
+func (p *prober) changedBetween(from, to time.Time) bool {
+	prev := p.answering(from)
+	for t := from.Add(probeEvery); !t.After(to); t = t.Add(probeEvery) {
+		if now := p.answering(t); now != prev {
+			return true
+		}
+	}
+	return p.answering(to) != prev
+}
