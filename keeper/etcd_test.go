@@ -2,6 +2,7 @@ package keeper_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -212,3 +213,101 @@ func TestEtcdExternalRevokeHeals(t *testing.T) {
 		}
 	}
 }
+
+// TestEtcdCloseFromCallbacks: a service that shuts down from a callback
+// or an observer calls Close there, with a context that never ends. Close
+// returns at once, the lease is revoked (its keys deleted), and the keeper
+// is closed; the callbacks queued after it still run.
+func TestEtcdCloseFromCallbacks(t *testing.T) {
+	cli := startEtcd(t)
+	for _, tc := range []struct {
+		name    string
+		install func(c *keeper.Config, call func())
+		trigger func(t *testing.T, k *keeper.Keeper)
+	}{
+		{"OnResumeWrites at start",
+			func(c *keeper.Config, call func()) {
+				c.Callbacks.OnResumeWrites = func(statemachine.Transition) { call() }
+			},
+			func(*testing.T, *keeper.Keeper) {}},
+		{"ObserveAttempt",
+			func(c *keeper.Config, call func()) { c.Observers = []keeper.Observer{attemptHook(call)} },
+			func(*testing.T, *keeper.Keeper) {}},
+		{"OnKeyEvent after a delete behind its back",
+			func(c *keeper.Config, call func()) { c.Callbacks.OnKeyEvent = func(keeper.KeyEvent) { call() } },
+			func(t *testing.T, k *keeper.Keeper) {
+				if _, err := cli.Delete(context.Background(), "svc/close/"+t.Name()+"/a"); err != nil {
+					t.Fatal(err)
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := "svc/close/" + t.Name() + "/"
+			var k *keeper.Keeper
+			type outcome struct {
+				err   error
+				took  time.Duration
+				lease clientv3.LeaseID
+			}
+			done := make(chan outcome, 1)
+			var once sync.Once
+			cfg := keeper.DefaultConfig()
+			cfg.TTL = 3 * time.Second
+			rec := newTransitions()
+			cfg.Callbacks.OnTransition = rec.record
+			tc.install(&cfg, func() {
+				once.Do(func() {
+					id := k.LeaseID()
+					began := time.Now()
+					err := k.Close(context.Background())
+					done <- outcome{err, time.Since(began), id}
+				})
+			})
+			var err error
+			if k, err = keeper.New(cli, cfg); err != nil {
+				t.Fatal(err)
+			}
+			closeAtEnd(t, k)
+			for _, key := range []string{"a", "b"} {
+				if err := k.Register(context.Background(), prefix+key, "v"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := k.Start(context.Background()); err != nil && !errors.Is(err, keeper.ErrClosed) {
+				t.Fatalf("Start() = %v", err)
+			}
+			tc.trigger(t, k)
+			var o outcome
+			select {
+			case o = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("Close from %s did not return in 10s", tc.name)
+			}
+			if o.err != nil || o.took > time.Second {
+				t.Errorf("Close from %s = %v after %v, want nil at once", tc.name, o.err, o.took)
+			}
+			if got := k.State(); got != statemachine.Closed {
+				t.Errorf("State() = %v, want closed", got)
+			}
+			if o.lease != 0 {
+				ttl, err := cli.TimeToLive(context.Background(), o.lease)
+				if err != nil || ttl.TTL > 0 {
+					t.Errorf("TimeToLive(%x) = %v, %v; want the lease revoked", o.lease, ttl, err)
+				}
+			}
+			for _, key := range []string{"a", "b"} {
+				if _, _, ok := keyLease(t, cli, prefix+key); ok {
+					t.Errorf("%s present after Close from %s, want deleted", prefix+key, tc.name)
+				}
+			}
+			waitTransition(t, rec, statemachine.Healthy, statemachine.Closed, 5*time.Second)
+			t.Logf("Close from %s returned in %v", tc.name, o.took.Round(time.Microsecond))
+		})
+	}
+}
+
+// attemptHook is an Observer that calls a func at every attempt.
+type attemptHook func()
+
+func (h attemptHook) ObserveAttempt(string, time.Duration, error) { h() }
+func (attemptHook) ObserveTransition(statemachine.Transition)     {}
