@@ -204,6 +204,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		}
 		l.stepLocked(ev, nil, now)
 		l.stopConnWatchLocked()
+		l.reg.watch.kick()
 		// Count the renewal interval from when the server reset the lease
 		// (the send time), so round trips do not eat into the time left.
 		l.scheduleLocked(max(r.sent.Add(l.lease.ttl/3).Sub(now), 0))

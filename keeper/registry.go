@@ -77,12 +77,11 @@ type kv struct{ key, value string }
 // register adds key or replaces its value and policy, and writes it at
 // once while the lease is live. See Keeper.Register.
 func (r *registry) register(ctx context.Context, key, value string, policy Policy) error {
-	ctx, cancel := r.life.bound(ctx)
-	defer cancel()
-	if err := r.wmu.lock(ctx); err != nil {
-		return r.classify(err)
+	ctx, release, err := r.lockWrites(ctx)
+	if err != nil {
+		return err
 	}
-	defer r.wmu.unlock()
+	defer release()
 	r.mu.Lock()
 	old, existed := r.keys[key]
 	var prev record
@@ -105,7 +104,7 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 		return nil
 	}
 	wctx, wcancel := boundCtx(ctx, v.tm.renewTimeout, v.deadline)
-	err := r.writeKey(wctx, v.id, kv{key, value}, policy)
+	err = r.writeKey(wctx, v.id, kv{key, value}, policy)
 	wcancel()
 
 	switch kind := lkerrors.KindOf(err); {
@@ -130,12 +129,11 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 // deregister removes key and, while a lease is held, deletes it from etcd
 // if it is still attached to that lease. See Keeper.Deregister.
 func (r *registry) deregister(ctx context.Context, key string) error {
-	ctx, cancel := r.life.bound(ctx)
-	defer cancel()
-	if err := r.wmu.lock(ctx); err != nil {
-		return r.classify(err)
+	ctx, release, err := r.lockWrites(ctx)
+	if err != nil {
+		return err
 	}
-	defer r.wmu.unlock()
+	defer release()
 	r.mu.Lock()
 	_, existed := r.keys[key]
 	delete(r.keys, key)
@@ -147,6 +145,21 @@ func (r *registry) deregister(ctx context.Context, key string) error {
 	ctx, dcancel := context.WithTimeout(ctx, v.tm.renewTimeout)
 	defer dcancel()
 	return lkerrors.ClassifyConn(r.b.del(ctx, v.id, key), r.b.connState())
+}
+
+// lockWrites binds a caller's ctx to the keeper's life, so that Close
+// cancels what the caller waits for, and takes the write lock within it;
+// release undoes both.
+func (r *registry) lockWrites(ctx context.Context) (context.Context, func(), error) {
+	ctx, cancel := r.life.bound(ctx)
+	if err := r.wmu.lock(ctx); err != nil {
+		cancel()
+		return nil, nil, r.classify(err)
+	}
+	return ctx, func() {
+		r.wmu.unlock()
+		cancel()
+	}, nil
 }
 
 // rebase makes id the lease every key is to be written with: all are

@@ -32,6 +32,7 @@ type keyWatch struct {
 	life    *life
 	reg     *registry
 	rewatch chan struct{} // a key outside the range was registered
+	wake    chan struct{} // an attempt succeeded: a broken watch need not wait out its backoff
 
 	mu  sync.Mutex
 	on  bool
@@ -39,7 +40,7 @@ type keyWatch struct {
 }
 
 func newKeyWatch(cfg Config, b backend, log *zap.Logger, l *life) *keyWatch {
-	return &keyWatch{cfg: cfg, b: b, log: log, life: l, rewatch: make(chan struct{}, 1)}
+	return &keyWatch{cfg: cfg, b: b, log: log, life: l, rewatch: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 }
 
 // start starts the watch, once, unless watching is off.
@@ -70,11 +71,22 @@ func (w *keyWatch) widen(key string) {
 	}
 }
 
+// kick tells a watch that waits out its backoff after a break that etcd
+// answers again, so that it reads and watches the keys again at once. It
+// never blocks.
+func (w *keyWatch) kick() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
 // run watches the keeper's keys until Close: it reads them, has the
 // registry act on what differs from what the keeper wrote, and watches
 // from the revision it read. When the watch breaks (compaction, a lost
-// leader, an error) it reads the keys again after a backoff, so no change
-// goes unnoticed; when the key range changes it starts over at once.
+// leader, an error) it reads the keys again after a backoff, or as soon as
+// an attempt succeeds, so no change goes unnoticed; when the key range
+// changes it starts over at once.
 func (w *keyWatch) run() {
 	defer w.life.end()
 	ctx := w.life.ctx
@@ -106,6 +118,10 @@ func (w *keyWatch) run() {
 		fails++
 		kind := lkerrors.KindOf(err)
 		w.log.Info("key watch broken; reading the keys again", zap.String("kind", kind.String()), zap.Error(err))
+		select {
+		case <-w.wake: // an old success: wait for one after the break
+		default:
+		}
 		t := time.NewTimer(w.cfg.Backoff.delay(fails, kind, rand.Float64()))
 		select {
 		case <-ctx.Done():
@@ -113,6 +129,8 @@ func (w *keyWatch) run() {
 			return
 		case <-t.C:
 		case <-w.rewatch:
+			t.Stop()
+		case <-w.wake:
 			t.Stop()
 		}
 	}
