@@ -189,6 +189,15 @@ func (p *Proxy) track(conns ...net.Conn) bool {
 	return true
 }
 
+// untrack forgets connections that were closed.
+func (p *Proxy) untrack(conns ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range conns {
+		delete(p.conns, c)
+	}
+}
+
 // pipe copies src to dst, honouring stalls and delay, and closes both when
 // either side ends. Delay is latency, not a throttle: a reader stamps each
 // chunk as it arrives and a writer sends it delay later, so chunks in flight
@@ -206,6 +215,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		defer func() {
 			_ = dst.Close()
 			_ = src.Close()
+			p.untrack(dst, src)
 		}()
 		for c := range chunks {
 			p.mu.Lock()

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"time"
+)
+
+// violations returns how many violations the checks found.
+func (s *soak) violations() int {
+	s.chk.mu.Lock()
+	defer s.chk.mu.Unlock()
+	n := 0
+	for _, fs := range s.chk.failures {
+		n += len(fs)
+	}
+	return n
+}
+
+// report prints the faults injected, the checks made and their
+// violations, the heal times, and the violations themselves.
+func (s *soak) report(w io.Writer) {
+	total := 0
+	fmt.Fprintln(w, "\n| fault | injected |\n|---|---|")
+	for _, f := range faults {
+		fmt.Fprintf(w, "| %s | %d |\n", f.name, s.faults[f.name])
+		total += s.faults[f.name]
+	}
+	fmt.Fprintf(w, "| all | %d |\n", total)
+
+	c := s.chk
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fmt.Fprintln(w, "\n| invariant | checks | violations |\n|---|---|---|")
+	for _, inv := range invariants {
+		fmt.Fprintf(w, "| %s | %d | %d |\n", inv, c.checks[inv], len(c.failures[inv]))
+	}
+	first, last := s.growth()
+	fmt.Fprintf(w, "\nmismatches between a keeper and the members lasted at most %v (allowed: %v, one watch round trip)\n",
+		c.worst.Round(time.Millisecond), watchRoundTrip)
+	fmt.Fprintf(w, "goroutines %d -> %d, heap %.1f -> %.1f MiB (median of the first and of the last three quiet points of %d)\n",
+		first.goroutines, last.goroutines, float64(first.heap)/(1<<20), float64(last.heap)/(1<<20), len(s.usage))
+	if len(s.heals) > 0 {
+		h := slices.Clone(s.heals)
+		slices.Sort(h)
+		q := func(p float64) string { return h[int(p*float64(len(h)-1))].Round(time.Millisecond).String() }
+		fmt.Fprintf(w, "heal time after the cluster is whole, %d keepers that left healthy: p50 %s, p99 %s, max %s\n",
+			len(h), q(0.5), q(0.99), h[len(h)-1].Round(time.Millisecond))
+	}
+	for _, inv := range invariants {
+		for _, f := range c.failures[inv] {
+			fmt.Fprintf(w, "VIOLATION %s: %s\n", inv, f)
+		}
+	}
+	fmt.Fprintf(w, "seed %d: replay with -seed %d\n", s.o.seed, s.o.seed)
+}
