@@ -70,14 +70,19 @@ func scaleFigures(bin string, o options, r *report) error {
 		verdict(kc.cpu <= ac.cpu), verdict(kc.bytes <= ac.bytes)) + costNote(kc, ac))
 
 	progress("re-write of %d keys", o.keys)
-	first, again, err := rewrite(c, o)
+	first, again, longest, calls, err := rewrite(c, o)
 	if err != nil {
 		return err
 	}
 	r.add(fmt.Sprintf("## 5. Writing %d keys\n\n", o.keys) +
+		fmt.Sprintf("Keys are written %d to a transaction, each under the write lock on its own, so that Register "+
+			"and Deregister wait for one transaction of a re-write, never for all of it. During the re-write "+
+			"another goroutine registers and deregisters a key of its own, one call after the other.\n\n", keeper.DefaultConfig().MaxTxnOps) +
 		table([]string{"step", "time", "target"}, [][]string{
 			{"Start: grant and write every key", first.Round(time.Millisecond).String(), ""},
 			{"after an external revoke: from `failed` to `healthy` (re-grant, re-write)", again.Round(time.Millisecond).String(), fmt.Sprintf("under 1 s: %s", verdict(again < time.Second))},
+			{fmt.Sprintf("longest Register or Deregister during that re-write (%d calls)", calls), longest.Round(time.Microsecond).String(),
+				fmt.Sprintf("a small part of the re-write, under a quarter: %s", verdict(calls > 0 && longest < again/4))},
 		}))
 
 	progress("idle footprint of %d keepers", o.keepers)
@@ -231,11 +236,14 @@ func window(p *integration.Proxy, idle usage, d time.Duration) usage {
 }
 
 // rewrite times Start with o.keys keys, then the re-grant and re-write
-// after an external revoke.
-func rewrite(c *integration.Cluster, o options) (time.Duration, time.Duration, error) {
+// after an external revoke. Meanwhile another goroutine registers and
+// deregisters a key of its own, one call after the other, and the longest
+// of those calls while the re-write runs is returned: with the keys written
+// one transaction at a time, it waits for one transaction, not the re-write.
+func rewrite(c *integration.Cluster, o options) (first, again, longest time.Duration, calls int, err error) {
 	cli, err := newClient(c.Endpoints())
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	defer func() { _ = cli.Close() }()
 	marks := &marks{at: map[string][]time.Time{}}
@@ -244,32 +252,74 @@ func rewrite(c *integration.Cluster, o options) (time.Duration, time.Duration, e
 	cfg.Callbacks.OnTransition = func(t statemachine.Transition) { marks.setAt(t.To.String(), t.At) }
 	k, err := keeper.New(cli, cfg)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	defer func() { _ = k.Close(context.Background()) }()
 	ctx := context.Background()
 	for i := range o.keys {
 		if err := k.Register(ctx, fmt.Sprintf("rewrite/%06d", i), "v"); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, 0, err
 		}
 	}
 	t0 := time.Now()
 	if err := k.Start(ctx); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, 0, err
 	}
-	first := time.Since(t0)
+	first = time.Since(t0)
+
+	// The other caller, from the revoke until the keeper is healthy again.
+	type call struct{ start, end time.Time }
+	var (
+		mu  sync.Mutex
+		log []call
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			began := time.Now()
+			if i%2 == 0 {
+				_ = k.Register(ctx, "rewrite/~other", "v")
+			} else {
+				_ = k.Deregister(ctx, "rewrite/~other")
+			}
+			mu.Lock()
+			log = append(log, call{began, time.Now()})
+			mu.Unlock()
+		}
+	}()
 	t1 := time.Now()
 	if _, err := cli.Revoke(ctx, k.LeaseID()); err != nil {
-		return 0, 0, err
+		close(stop)
+		wg.Wait()
+		return 0, 0, 0, 0, err
 	}
 	marks.wait([]string{"failed"}, t1, 30*time.Second)
 	failed := marks.since("failed", t1)
 	marks.wait([]string{"healthy"}, t1.Add(failed), 30*time.Second)
 	healthy := failed + marks.since("healthy", t1.Add(failed))
+	close(stop)
+	wg.Wait()
 	if failed < 0 || healthy < 0 {
-		return 0, 0, fmt.Errorf("re-write: failed after %v, healthy after %v", failed, healthy)
+		return 0, 0, 0, 0, fmt.Errorf("re-write: failed after %v, healthy after %v", failed, healthy)
 	}
-	return first, healthy - failed, nil
+	// The calls that overlapped the re-write, from the grant (at failed) to
+	// healthy.
+	from, to := t1.Add(failed), t1.Add(healthy)
+	for _, c := range log {
+		if c.end.After(from) && c.start.Before(to) {
+			calls++
+			longest = max(longest, c.end.Sub(c.start))
+		}
+	}
+	return first, healthy - failed, longest, calls, nil
 }
 
 // footprint returns goroutines and heap bytes per idle keeper.
