@@ -62,20 +62,6 @@ func (sub *subject) record(t statemachine.Transition) {
 	sub.ts = append(sub.ts, t)
 }
 
-// stateAt returns the state the keeper reported last at or before t.
-func (sub *subject) stateAt(t time.Time) statemachine.State {
-	sub.mu.Lock()
-	defer sub.mu.Unlock()
-	st := statemachine.Idle
-	for _, tr := range sub.ts {
-		if tr.At.After(t) {
-			break
-		}
-		st = tr.To
-	}
-	return st
-}
-
 // failedBetween reports whether the keeper entered Failed within [from, to].
 func (sub *subject) failedBetween(from, to time.Time) bool {
 	sub.mu.Lock()
