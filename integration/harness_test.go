@@ -325,10 +325,11 @@ func (s *scenario) flaps(sub *subject) int {
 			if t.At.Before(sp.start) || t.At.After(sp.end) {
 				continue
 			}
-			at, ok := left[t.To]
-			cleared := s.probe.changedBetween(at, t.At) || wasRevoked && revoked.Before(t.At)
-			if ok && !cleared {
-				n++
+			if at, ok := left[t.To]; ok {
+				cleared := s.probe.changedBetween(at, t.At) || wasRevoked && revoked.Before(t.At)
+				if !cleared {
+					n++
+				}
 			}
 			left[t.From] = t.At
 		}
