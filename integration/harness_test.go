@@ -311,27 +311,28 @@ func (sub *subject) failedOnItsOwn(since time.Time) bool {
 
 // flaps counts, in each span of the fault, the returns to a state the
 // fault had moved the keeper away from (healthy -> degraded -> healthy),
-// unless etcd changed in between: its answers stopped or came back, as
-// when the cluster elects a new leader while a member stays down, or it
-// revoked the keeper's lease (a paused leader does so when it wakes). That
-// is the cluster changing, and the keeper following it, not flapping.
+// unless etcd changed since the span began: its answers stopped or came
+// back, as when the cluster elects a new leader while a member stays down,
+// or it revoked the keeper's lease (a paused leader does so when it wakes).
+// That is the cluster changing under a fault, and the keeper following it,
+// not flapping under a steady one.
 func (s *scenario) flaps(sub *subject) int {
 	n := 0
 	ts := sub.transitions()
 	revoked, wasRevoked := sub.revokedAt()
 	for _, sp := range s.faults {
-		left := map[statemachine.State]time.Time{} // state -> when the keeper left it
+		left := map[statemachine.State]bool{} // states the keeper left during the span
 		for _, t := range ts {
 			if t.At.Before(sp.start) || t.At.After(sp.end) {
 				continue
 			}
-			if at, ok := left[t.To]; ok {
-				cleared := s.probe.changedBetween(at, t.At) || wasRevoked && revoked.Before(t.At)
+			if left[t.To] {
+				cleared := s.probe.silentBetween(sp.start, t.At) || wasRevoked && revoked.Before(t.At)
 				if !cleared {
 					n++
 				}
 			}
-			left[t.From] = t.At
+			left[t.From] = true
 		}
 	}
 	return n

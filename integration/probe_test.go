@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -11,12 +12,8 @@ import (
 	"google.golang.org/grpc/backoff"
 )
 
-// probeEvery is how often the prober asks etcd, and probeWindow how long
-// after an answer etcd counts as answering.
-const (
-	probeEvery  = 20 * time.Millisecond
-	probeWindow = 100 * time.Millisecond
-)
+// probeEvery is how often the prober asks etcd.
+const probeEvery = 20 * time.Millisecond
 
 // prober tells when etcd answers: every probeEvery it sends a linearizable
 // read through the endpoints the keepers use, each on its own with a
@@ -29,7 +26,7 @@ type prober struct {
 	wg   sync.WaitGroup
 
 	mu      sync.Mutex
-	answers []time.Time // when a read was answered, in order
+	answers []time.Time // when a read was answered, in time order
 }
 
 // probeReconnect makes the prober's client retry a connection every few
@@ -69,12 +66,21 @@ func (p *prober) run(ctx context.Context) {
 			_, err := p.cli.Get(rctx, "lk-probe")
 			cancel()
 			if err == nil {
-				p.mu.Lock()
-				p.answers = append(p.answers, time.Now())
-				p.mu.Unlock()
+				p.answered(time.Now())
 			}
 		}()
 	}
+}
+
+// answered records an answer at t, keeping the answers in order.
+func (p *prober) answered(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := len(p.answers)
+	for i > 0 && p.answers[i-1].After(t) {
+		i--
+	}
+	p.answers = slices.Insert(p.answers, i, t)
 }
 
 // close stops probing and closes the client.
@@ -96,26 +102,28 @@ func (p *prober) answeredAfter(t time.Time) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// answering reports whether etcd answered within probeWindow before t.
-func (p *prober) answering(t time.Time) bool {
+// silentFor is how long etcd must not answer for the prober to count it
+// as not answering: longer than any hiccup of a loaded machine, shorter
+// than an election.
+const silentFor = 300 * time.Millisecond
+
+// silentBetween reports whether etcd did not answer for silentFor or more
+// at some point in [from, to].
+func (p *prober) silentBetween(from, to time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	last := from
 	for _, a := range p.answers {
-		if !a.After(t) && t.Sub(a) < probeWindow {
+		if a.Before(from) {
+			continue
+		}
+		if a.After(to) {
+			break
+		}
+		if a.Sub(last) >= silentFor {
 			return true
 		}
+		last = a
 	}
-	return false
-}
-
-// changedBetween reports whether etcd went from answering to not, or back,
-// at some point in (from, to], sampled every probeEvery.
-func (p *prober) changedBetween(from, to time.Time) bool {
-	prev := p.answering(from)
-	for t := from.Add(probeEvery); !t.After(to); t = t.Add(probeEvery) {
-		if now := p.answering(t); now != prev {
-			return true
-		}
-	}
-	return p.answering(to) != prev
+	return to.Sub(last) >= silentFor
 }

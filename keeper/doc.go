@@ -14,12 +14,12 @@
 // D = s + t - Margin: the send time, never the receive time. Renewals run
 // every t/3, counted from the send time of the last successful one; each
 // attempt has its own deadline (RenewTimeout, never past D), so an attempt
-// stuck on a silent member is abandoned, and a keepalive with no reply
-// after a third of RenewTimeout is hedged by a second one on a new stream,
-// which the client's balancer sends to the next member: one silent member
-// of three does not even degrade the keeper. Failed attempts are retried
-// with exponential backoff and jitter, shortened so that a last attempt
-// still fits before D.
+// stuck on a silent member is abandoned, and while a keepalive has no reply
+// a fresh one goes out every third of RenewTimeout on a new stream, which
+// the client's balancer sends to the next member (two in flight at most):
+// one silent member of three does not even degrade the keeper. Failed
+// attempts are retried with exponential backoff and jitter, shortened so
+// that a last attempt still fits before D.
 //
 // Once no live lease is left to protect, a request is always in flight:
 // each attempt stays outstanding for its backoff, sends a fresh keepalive

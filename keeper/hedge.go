@@ -17,21 +17,19 @@ const maxOutstanding = 2
 // word that the lease is gone; every request ends at the attempt's
 // deadline, and keepAlive returns only once all did.
 //
-// With a live lease, a keepalive with no reply within a third of the renew
-// timeout is hedged once, on a new stream, which the client's balancer
-// sends to the next member: a silent member then costs a third of the
-// renew timeout instead of all of it, and the keeper stays Healthy.
-//
-// Without one, the attempt stays outstanding for its backoff and sends a
-// fresh keepalive on a new stream every Backoff.BaseDelay (jittered) while
-// none was answered, keeping maxOutstanding in flight. A member that lost
-// its leader holds a keepalive until it looks for a leader again, which
-// etcd does once per election timeout (a second by default); a fresh
-// request reaches the new leader at once. So the keeper hears that etcd
-// answers again within a fraction of a second, whatever member its
-// requests wait on. An error that comes back while nothing else is in
-// flight ends the attempt: it goes back to the backoff, so that errors
-// that return at once cannot spin.
+// While no keepalive was answered, a fresh one goes out on a new stream,
+// which the client's balancer sends to the next member, keeping
+// maxOutstanding in flight: with a live lease every third of the renew
+// timeout, so that a silent member costs a third of it instead of all of
+// it and the keeper stays Healthy; without one, every Backoff.BaseDelay
+// (jittered) for as long as the attempt stays outstanding. A member that
+// lost its leader, or still forwards to one that went silent, holds a
+// keepalive until it looks for a leader again, which etcd does once per
+// election timeout (a second by default); a fresh request reaches the new
+// leader at once. So the keeper hears that etcd answers again within a
+// fraction of a second, whatever member its requests wait on. An error that
+// comes back while nothing else is in flight ends the attempt: it goes
+// back to the backoff, so that errors that return at once cannot spin.
 func (l *leaseLoop) keepAlive(a attempt) (int64, time.Time, error) {
 	type reply struct {
 		ttl  int64
@@ -42,11 +40,10 @@ func (l *leaseLoop) keepAlive(a attempt) (int64, time.Time, error) {
 	ctx, cancel := l.attemptCtx(a.timeout, a.deadline)
 	defer cancel()
 	every := a.tm.renewTimeout / 3
-	maxSends := 2
 	if !a.live {
 		every = l.cfg.Backoff.BaseDelay
-		maxSends = int(a.timeout/(every/2)) + 2
 	}
+	maxSends := int(a.timeout/(every/2)) + 2
 	replies := make(chan reply, maxSends)
 	var stops []context.CancelFunc // of the requests, by send order; nil once answered or canceled
 	send := func() {
@@ -79,9 +76,7 @@ func (l *leaseLoop) keepAlive(a attempt) (int64, time.Time, error) {
 						active--
 					}
 				}
-				if !a.live {
-					next.Reset(jittered(every, false))
-				}
+				next.Reset(jittered(every, a.live))
 			}
 			continue
 		case r := <-replies:
