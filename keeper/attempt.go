@@ -43,6 +43,7 @@ type attempt struct {
 	// what bounds it.
 	wait    time.Duration
 	timeout time.Duration
+	rtt     time.Duration // the usual round trip of a keepalive, 0 before the first
 }
 
 // result is what one attempt did.
@@ -78,7 +79,7 @@ func (l *leaseLoop) fire() {
 	l.checkTimeLocked(now)
 	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
 		tm: l.timingLocked(), live: l.liveLocked(now)}
-	a.timeout = a.tm.renewTimeout
+	a.timeout, a.rtt = a.tm.renewTimeout, l.rtt
 	if !a.live {
 		// No live lease to protect: instead of waiting out the backoff idle,
 		// leave the request outstanding for it. A member that answers again
@@ -131,10 +132,14 @@ func (l *leaseLoop) classify(err error) error {
 
 // renew renews the held lease, then writes any key not yet written with it.
 func (l *leaseLoop) renew(a attempt) result {
-	ttl, sent, err := l.keepAlive(a)
+	ttl, sent, rtt, err := l.keepAlive(a)
 	if err != nil {
 		return result{id: a.id, err: l.classify(err)}
 	}
+	l.mu.Lock()
+	// Smoothed as TCP does, over about the last eight renewals.
+	l.rtt += (rtt - l.rtt) / 8
+	l.mu.Unlock()
 	r := result{id: a.id, ttl: time.Duration(ttl) * time.Second, sent: sent}
 	// The server reset the lease no earlier than when the request was sent,
 	// so its expiry is no earlier than sent+ttl.

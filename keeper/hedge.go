@@ -3,14 +3,11 @@ package keeper
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 )
-
-// maxOutstanding is how many keepalives an attempt without a live lease
-// keeps in flight: sending another cancels the oldest.
-const maxOutstanding = 2
 
 // keepAlive renews lease a.id and returns the TTL and the send time of the
 // request that succeeded. The first success wins, as does the server's
@@ -18,46 +15,54 @@ const maxOutstanding = 2
 // deadline, and keepAlive returns only once all did.
 //
 // While no keepalive was answered, a fresh one goes out on a new stream,
-// which the client's balancer sends to the next member, keeping
-// maxOutstanding in flight: with a live lease every third of the renew
-// timeout, so that a silent member costs a third of it instead of all of
-// it and the keeper stays Healthy; without one, every Backoff.BaseDelay
-// (jittered) for as long as the attempt stays outstanding. A member that
-// lost its leader, or still forwards to one that went silent, holds a
-// keepalive until it looks for a leader again, which etcd does once per
-// election timeout (a second by default); a fresh request reaches the new
-// leader at once. So the keeper hears that etcd answers again within a
+// which the client's balancer sends to the next member: with a live lease
+// every third of the renew timeout, so that a silent member costs a third
+// of it instead of all of it and the keeper stays Healthy; without one,
+// every Backoff.BaseDelay (jittered) for as long as the attempt stays
+// outstanding, the older ones canceled once stuck. A member that lost its
+// leader, or still forwards to one that went silent, holds a keepalive
+// until it looks for a leader again, which etcd does once per election
+// timeout (a second by default); a fresh request reaches the new leader at
+// once. So the keeper hears that etcd answers again within a
 // fraction of a second, whatever member its requests wait on. An error that
 // comes back while nothing else is in flight ends the attempt: it goes
 // back to the backoff, so that errors that return at once cannot spin.
-func (l *leaseLoop) keepAlive(a attempt) (int64, time.Time, error) {
-	type reply struct {
-		ttl  int64
+func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Duration, err error) {
+	type request struct {
 		sent time.Time
-		err  error
-		n    int
+		stop context.CancelFunc // nil once answered or canceled
+	}
+	type reply struct {
+		ttl int64
+		err error
+		at  time.Time
+		req *request
 	}
 	ctx, cancel := l.attemptCtx(a.timeout, a.deadline)
 	defer cancel()
-	every := a.tm.renewTimeout / 3
+	// With a live lease: a fresh keepalive every third of the renew
+	// timeout, none canceled. Without: one every BaseDelay, each canceled
+	// once stuck, when it waited for the renew timeout or twice the usual
+	// round trip, whichever is longer: until then a slow link may still
+	// answer it, and canceling it for a fresh one would only start the wait
+	// over.
+	every, stuck := a.tm.renewTimeout/3, a.timeout
 	if !a.live {
-		every = l.cfg.Backoff.BaseDelay
+		every, stuck = l.cfg.Backoff.BaseDelay, max(a.tm.renewTimeout, 2*a.rtt)
 	}
-	maxSends := int(a.timeout/(every/2)) + 2
-	replies := make(chan reply, maxSends)
-	var stops []context.CancelFunc // of the requests, by send order; nil once answered or canceled
+	replies := make(chan reply, int(a.timeout/(every/2))+2)
+	var reqs []*request // in flight, oldest first
 	send := func() {
 		sctx, stop := context.WithCancel(ctx)
-		n := len(stops)
-		stops = append(stops, stop)
+		req := &request{sent: time.Now(), stop: stop}
+		reqs = append(reqs, req)
 		go func() {
-			sent := time.Now()
 			ttl, err := l.b.keepAliveOnce(sctx, a.id)
-			replies <- reply{ttl, sent, err, n}
+			replies <- reply{ttl, err, time.Now(), req}
 		}()
 	}
 	send()
-	inflight, active := 1, 1 // requests not answered yet; those of them not canceled
+	inflight := 1 // requests whose reply has not come, canceled or not
 	next := time.NewTimer(jittered(every, a.live))
 	defer next.Stop()
 
@@ -66,31 +71,28 @@ func (l *leaseLoop) keepAlive(a attempt) (int64, time.Time, error) {
 	for {
 		select {
 		case <-next.C:
-			if len(stops) < maxSends && ctx.Err() == nil {
+			next.Reset(jittered(every, a.live))
+			for len(reqs) > 0 && time.Since(reqs[0].sent) >= stuck {
+				reqs[0].stop()
+				reqs[0].stop, reqs = nil, reqs[1:]
+			}
+			if ctx.Err() == nil && inflight < cap(replies) {
 				send()
-				inflight, active = inflight+1, active+1
-				for oldest := 0; active > maxOutstanding && oldest < len(stops); oldest++ {
-					if stops[oldest] != nil {
-						stops[oldest]()
-						stops[oldest] = nil
-						active--
-					}
-				}
-				next.Reset(jittered(every, a.live))
+				inflight++
 			}
 			continue
 		case r := <-replies:
 			inflight--
-			canceled := stops[r.n] == nil
-			if !canceled {
-				stops[r.n]()
-				stops[r.n] = nil
-				active--
+			if r.req.stop == nil {
+				continue // canceled for a fresher one
 			}
-			if r.err == nil || (!canceled && first.sent.IsZero()) {
+			r.req.stop()
+			r.req.stop = nil
+			reqs = slices.DeleteFunc(reqs, func(q *request) bool { return q == r.req })
+			if r.err == nil || first.req == nil {
 				first = r
 			}
-			decided := r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired || active == 0
+			decided := r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired || len(reqs) == 0
 			if !decided {
 				continue
 			}
@@ -100,9 +102,9 @@ func (l *leaseLoop) keepAlive(a attempt) (int64, time.Time, error) {
 			<-replies
 		}
 		if first.err != nil {
-			return 0, time.Time{}, first.err
+			return 0, time.Time{}, 0, first.err
 		}
-		return first.ttl, first.sent, nil
+		return first.ttl, first.req.sent, first.at.Sub(first.req.sent), nil
 	}
 }
 

@@ -34,6 +34,7 @@ type leaseLoop struct {
 	starting bool // Start waits: attempts go on even without recovery
 	sched    schedule
 	fails    failures
+	rtt      time.Duration // smoothed round trip of the keepalives answered
 	conn     *connWatch    // the connection watch running, if any
 	progress chan struct{} // closed and replaced after every attempt and transition, for Start
 }

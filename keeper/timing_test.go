@@ -288,3 +288,20 @@ func TestHealsWithinARoundTripAfterSilentPartition(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowLinkNeverFails: keepalives that take 0.8 of the renew timeout
+// are answered in time: the fresh ones sent meanwhile do not cancel them.
+func TestSlowLinkNeverFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, rec := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		f.setLatency(800 * time.Millisecond)
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
+		assert.Nil(t, k.Err())
+		f.setLatency(0)
+		mustClose(t, k)
+	})
+}
