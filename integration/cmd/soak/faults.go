@@ -193,8 +193,8 @@ func (s *soak) measureHeal(name string, start, whole time.Time) {
 				break
 			}
 			if time.Now().After(deadline) {
-				s.chk.violate("healthy within 1s of the cluster whole", "keeper %d not healthy 10s after the cluster was whole (%s): %v",
-					sub.i, name, sub.k.State())
+				s.chk.violate("healthy within 1s of the cluster whole", "keeper %d not healthy 10s after the cluster was whole (%s): %v, last error %v; transitions %s",
+					sub.i, name, sub.k.State(), sub.k.Err(), sub.history(s.began))
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
@@ -224,13 +224,26 @@ func (sub *subject) lastHealthy(since time.Time) (time.Time, bool) {
 	return back, !back.IsZero()
 }
 
+// history lists the keeper's transitions, with times since start and
+// causes, for a report.
+func (sub *subject) history(start time.Time) string {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	var b strings.Builder
+	for _, t := range sub.ts {
+		fmt.Fprintf(&b, "\n  %.3fs %v", t.At.Sub(start).Seconds(), t)
+	}
+	return b.String()
+}
+
 // waitHealthy waits until every keeper is healthy.
 func (s *soak) waitHealthy(since time.Time, timeout time.Duration) error {
 	deadline := since.Add(timeout)
 	for _, sub := range s.subs {
 		for sub.k.State() != statemachine.Healthy {
 			if time.Now().After(deadline) {
-				return fmt.Errorf("keeper %d not healthy after %v: %v", sub.i, timeout, sub.k.State())
+				return fmt.Errorf("keeper %d not healthy after %v: %v, last error %v; transitions %s",
+					sub.i, timeout, sub.k.State(), sub.k.Err(), sub.history(s.began))
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
