@@ -242,7 +242,7 @@ func (s *soak) waitHealthy(since time.Time, timeout time.Duration) error {
 	for _, sub := range s.subs {
 		for sub.k.State() != statemachine.Healthy {
 			if time.Now().After(deadline) {
-				return fmt.Errorf("keeper %d not healthy after %v: %v, last error %v; transitions %s",
+				return fmt.Errorf("keeper %d not healthy after %v: %v, last error %w; transitions %s",
 					sub.i, timeout, sub.k.State(), sub.k.Err(), sub.history(s.began))
 			}
 			time.Sleep(10 * time.Millisecond)
