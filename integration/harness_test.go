@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/internal/demo"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
@@ -302,11 +303,15 @@ func (sub *subject) revokedAt() (time.Time, bool) {
 }
 
 // failedOnItsOwn reports whether the keeper went failed during the fault
-// other than because the server revoked its lease.
+// other than on the server's word that its lease is gone (a revoke by the
+// server: a paused leader does that when it wakes).
 func (sub *subject) failedOnItsOwn(since time.Time) bool {
-	at, failed := sub.firstAt(statemachine.Failed, since)
-	revoked, ok := sub.revokedAt()
-	return failed && (!ok || at.Before(revoked))
+	for _, t := range sub.transitions() {
+		if t.To == statemachine.Failed && !t.At.Before(since) && lkerrors.KindOf(t.Cause) != lkerrors.LeaseExpired {
+			return true
+		}
+	}
+	return false
 }
 
 // flaps counts, in each span of the fault, the returns to a state the

@@ -80,11 +80,10 @@ func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Du
 				send()
 				inflight++
 			}
-			continue
 		case r := <-replies:
 			inflight--
 			if r.req.stop == nil {
-				continue // canceled for a fresher one
+				break // canceled for a fresher one
 			}
 			r.req.stop()
 			r.req.stop = nil
@@ -92,10 +91,15 @@ func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Du
 			if r.err == nil || first.req == nil {
 				first = r
 			}
-			decided := r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired || len(reqs) == 0
-			if !decided {
-				continue
+			if r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired {
+				reqs = nil // decided
 			}
+		}
+		// A success or the server's word that the lease is gone decides;
+		// so does no request left in flight, as after an early failure
+		// (back to the backoff) or at the attempt's deadline.
+		if len(reqs) > 0 {
+			continue
 		}
 		cancel()
 		for ; inflight > 0; inflight-- {
