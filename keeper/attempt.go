@@ -136,14 +136,20 @@ func (l *leaseLoop) renew(a attempt) result {
 	if err != nil {
 		return result{id: a.id, err: l.classify(err)}
 	}
-	l.mu.Lock()
-	// Smoothed as TCP does, over about the last eight renewals.
-	l.rtt += (rtt - l.rtt) / 8
-	l.mu.Unlock()
 	r := result{id: a.id, ttl: time.Duration(ttl) * time.Second, sent: sent}
 	// The server reset the lease no earlier than when the request was sent,
 	// so its expiry is no earlier than sent+ttl.
 	r.deadline = sent.Add(r.ttl - l.cfg.timingFor(r.ttl).margin)
+	l.mu.Lock()
+	// Smoothed as TCP does, over about the last eight renewals.
+	l.rtt += (rtt - l.rtt) / 8
+	// The lease is alive until the new deadline whatever the writes that
+	// follow do: the clock counts from it at once.
+	if l.lease.id == a.id && !l.lease.gone && r.deadline.After(l.lease.deadline) {
+		l.lease.ttl, l.lease.deadline = r.ttl, r.deadline
+		l.rearmCheckLocked(time.Now())
+	}
+	l.mu.Unlock()
 	r.err = l.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
 	return r
 }

@@ -3,12 +3,17 @@ package keeper
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
 // TestExclusiveRetriesByBackoff: without a watch to say the key is free,
@@ -74,6 +79,39 @@ func TestExclusiveRetriesByBackoff(t *testing.T) {
 		if n := len(events); n < 2 || events[0].Change != Taken || events[n-1].Change != Acquired || !events[n-1].Ours {
 			t.Errorf("events = %+v, want taken first and acquired last", events)
 		}
+		mustClose(t, b)
+	})
+}
+
+// TestTakenKeyTriesDoNotFailRenewals: a keeper whose exclusive key another
+// holder has tries it at its renewals; a try that times out (its request
+// reached a silent member) does not fail the renewal: the keeper does not
+// hold the key either way, and stays Healthy.
+func TestTakenKeyTriesDoNotFailRenewals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		ctx := context.Background()
+		a, _ := newTest(t, f, nil)
+		b, rec := newTest(t, f, nil)
+		for _, k := range []*Keeper{a, b} {
+			require.NoError(t, k.Register(ctx, "svc/"+fmt.Sprint(k == a), "v"))
+			if err := k.Register(ctx, "svc/leader", "v", WithPolicy(Exclusive)); err != nil {
+				require.ErrorIs(t, err, ErrKeyTaken)
+			}
+			require.NoError(t, k.Start(ctx))
+		}
+		f.setAcquireHang(true)
+		before := f.count("acquire")
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		assert.Greater(t, f.count("acquire")-before, 10, "tries of the taken key in a minute")
+		assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
+		f.setAcquireHang(false)
+		mustClose(t, a)
+		time.Sleep(10 * time.Second)
+		tok, err := b.Token("svc/leader")
+		require.NoError(t, err, "the key is free once its holder closed")
+		assert.Equal(t, b.LeaseID(), tok.Lease)
 		mustClose(t, b)
 	})
 }

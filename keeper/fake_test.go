@@ -32,6 +32,7 @@ type fakeBackend struct {
 	hang         int           // this many next keepalives hang, as on a silent member
 	renewErr     error         // when set, keepalives fail at once with it
 	putHang      bool          // puts hang until their context ends
+	acqHang      bool          // acquires hang until their context ends
 	calls        map[string]int
 	expired      []string // keys deleted by lease expiry, in order
 	rev          int64    // revision of the last write
@@ -217,6 +218,16 @@ func (f *fakeBackend) putLocked(id clientv3.LeaseID, p kv) int64 {
 }
 
 func (f *fakeBackend) acquire(ctx context.Context, id clientv3.LeaseID, p kv) (acquireResult, error) {
+	f.mu.Lock()
+	hang := f.acqHang
+	f.mu.Unlock()
+	if hang {
+		f.mu.Lock()
+		f.calls["acquire"]++
+		f.mu.Unlock()
+		<-ctx.Done()
+		return acquireResult{}, ctx.Err()
+	}
 	if err := f.call(ctx, "acquire"); err != nil {
 		return acquireResult{}, err
 	}
@@ -398,6 +409,12 @@ func (f *fakeBackend) setRenewErr(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renewErr = err
+}
+
+func (f *fakeBackend) setAcquireHang(hang bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acqHang = hang
 }
 
 func (f *fakeBackend) setPutHang(hang bool) {

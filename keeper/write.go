@@ -6,6 +6,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 )
@@ -32,6 +33,7 @@ type refusal struct {
 // returned.
 func (r *registry) writePending(v leaseView) error {
 	var exclusive, batch []string
+	taken := map[string]bool{}
 	r.mu.Lock()
 	if r.lease != v.id {
 		r.mu.Unlock()
@@ -42,6 +44,7 @@ func (r *registry) writePending(v leaseView) error {
 		case !rec.pending || rec.held:
 		case rec.policy == Exclusive:
 			exclusive = append(exclusive, key)
+			taken[key] = rec.taken != nil
 		default:
 			batch = append(batch, key)
 		}
@@ -50,7 +53,18 @@ func (r *registry) writePending(v leaseView) error {
 	slices.Sort(exclusive)
 	slices.Sort(batch)
 	for _, key := range exclusive {
-		if err := r.writeOne(v, key); err != nil && lkerrors.KindOf(err) != lkerrors.KeyTaken {
+		err := r.writeOne(v, key)
+		switch {
+		case err == nil, lkerrors.KindOf(err) == lkerrors.KeyTaken:
+		case taken[key]:
+			// Another holder had it: the keeper does not hold it either way,
+			// so the failed try does not fail the attempt. The retry timer
+			// tries again.
+			r.log.Debug("exclusive key held by another: try failed", zap.String("key", key), zap.Error(err))
+			r.mu.Lock()
+			r.scheduleRetryLocked(lkerrors.KindOf(err))
+			r.mu.Unlock()
+		default:
 			return err
 		}
 	}
