@@ -90,8 +90,22 @@ func (p *prober) close() {
 	_ = p.cli.Close()
 }
 
-// answeredAfter returns the first time etcd answered at or after t.
+// answerWait is how long answeredAfter waits for a first answer: longer
+// than a probe's own timeout, so a read in flight is counted.
+const answerWait = 3 * time.Second
+
+// answeredAfter returns the first time etcd answered at or after t. A
+// keeper can hear etcd before the prober does, so when no answer is
+// recorded yet it waits up to answerWait for one.
 func (p *prober) answeredAfter(t time.Time) (time.Time, bool) {
+	for deadline := time.Now().Add(answerWait); ; time.Sleep(probeEvery) {
+		if a, ok := p.firstAnswer(t); ok || time.Now().After(deadline) {
+			return a, ok
+		}
+	}
+}
+
+func (p *prober) firstAnswer(t time.Time) (time.Time, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, a := range p.answers {
