@@ -133,7 +133,7 @@ func (s *soak) run() error {
 	s.heapProfile("first.pprof")
 	end := time.Now().Add(s.o.duration)
 	for time.Now().Before(end) {
-		f := faults[s.rng.IntN(len(faults))]
+		f := s.nextFault()
 		d := s.o.ttl/2 + time.Duration(s.rng.Int64N(int64(2*s.o.ttl)))
 		pause := time.Second + time.Duration(s.rng.Int64N(int64(2*time.Second)))
 		start := time.Now()
@@ -162,6 +162,17 @@ func (s *soak) run() error {
 	s.heapProfile("last.pprof")
 	s.chk.final()
 	return nil
+}
+
+// nextFault draws the next fault: every kind once per round, in an order
+// the seed shuffles, so that a short run still injects each kind.
+func (s *soak) nextFault() fault {
+	if len(s.round) == 0 {
+		s.round = s.rng.Perm(len(faults))
+	}
+	f := faults[s.round[0]]
+	s.round = s.round[1:]
+	return f
 }
 
 // waitWhole waits until every member is running and answers a

@@ -21,6 +21,7 @@ import (
 type soak struct {
 	o     options
 	rng   *rand.Rand
+	round []int // the faults left in this round, by index
 	began time.Time
 	c     *integration.Cluster
 	obs   *clientv3.Client // straight to the members
