@@ -8,6 +8,7 @@
 //	healthy   lease confirmed alive, every key written
 //	degraded  lease alive by the local deadline, renewals failing
 //	failed    registration must be assumed gone; recovery goes on
+//	draining  a planned shutdown: keys deregistered, writes still open
 //	closed    closed; absorbs every event
 //
 // # Edges
@@ -22,6 +23,7 @@
 //	degraded --renew ok, recovered-------------------------------> healthy
 //	degraded --deadline reached, lease lost, permanent failure---> failed
 //	failed   --renew ok, recovered-------------------------------> healthy
+//	any live --drain---------------------------------------------> draining
 //	any live --close---------------------------------------------> closed
 //
 // A Machine counts consecutive RenewFailed events and turns the one that
@@ -33,6 +35,8 @@
 //     low) never lead to Failed: only the deadline, the server's word that
 //     the lease is gone, or a permanent error do.
 //   - After deadline reached, the state is Failed until a later success.
+//   - After drain, only close changes the state: renewals, failures and the
+//     deadline no longer move it, since the keys are withdrawn on purpose.
 //   - After close, nothing changes and no transition is reported.
 //   - Step reports a transition only when the state changes.
 //

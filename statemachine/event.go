@@ -31,13 +31,15 @@ const (
 	PermanentFailure
 	// Close means the keeper was closed.
 	Close
+	// Drain means the service began a planned shutdown.
+	Drain
 
 	numEvents = iota
 )
 
 var eventNames = [numEvents]string{
 	"renew ok", "recovered", "renew failed", "failures exceeded", "time low",
-	"deadline reached", "lease lost", "permanent failure", "close",
+	"deadline reached", "lease lost", "permanent failure", "close", "drain",
 }
 
 // String returns the event's name in lower case, for example "lease lost".

@@ -101,7 +101,7 @@ func TestMachineInvariants(t *testing.T) {
 		}
 		deadlinePassed := false // a deadline event came with no success since
 		consecutive := 0
-		closed := false
+		closed, draining := false, false
 		for i := range 2000 {
 			e := events[rng.IntN(len(events))]
 			if e == statemachine.FailuresExceeded {
@@ -123,8 +123,14 @@ func TestMachineInvariants(t *testing.T) {
 			if closed && (changed || after != statemachine.Closed) {
 				t.Fatalf("seed %d step %d: %v after close gave %v (changed %v)", seed, i, e, after, changed)
 			}
+			if draining && !closed && after != statemachine.Draining && e != statemachine.Close {
+				t.Fatalf("seed %d step %d: %v while draining gave %v", seed, i, e, after)
+			}
 			if e == statemachine.Close {
 				closed = true
+			}
+			if e == statemachine.Drain {
+				draining = true
 			}
 			if changed && (tr.From == tr.To || tr.From != before || tr.To != after) {
 				t.Fatalf("seed %d step %d: bad transition %+v for %v -> %v", seed, i, tr, before, after)

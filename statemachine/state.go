@@ -24,11 +24,16 @@ const (
 	Failed
 	// Closed means the keeper was closed. Nothing changes any more.
 	Closed
+	// Draining means the service is shutting down as planned: its keys are
+	// deregistered and it serves for a last while before it closes. Writes
+	// stay open: a drain is not a registration at risk. Only Close leaves
+	// it.
+	Draining
 
 	numStates = iota
 )
 
-var stateNames = [numStates]string{"idle", "healthy", "degraded", "failed", "closed"}
+var stateNames = [numStates]string{"idle", "healthy", "degraded", "failed", "closed", "draining"}
 
 // String returns the state's name in lower case, for example "healthy".
 func (s State) String() string {

@@ -5,7 +5,8 @@ package statemachine
 //
 // Rules it encodes: successes lead to Healthy from any live state; failures
 // while time is left never lead to Failed; only the deadline, the server's
-// word or a permanent error do; Closed absorbs everything.
+// word or a permanent error do; Closed absorbs everything; Draining absorbs
+// everything but Close.
 var table = [numStates][numEvents]State{
 	Idle: {
 		RenewOK:          Healthy,
@@ -17,6 +18,7 @@ var table = [numStates][numEvents]State{
 		LeaseLost:        Failed,
 		PermanentFailure: Failed,
 		Close:            Closed,
+		Drain:            Draining,
 	},
 	Healthy: {
 		RenewOK:          Healthy,
@@ -28,6 +30,7 @@ var table = [numStates][numEvents]State{
 		LeaseLost:        Failed,
 		PermanentFailure: Failed,
 		Close:            Closed,
+		Drain:            Draining,
 	},
 	Degraded: {
 		RenewOK:          Healthy,
@@ -39,6 +42,7 @@ var table = [numStates][numEvents]State{
 		LeaseLost:        Failed,
 		PermanentFailure: Failed,
 		Close:            Closed,
+		Drain:            Draining,
 	},
 	Failed: {
 		RenewOK:          Healthy,
@@ -50,6 +54,7 @@ var table = [numStates][numEvents]State{
 		LeaseLost:        Failed,
 		PermanentFailure: Failed,
 		Close:            Closed,
+		Drain:            Draining,
 	},
 	Closed: {
 		RenewOK:          Closed,
@@ -61,6 +66,19 @@ var table = [numStates][numEvents]State{
 		LeaseLost:        Closed,
 		PermanentFailure: Closed,
 		Close:            Closed,
+		Drain:            Closed,
+	},
+	Draining: {
+		RenewOK:          Draining,
+		Recovered:        Draining,
+		RenewFailed:      Draining,
+		FailuresExceeded: Draining,
+		TimeLow:          Draining,
+		DeadlineReached:  Draining,
+		LeaseLost:        Draining,
+		PermanentFailure: Draining,
+		Close:            Closed,
+		Drain:            Draining,
 	},
 }
 

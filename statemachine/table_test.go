@@ -17,6 +17,7 @@ var wantEdges = map[statemachine.State]map[statemachine.Event]statemachine.State
 		statemachine.LeaseLost:        statemachine.Failed,
 		statemachine.PermanentFailure: statemachine.Failed,
 		statemachine.Close:            statemachine.Closed,
+		statemachine.Drain:            statemachine.Draining,
 	},
 	statemachine.Healthy: {
 		statemachine.FailuresExceeded: statemachine.Degraded,
@@ -25,6 +26,7 @@ var wantEdges = map[statemachine.State]map[statemachine.Event]statemachine.State
 		statemachine.LeaseLost:        statemachine.Failed,
 		statemachine.PermanentFailure: statemachine.Failed,
 		statemachine.Close:            statemachine.Closed,
+		statemachine.Drain:            statemachine.Draining,
 	},
 	statemachine.Degraded: {
 		statemachine.RenewOK:          statemachine.Healthy,
@@ -33,13 +35,18 @@ var wantEdges = map[statemachine.State]map[statemachine.Event]statemachine.State
 		statemachine.LeaseLost:        statemachine.Failed,
 		statemachine.PermanentFailure: statemachine.Failed,
 		statemachine.Close:            statemachine.Closed,
+		statemachine.Drain:            statemachine.Draining,
 	},
 	statemachine.Failed: {
 		statemachine.RenewOK:   statemachine.Healthy,
 		statemachine.Recovered: statemachine.Healthy,
 		statemachine.Close:     statemachine.Closed,
+		statemachine.Drain:     statemachine.Draining,
 	},
 	statemachine.Closed: {},
+	statemachine.Draining: {
+		statemachine.Close: statemachine.Closed,
+	},
 }
 
 func TestTable(t *testing.T) {
@@ -76,6 +83,8 @@ func TestStrings(t *testing.T) {
 		{"degraded", statemachine.Degraded.String(), "degraded"},
 		{"failed", statemachine.Failed.String(), "failed"},
 		{"closed", statemachine.Closed.String(), "closed"},
+		{"draining", statemachine.Draining.String(), "draining"},
+		{"drain", statemachine.Drain.String(), "drain"},
 		{"bad state", statemachine.State(42).String(), "state(42)"},
 		{"lease lost", statemachine.LeaseLost.String(), "lease lost"},
 		{"bad event", statemachine.Event(-3).String(), "event(-3)"},
