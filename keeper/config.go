@@ -100,11 +100,15 @@ type BackoffConfig struct {
 type Callbacks struct {
 	// OnTransition receives every transition.
 	OnTransition func(statemachine.Transition)
-	// OnStopWrites is called when the keeper leaves Healthy: the service
-	// should stop accepting writes and serve reads from cache.
+	// OnStopWrites is called when Writable turns false: the keeper leaves
+	// Healthy for Degraded, Failed or Closed, or Draining for Closed. The
+	// service should stop accepting writes and serve reads from cache.
+	// Entering Draining from Healthy does not call it: a planned drain
+	// keeps writes open.
 	OnStopWrites func(statemachine.Transition)
-	// OnResumeWrites is called when the keeper becomes Healthy after Start:
-	// writes may resume.
+	// OnResumeWrites is called when Writable turns true: the keeper becomes
+	// Healthy, or enters Draining from a state that was not writable.
+	// Writes may resume.
 	OnResumeWrites func(statemachine.Transition)
 	// OnLost is called when the keeper enters Failed: the registration must
 	// be assumed gone.

@@ -133,10 +133,10 @@ func (tr transition) deliver(d *dispatcher) {
 	}
 	cb := d.cb
 	d.call("OnTransition", cb.OnTransition, t)
-	if t.From == statemachine.Healthy {
+	switch from, to := writable(t.From), writable(t.To); {
+	case from && !to:
 		d.call("OnStopWrites", cb.OnStopWrites, t)
-	}
-	if t.To == statemachine.Healthy {
+	case !from && to:
 		d.call("OnResumeWrites", cb.OnResumeWrites, t)
 	}
 	if t.To == statemachine.Failed {

@@ -37,13 +37,26 @@
 //	idle --Start ok--> healthy --failures or time low--> degraded
 //	healthy, degraded --deadline D, lease gone, permanent error--> failed
 //	degraded, failed --renewed or re-granted, every key written--> healthy
+//	any --Drain--> draining --Close--> closed
 //	any --Close--> closed
 //
 // Healthy: the lease is confirmed alive and every key is written. Degraded:
 // the lease is alive by D, but DegradeAfter attempts in a row failed or less
 // than DegradeThreshold is left before D; stop accepting writes. Failed: the
 // registration must be assumed gone; recovery goes on unless
-// DisableRecovery is set.
+// DisableRecovery is set. Draining: a planned shutdown (Drain) withdrew the
+// keys; the service serves out its drain delay with writes open, and only
+// Close changes the state.
+//
+// # Discovery and shutdown
+//
+// Package naming registers an instance in etcd's naming format, for gRPC
+// clients that dial etcd:///service through etcd's resolver; the keeper
+// keeps and heals that key like any other. Drain is the planned shutdown:
+// deregister, serve on for a delay with writes open, stop the service,
+// revoke. Package grpchealth keeps a health server in step, by default
+// SERVING through etcd outages (static stability) and NOT_SERVING while
+// draining; package gate refuses writes while the registration is at risk.
 //
 // # Guarantees
 //

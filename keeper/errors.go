@@ -10,6 +10,9 @@ var (
 	// ErrClosed is returned by every method but State, LeaseID and Close
 	// once Close was called.
 	ErrClosed = invalid("keeper: closed")
+	// ErrDraining is returned by Register, Start and a second Drain once
+	// Drain withdrew the registration.
+	ErrDraining = invalid("keeper: draining")
 	// ErrAlreadyStarted is returned by a second Start.
 	ErrAlreadyStarted = invalid("keeper: already started")
 	// ErrEmptyKey is returned by Register and Deregister for an empty key.

@@ -112,6 +112,10 @@ func (k *Keeper) Start(ctx context.Context) error {
 	if k.life.closed() {
 		return ErrClosed
 	}
+	if k.reg.len() == 0 {
+		k.loop.log.Warn("keeper started with no registered key: a key attached to LeaseID() by hand is lost " +
+			"at the first new lease and never written back; register every key with Register")
+	}
 	k.watch.start()
 	return k.loop.start(ctx)
 }
@@ -126,13 +130,23 @@ func (k *Keeper) State() statemachine.State {
 }
 
 // Writable reports whether the service may accept writes now: the keeper is
-// Healthy. It is as cheap as State.
+// Healthy, or Draining, since a planned drain is not a registration at
+// risk. It is as cheap as State.
 func (k *Keeper) Writable() bool {
-	return k.State() == statemachine.Healthy
+	return writable(k.State())
+}
+
+// writable says whether a keeper in state s lets writes through.
+func writable(s statemachine.State) bool {
+	return s == statemachine.Healthy || s == statemachine.Draining
 }
 
 // LeaseID returns the lease the keeper holds, or 0 when it holds none (before
 // the first grant, after the server said the lease is gone, after Close).
+// It changes when the keeper grants a new lease. Do not attach keys to it
+// by hand (clientv3.WithLease(k.LeaseID())): a key the keeper does not know
+// goes with the old lease and is never written back, while the keeper,
+// whose own keys are all written, stays Healthy. Register every key.
 func (k *Keeper) LeaseID() clientv3.LeaseID {
 	return k.loop.leaseID()
 }

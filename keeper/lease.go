@@ -116,6 +116,9 @@ func (l *leaseLoop) start(ctx context.Context) error {
 	case l.life.closed():
 		l.mu.Unlock()
 		return ErrClosed
+	case l.m.State() == statemachine.Draining:
+		l.mu.Unlock()
+		return ErrDraining
 	case l.started:
 		l.mu.Unlock()
 		return ErrAlreadyStarted
@@ -127,7 +130,7 @@ func (l *leaseLoop) start(ctx context.Context) error {
 	for {
 		l.mu.Lock()
 		st, lastErr, progress := l.m.State(), l.fails.last, l.progress
-		if st == statemachine.Healthy || st == statemachine.Closed || permanent(lastErr) {
+		if st == statemachine.Healthy || st == statemachine.Closed || st == statemachine.Draining || permanent(lastErr) {
 			l.starting = false
 			l.mu.Unlock()
 			switch st {
@@ -135,6 +138,8 @@ func (l *leaseLoop) start(ctx context.Context) error {
 				return nil
 			case statemachine.Closed:
 				return ErrClosed
+			case statemachine.Draining:
+				return ErrDraining
 			}
 			return lastErr
 		}

@@ -56,6 +56,7 @@ var publicMethods = []struct {
 	call func(k *Keeper) error
 }{
 	{"Close", func(k *Keeper) error { return k.Close(context.Background()) }},
+	{"Drain", func(k *Keeper) error { return k.Drain(context.Background(), 0, nil) }},
 	{"Register", func(k *Keeper) error { return k.Register(context.Background(), "svc/new", "v") }},
 	{"Deregister", func(k *Keeper) error { return k.Deregister(context.Background(), "svc/b") }},
 	{"Start", func(k *Keeper) error { return k.Start(context.Background()) }},
@@ -139,9 +140,9 @@ func TestCallbacksMayCallEveryMethod(t *testing.T) {
 					mu.Unlock()
 					require.True(t, got.fired, "%s was never called", h.name)
 					require.True(t, got.returned, "%s from %s never returned", m.name, h.name)
-					if m.name == "Close" {
+					if m.name == "Close" || m.name == "Drain" {
 						assert.NoError(t, got.err)
-						assert.Zero(t, got.took, "Close from %s took %v, want it to return at once", h.name, got.took)
+						assert.Zero(t, got.took, "%s from %s took %v, want it to return at once", m.name, h.name, got.took)
 						assert.Equal(t, statemachine.Closed, k.State())
 						if got.held != 0 {
 							assert.False(t, f.leaseAlive(got.held), "lease %x alive after Close from %s, want revoked", got.held, h.name)
@@ -222,7 +223,7 @@ func TestClosedKeeperRefusesWork(t *testing.T) {
 		for _, m := range publicMethods {
 			err := m.call(k)
 			switch m.name {
-			case "Register", "Deregister", "Start":
+			case "Register", "Deregister", "Start", "Drain":
 				assert.ErrorIs(t, err, ErrClosed, m.name)
 			case "Token":
 				assert.Error(t, err, m.name)

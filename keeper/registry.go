@@ -31,12 +31,13 @@ type registry struct {
 	loop  *leaseLoop
 	watch *keyWatch
 
-	wmu    writeLock
-	mu     sync.Mutex
-	keys   map[string]*record
-	lease  clientv3.LeaseID // the lease the records' written state refers to
-	retryT *time.Timer      // writes held and contested keys again by the backoff
-	retryN int              // retries since a held or contested key was last written
+	wmu      writeLock
+	mu       sync.Mutex
+	keys     map[string]*record
+	lease    clientv3.LeaseID // the lease the records' written state refers to
+	retryT   *time.Timer      // writes held and contested keys again by the backoff
+	retryN   int              // retries since a held or contested key was last written
+	draining bool             // Drain withdrew the keys: Register is refused
 }
 
 // record is one registered key: what to write, by which policy, and what
@@ -83,6 +84,10 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 	}
 	defer release()
 	r.mu.Lock()
+	if r.draining {
+		r.mu.Unlock()
+		return ErrDraining
+	}
 	old, existed := r.keys[key]
 	var prev record
 	if existed {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -49,7 +51,7 @@ func TestServiceIntegration(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	m := metrics.New(reg)
 	hs := health.NewServer()
-	tracker := grpchealth.New(hs, "svc", healthpb.HealthCheckResponse_NOT_SERVING)
+	tracker := grpchealth.New(hs, "svc")
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = 3 * time.Second
 	cfg.Observers = []keeper.Observer{m, tracker}
@@ -129,7 +131,8 @@ func TestServiceIntegration(t *testing.T) {
 		srv.Stop()
 	}()
 	waitState(t, k, statemachine.Degraded)
-	check(statemachine.Degraded, false, healthpb.HealthCheckResponse_NOT_SERVING)
+	// Static stability: the instance still serves reads and says so.
+	check(statemachine.Degraded, false, healthpb.HealthCheckResponse_SERVING)
 	waitState(t, k, statemachine.Failed)
 	<-stopped
 	if err := srv.Restart(30 * time.Second); err != nil {
@@ -155,6 +158,34 @@ func TestServiceIntegration(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, gatherText(t, reg))
 		}
 	}
+	// A planned drain: the key goes at once, health says NOT_SERVING to
+	// new clients, and writes stay open until the service stops. Ending
+	// the drain's context skips the rest of the delay.
+	dctx, skip := context.WithCancel(context.Background())
+	defer skip()
+	stopCalled := make(chan struct{})
+	drained := make(chan error, 1)
+	go func() {
+		drained <- k.Drain(dctx, time.Hour, func() { close(stopCalled) })
+	}()
+	waitState(t, k, statemachine.Draining)
+	check(statemachine.Draining, true, healthpb.HealthCheckResponse_NOT_SERVING)
+	resp, err := cli.Get(context.Background(), "svc/a")
+	require.NoError(t, err)
+	assert.Empty(t, resp.Kvs, "the key is deleted as the drain begins")
+	select {
+	case <-stopCalled:
+		t.Error("stop was called before the drain delay ended")
+	default:
+	}
+	id := k.LeaseID()
+	skip()
+	require.NoError(t, <-drained)
+	<-stopCalled
+	assert.Equal(t, statemachine.Closed, k.State())
+	ttl, err := cli.TimeToLive(context.Background(), id)
+	require.NoError(t, err)
+	assert.Equal(t, int64(-1), ttl.TTL, "the lease is revoked at the end of the drain")
 }
 
 func waitState(t *testing.T, k *keeper.Keeper, want statemachine.State) {
