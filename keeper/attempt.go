@@ -131,10 +131,32 @@ func (l *leaseLoop) classify(err error) error {
 }
 
 // renew renews the held lease, then writes any key not yet written with it.
+//
+// Once D has passed the lease may be gone on the server, which then says
+// so only when it answers the keepalive, after it deleted the keys. So
+// past D a new lease is granted beside the keepalive: if the old lease is
+// gone the keys go onto the new one at once, a round trip sooner, which
+// shortens the time the service is missing from etcd; if the old one is
+// alive the new one is revoked.
 func (l *leaseLoop) renew(a attempt) result {
+	var sp *spare
+	if !a.live && !a.deadline.IsZero() && !a.start.Before(a.deadline) {
+		sp = l.grantSpare(a)
+	}
 	ttl, sent, rtt, err := l.keepAlive(a)
 	if err != nil {
-		return result{id: a.id, err: l.classify(err)}
+		err = l.classify(err)
+		if sp != nil && lkerrors.KindOf(err) == lkerrors.LeaseExpired {
+			if <-sp.done; sp.err == nil {
+				return l.adopt(a, sp.id, sp.ttl, sp.sent)
+			}
+		} else if sp != nil {
+			l.discardSpare(sp)
+		}
+		return result{id: a.id, err: err}
+	}
+	if sp != nil {
+		l.discardSpare(sp)
 	}
 	r := result{id: a.id, ttl: time.Duration(ttl) * time.Second, sent: sent}
 	// The server reset the lease no earlier than when the request was sent,
@@ -165,6 +187,12 @@ func (l *leaseLoop) regrant(a attempt) result {
 	if err != nil {
 		return result{granted: true, err: l.classify(err)}
 	}
+	return l.adopt(a, id, ttl, sent)
+}
+
+// adopt makes a lease granted with ttl, its request sent at sent, the
+// keeper's, and writes every key with it.
+func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.Time) result {
 	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
 	r.deadline = sent.Add(r.ttl - l.cfg.timingFor(r.ttl).margin)
 
@@ -341,4 +369,51 @@ func (l *leaseLoop) logFailureLocked(r result, kind lkerrors.Kind, now time.Time
 		return
 	}
 	l.log.Debug("attempt failed", fields...)
+}
+
+// spare is a lease granted beside the renewal of one that may be gone.
+type spare struct {
+	done chan struct{} // closed once the grant returned
+	id   clientv3.LeaseID
+	ttl  int64
+	sent time.Time
+	err  error
+}
+
+// grantSpare grants a lease on a goroutine of its own, bounded like the
+// attempt a.
+func (l *leaseLoop) grantSpare(a attempt) *spare {
+	sp := &spare{done: make(chan struct{})}
+	if !l.life.begin() {
+		sp.err = context.Canceled
+		close(sp.done)
+		return sp
+	}
+	go func() {
+		defer l.life.end()
+		defer close(sp.done)
+		ctx, cancel := l.attemptCtx(a.timeout, time.Time{})
+		defer cancel()
+		sp.sent = time.Now()
+		sp.id, sp.ttl, sp.err = l.b.grant(ctx, l.cfg.ttlSeconds())
+	}()
+	return sp
+}
+
+// discardSpare revokes the spare lease once it is granted, if it is, on a
+// goroutine of its own: the old lease lives on.
+func (l *leaseLoop) discardSpare(sp *spare) {
+	if !l.life.begin() {
+		return
+	}
+	go func() {
+		defer l.life.end()
+		<-sp.done
+		if sp.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timingFor(time.Duration(sp.ttl)*time.Second).renewTimeout)
+		defer cancel()
+		_ = l.b.revoke(ctx, sp.id)
+	}()
 }

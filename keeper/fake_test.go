@@ -391,6 +391,14 @@ func (f *fakeBackend) count(name string) int {
 	return f.calls[name]
 }
 
+// liveLeases counts the leases the server holds now.
+func (f *fakeBackend) liveLeases() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expireLocked(time.Now())
+	return len(f.leases)
+}
+
 func (f *fakeBackend) leaseAlive(id clientv3.LeaseID) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -88,3 +88,38 @@ func TestReconnectsAtOnce(t *testing.T) {
 		mustClose(t, k)
 	})
 }
+
+// TestPastDeadlineGrantsBeside: once D has passed, a lease is granted
+// beside the keepalive of the old one, so that when the server says the
+// old one is gone the keys go onto the new one at once: healthy again two
+// round trips after a silent stall ends (keepalive and grant together,
+// then the write), not three.
+func TestPastDeadlineGrantsBeside(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		const rtt = 100 * time.Millisecond
+		f.setLatency(rtt)
+		k, rec := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		old := k.LeaseID()
+		f.setStalled(true)
+		time.Sleep(25 * time.Second) // the server expires the lease and deletes the key
+		require.Equal(t, statemachine.Failed, k.State())
+		_, ok := f.get("svc/a")
+		require.False(t, ok)
+		f.setStalled(false)
+		began := time.Now()
+		time.Sleep(time.Second)
+		ts := rec.transitions()
+		last := ts[len(ts)-1]
+		require.Equal(t, statemachine.Healthy, last.To)
+		assert.LessOrEqual(t, last.At.Sub(began), 2*rtt)
+		assert.NotEqual(t, old, k.LeaseID())
+		kv, ok := f.get("svc/a")
+		require.True(t, ok)
+		assert.Equal(t, k.LeaseID(), kv.lease)
+		synctest.Wait()
+		assert.Equal(t, 1, f.liveLeases(), "spare leases granted while the old one was tried are revoked")
+		mustClose(t, k)
+	})
+}
