@@ -12,21 +12,23 @@ import (
 )
 
 // Keep the health status of "api" in step with the keeper: add the tracker
-// to keeper.Config.Observers. Here transitions are fed by hand.
+// to keeper.Config.Observers. Here transitions are fed by hand. By default
+// an etcd outage (failed) leaves the instance serving; a drain does not.
 func Example() {
 	hs := health.NewServer()
-	tr := grpchealth.New(hs, "api", healthpb.HealthCheckResponse_SERVING)
+	tr := grpchealth.New(hs, "api")
 	show := func() {
 		resp, _ := hs.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "api"})
 		fmt.Println(resp.Status)
 	}
 	show()
-	for _, to := range []statemachine.State{statemachine.Healthy, statemachine.Degraded, statemachine.Failed} {
+	for _, to := range []statemachine.State{statemachine.Healthy, statemachine.Degraded, statemachine.Failed, statemachine.Draining} {
 		tr.ObserveTransition(statemachine.Transition{To: to})
 		show()
 	}
 	// Output:
-	// NOT_SERVING
+	// SERVING
+	// SERVING
 	// SERVING
 	// SERVING
 	// NOT_SERVING
