@@ -11,8 +11,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
 	"github.com/leasekeeper/leasekeeper/keeper"
+	"github.com/leasekeeper/leasekeeper/keeper/etcdtest"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -23,7 +23,7 @@ func exampleClient() (*clientv3.Client, func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv, err := embedetcd.Start(dir, 30*time.Second)
+	srv, err := etcdtest.Start(dir)
 	if err != nil {
 		log.Fatal(err)
 	}
