@@ -25,9 +25,12 @@ import (
 
 const closeTimeout = 5 * time.Second
 
-// cmdLocal holds a key on an embedded etcd until ctx ends.
-func cmdLocal(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
-	fs := flag.NewFlagSet("(no command)", flag.ContinueOnError)
+// localName names the flag set of leasekeeper with no command.
+const localName = "(no command)"
+
+// cmdLocal holds a key on an embedded etcd until a signal.
+func cmdLocal(ctx context.Context, sigs <-chan os.Signal, args []string, stdout, stderr io.Writer) (int, error) {
+	fs := flag.NewFlagSet(localName, flag.ContinueOnError)
 	var c common
 	c.register(fs, 10*time.Second)
 	host, _ := os.Hostname()
@@ -64,18 +67,19 @@ func cmdLocal(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		return 0, err
 	}
 	defer func() { _ = cli.Close() }()
-	return hold(ctx, cli, c, out, sidecar.Options{Key: *key, Value: *value})
+	return hold(ctx, cli, c, out, sidecar.Options{Key: *key, Value: *value, Signals: sigs})
 }
 
-// cmdRun holds a key in a real cluster until ctx ends or the child exits.
-func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+// cmdRun holds a key in a real cluster until a signal, or while the child
+// runs.
+func cmdRun(ctx context.Context, sigs <-chan os.Signal, args []string, stdout, stderr io.Writer) (int, error) {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	var c common
 	var cl clusterFlags
+	var inst instanceFlags
 	c.register(fs, 10*time.Second)
 	cl.register(fs)
-	key := fs.String("key", "", "key to register (required)")
-	value := fs.String("value", "", "value of the key")
+	inst.register(fs)
 	if err := parse(fs, args, stderr); err != nil {
 		return 0, err
 	}
@@ -85,8 +89,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 	if err := cl.validate(); err != nil {
 		return 0, err
 	}
-	if *key == "" {
-		return 0, usagef("-key is required")
+	key, value, err := inst.resolve()
+	if err != nil {
+		return 0, err
 	}
 	out, err := sidecar.NewOutput(c.logFormat, stdout, stderr)
 	if err != nil {
@@ -110,7 +115,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) (int, 
 		return 0, fmt.Errorf("etcd client: %w", lkerrors.Classify(err))
 	}
 	defer func() { _ = cli.Close() }()
-	return hold(ctx, cli, c, out, sidecar.Options{Key: *key, Value: *value, Command: fs.Args()})
+	return hold(ctx, cli, c, out, sidecar.Options{Key: key, Value: value, Command: fs.Args(), Signals: sigs,
+		KillTimeout: inst.killTimeout, Ready: inst.ready(), ReadyEvery: inst.readyEvery, ReadyFailures: inst.readyFailures})
 }
 
 // cmdDemo runs the outage demo on an embedded etcd.
@@ -165,5 +171,9 @@ func hold(ctx context.Context, cli *clientv3.Client, c common, out *sidecar.Outp
 	opts.HealthAddr = c.healthAddr
 	opts.StartTimeout = c.ttl
 	opts.CloseTimeout = closeTimeout
+	opts.DrainDelay = c.drainDelay
+	if opts.KillTimeout == 0 {
+		opts.KillTimeout = closeTimeout
+	}
 	return sidecar.Run(ctx, k, out, opts)
 }

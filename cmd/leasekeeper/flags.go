@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,28 +13,36 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 
+	"github.com/leasekeeper/leasekeeper/internal/sidecar"
 	"github.com/leasekeeper/leasekeeper/keeper"
+	"github.com/leasekeeper/leasekeeper/keeper/naming"
 )
 
 // PasswordEnv is the environment variable the password is read from.
 const PasswordEnv = "LEASEKEEPER_PASSWORD"
 
-// common are the flags every command takes.
+// common are the flags every command that holds a key takes.
 type common struct {
 	ttl        time.Duration
 	healthAddr string
 	logFormat  string
+	drainDelay time.Duration
 }
 
 func (c *common) register(fs *flag.FlagSet, ttl time.Duration) {
 	fs.DurationVar(&c.ttl, "ttl", ttl, "lease TTL")
 	fs.StringVar(&c.healthAddr, "health-addr", "", "serve /healthz and /readyz on this address (host:port)")
 	fs.StringVar(&c.logFormat, "log-format", "human", "output format: human or json")
+	fs.DurationVar(&c.drainDelay, "drain-delay", time.Second,
+		"on SIGTERM, SIGINT or SIGHUP: how long to keep serving, deregistered, before the command is signalled")
 }
 
 func (c *common) validate() error {
 	if c.logFormat != "human" && c.logFormat != "json" {
 		return usagef("-log-format must be human or json, got %q", c.logFormat)
+	}
+	if c.drainDelay < 0 {
+		return usagef("-drain-delay must not be negative, got %v", c.drainDelay)
 	}
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = c.ttl
@@ -118,7 +128,11 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 		}
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage of leasekeeper %s:\n", fs.Name())
+		if fs.Name() == localName {
+			fmt.Fprintf(fs.Output(), "%s\nflags of leasekeeper with no command:\n", topUsage)
+		} else {
+			fmt.Fprintf(fs.Output(), "usage of leasekeeper %s:\n", fs.Name())
+		}
 		fs.PrintDefaults()
 	}
 	// The flag package prints its own message and the usage for a bad
@@ -128,6 +142,86 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 			return err
 		}
 		return &usageError{msg: err.Error(), shown: true}
+	}
+	return nil
+}
+
+// instanceFlags say what "run" registers: a key and value, or an instance
+// of a service in etcd's naming format, and when the command is ready.
+type instanceFlags struct {
+	key, value    string
+	service, addr string
+	metadata      string
+	killTimeout   time.Duration
+	readyTCP      string
+	readyHTTP     string
+	readyEvery    time.Duration
+	readyFailures int
+}
+
+func (f *instanceFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.key, "key", "", "key to register (or -service and -addr)")
+	fs.StringVar(&f.value, "value", "", "value of the key")
+	fs.StringVar(&f.service, "service", "", "register an instance of this service in etcd's naming format, found by gRPC clients dialing etcd:///SERVICE")
+	fs.StringVar(&f.addr, "addr", "", "with -service: the instance's address, host:port")
+	fs.StringVar(&f.metadata, "metadata", "", "with -service: the instance's metadata, as JSON")
+	fs.DurationVar(&f.killTimeout, "kill-timeout", 10*time.Second, "how long the command has to exit after the forwarded signal before SIGKILL")
+	fs.StringVar(&f.readyTCP, "ready-tcp", "", "register only while a TCP connection to this host:port opens")
+	fs.StringVar(&f.readyHTTP, "ready-http", "", "register only while a GET of this URL answers 2xx")
+	fs.DurationVar(&f.readyEvery, "ready-interval", 500*time.Millisecond, "how often the readiness check runs, and its timeout")
+	fs.IntVar(&f.readyFailures, "ready-failures", 3, "failed readiness checks in a row that deregister the key")
+}
+
+// resolve checks the flags and returns the key and value to register.
+func (f *instanceFlags) resolve() (key, value string, err error) {
+	switch {
+	case f.key != "" && f.service != "":
+		return "", "", usagef("-key and -service exclude each other")
+	case f.key == "" && f.service == "":
+		return "", "", usagef("-key is required (or -service and -addr)")
+	case f.service == "" && (f.addr != "" || f.metadata != ""):
+		return "", "", usagef("-addr and -metadata need -service")
+	case f.service != "" && f.value != "":
+		return "", "", usagef("-value goes with -key; with -service use -metadata")
+	case f.readyTCP != "" && f.readyHTTP != "":
+		return "", "", usagef("-ready-tcp and -ready-http exclude each other")
+	case f.killTimeout <= 0:
+		return "", "", usagef("-kill-timeout must be positive, got %v", f.killTimeout)
+	case f.readyEvery <= 0:
+		return "", "", usagef("-ready-interval must be positive, got %v", f.readyEvery)
+	case f.readyFailures < 1:
+		return "", "", usagef("-ready-failures must be at least 1, got %d", f.readyFailures)
+	}
+	if f.key != "" {
+		return f.key, f.value, nil
+	}
+	if f.addr == "" {
+		return "", "", usagef("-service needs -addr")
+	}
+	var md any
+	if f.metadata != "" {
+		if !json.Valid([]byte(f.metadata)) {
+			return "", "", usagef("-metadata is not valid JSON: %q", f.metadata)
+		}
+		md = json.RawMessage(f.metadata)
+	}
+	value, err = naming.Value(f.addr, md)
+	if err == nil {
+		err = naming.Check(f.service, f.addr)
+	}
+	if err != nil {
+		return "", "", usagef("%v", err)
+	}
+	return naming.Key(f.service, f.addr), value, nil
+}
+
+// ready returns the readiness check the flags ask for, or nil.
+func (f *instanceFlags) ready() func(context.Context) error {
+	switch {
+	case f.readyTCP != "":
+		return sidecar.TCPReady(f.readyTCP)
+	case f.readyHTTP != "":
+		return sidecar.HTTPReady(f.readyHTTP)
 	}
 	return nil
 }

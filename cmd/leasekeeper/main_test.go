@@ -56,7 +56,7 @@ func TestRunPassesChildExitCode(t *testing.T) {
 	// exits.
 	p := start(t, nil, "run", "--endpoints", cli.Endpoints()[0], "--key", "svc/child", "--ttl", "3s",
 		"--", "sh", "-c", "read line; exit 7")
-	p.waitLine(`started\s+command=sh`, 20*time.Second)
+	p.waitLine(`registered\s+key=svc/child`, 20*time.Second)
 	if !hasKey(t, cli, "svc/child") {
 		t.Fatalf("svc/child absent while the child runs")
 	}
@@ -156,6 +156,12 @@ func TestBadInput(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"missing endpoints", []string{"run", "--key", "k"}, "-endpoints is required"},
 		{"missing key", []string{"run", "--endpoints", "http://127.0.0.1:1"}, "-key is required"},
+		{"key and service", []string{"run", "--endpoints", "x", "--key", "k", "--service", "s", "--addr", "h:1"}, "-key and -service exclude each other"},
+		{"service without addr", []string{"run", "--endpoints", "x", "--service", "s"}, "-service needs -addr"},
+		{"bad metadata", []string{"run", "--endpoints", "x", "--service", "s", "--addr", "h:1", "--metadata", "{zone"}, "-metadata is not valid JSON"},
+		{"service with a slash", []string{"run", "--endpoints", "x", "--service", "s/", "--addr", "h:1"}, "trailing /"},
+		{"negative drain delay", []string{"run", "--endpoints", "x", "--key", "k", "--drain-delay", "-1s"}, "-drain-delay must not be negative"},
+		{"two readiness checks", []string{"run", "--endpoints", "x", "--key", "k", "--ready-tcp", "h:1", "--ready-http", "http://h"}, "exclude each other"},
 		{"bad duration", []string{"run", "--endpoints", "x", "--key", "k", "--ttl", "5"}, `invalid value "5" for flag -ttl`},
 		{"negative ttl", []string{"run", "--endpoints", "x", "--key", "k", "--ttl", "-1s"}, "ttl must be positive"},
 		{"unreadable cert", []string{"run", "--endpoints", "x", "--key", "k", "--cacert", "/nonexistent/ca.pem"}, "-cacert: open /nonexistent/ca.pem"},

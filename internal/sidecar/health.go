@@ -33,6 +33,15 @@ type Health struct {
 	// LastErrorKind is the kind of the last failed attempt since the last
 	// success, for example "cluster unreachable"; empty when none failed.
 	LastErrorKind string `json:"last_error_kind,omitempty"`
+	// Registered says whether the key is registered: false while the
+	// child is not ready yet, or no longer.
+	Registered bool `json:"registered"`
+}
+
+// Registrar is a Status that also says whether its key is registered; a
+// Status that is not one counts as registered.
+type Registrar interface {
+	Registered() bool
 }
 
 // Snapshot returns s's health now.
@@ -47,11 +56,16 @@ func Snapshot(s Status) Health {
 	if err := s.Err(); err != nil {
 		h.LastErrorKind = lkerrors.KindOf(err).String()
 	}
+	h.Registered = true
+	if r, ok := s.(Registrar); ok {
+		h.Registered = r.Registered()
+	}
 	return h
 }
 
 // Handler serves /healthz (200 while the process lives) and /readyz (200
-// only while Healthy, 503 otherwise), both with a Health body, and
+// only while Healthy with the key registered, 503 otherwise: draining
+// included), both with a Health body, and
 // /metrics from metrics when it is not nil.
 func Handler(s Status, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
@@ -64,7 +78,7 @@ func Handler(s Status, metrics http.Handler) http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		h := Snapshot(s)
 		code := http.StatusServiceUnavailable
-		if h.State == statemachine.Healthy.String() {
+		if h.State == statemachine.Healthy.String() && h.Registered {
 			code = http.StatusOK
 		}
 		writeHealth(w, code, h)
