@@ -10,8 +10,9 @@ import (
 )
 
 var (
-	// etcdBin is the etcd binary, leasekeeperBin the command under test.
-	etcdBin, leasekeeperBin string
+	// etcdBin is the etcd binary, leasekeeperBin the command under test,
+	// greeterBin the gRPC service the discovery tests run behind it.
+	etcdBin, leasekeeperBin, greeterBin string
 	// moduleRoot is the repository root, where docker-compose.yml is.
 	moduleRoot string
 )
@@ -39,11 +40,14 @@ func run(m *testing.M) int {
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	leasekeeperBin = filepath.Join(dir, "leasekeeper")
-	build := exec.Command("go", "build", "-o", leasekeeperBin, "./cmd/leasekeeper")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build leasekeeper: %v\n%s", err, out)
-		return 1
+	greeterBin = filepath.Join(dir, "greeter")
+	for bin, pkg := range map[string]string{leasekeeperBin: "./cmd/leasekeeper", greeterBin: "./integration/cmd/greeter"} {
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			return 1
+		}
 	}
 	code := m.Run()
 	printResults(os.Stdout)

@@ -45,6 +45,16 @@ func record(r result) {
 func printResults(w io.Writer) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
+	discoveryMu.Lock()
+	if len(discoveryResults) > 0 {
+		fmt.Fprintln(w, "| discovery scenario | calls | failed | note |")
+		fmt.Fprintln(w, "|---|---|---|---|")
+		for _, r := range discoveryResults {
+			fmt.Fprintln(w, r)
+		}
+		fmt.Fprintln(w)
+	}
+	discoveryMu.Unlock()
 	if len(results) == 0 {
 		return
 	}
