@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -40,10 +41,10 @@ func TestFaultsStreamMemberStalled(t *testing.T) {
 	ctx := context.Background()
 
 	// etcd's own KeepAlive, through proxies of its own.
-	var raw []*Proxy
+	var raw []*testbed.Proxy
 	var rawEps []string
 	for _, m := range s.c.Members {
-		p, err := NewProxy(m.Proxy.target)
+		p, err := testbed.NewProxy(m.Proxy.Target())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/leasekeeper/leasekeeper/internal/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/keeper/grpchealth"
 	"github.com/leasekeeper/leasekeeper/keeper/naming"
@@ -175,7 +176,7 @@ func (in *libInstance) close() {
 // the library's drain, while a client calls every 10 ms through etcd's
 // resolver: no call fails.
 func TestRollingRestartLibrary(t *testing.T) {
-	c, err := StartCluster(etcdBin, t.TempDir(), 1)
+	c, err := testbed.StartCluster(etcdBin, t.TempDir(), 1)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	eps := c.DirectEndpoints()
@@ -252,7 +253,7 @@ func startSidecarInstance(t *testing.T, endpoints []string, addr string) *sideca
 // sidecar (SIGTERM to the sidecar, which drains), while a client calls
 // every 10 ms through etcd's resolver: no call fails.
 func TestRollingRestartSidecar(t *testing.T) {
-	c, err := StartCluster(etcdBin, t.TempDir(), 1)
+	c, err := testbed.StartCluster(etcdBin, t.TempDir(), 1)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	eps := c.DirectEndpoints()
@@ -369,7 +370,7 @@ func (w *keyWatch) window() (time.Duration, int) {
 // For TTL/2 no call fails; for 2×TTL calls may fail only while the keys
 // are gone from the server, between its thaw and the keepers' writes.
 func TestEtcdOutageFailsNoCall(t *testing.T) {
-	c, err := StartCluster(etcdBin, t.TempDir(), 1)
+	c, err := testbed.StartCluster(etcdBin, t.TempDir(), 1)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	eps := c.DirectEndpoints()

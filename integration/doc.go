@@ -1,7 +1,8 @@
 // Package integration tests the keeper against real etcd processes under
 // real faults: a fault proxy in front of each member, SIGSTOP and SIGKILL of
-// members, and a second client acting behind the keeper's back. Its helpers
-// (BuildEtcd, Cluster, Proxy) build and drive etcd with nothing installed.
+// members, and a second client acting behind the keeper's back. The
+// machinery that builds and drives etcd with nothing installed is in
+// internal/testbed.
 //
 // Run the suite and print its results table with:
 //

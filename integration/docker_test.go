@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/leasekeeper/leasekeeper/internal/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -30,7 +31,7 @@ const (
 
 // dockerTier is the compose cluster the Docker tests share.
 type dockerTier struct {
-	c         *Compose
+	c         *testbed.Compose
 	endpoints []string // etcd1..3 on the host
 	health    string   // the sidecar's health address on the host
 }
@@ -42,11 +43,11 @@ func dockerPreflight(t *testing.T) {
 	if os.Getenv(DockerSwitch) != "1" {
 		t.Skipf("Docker tier off: set %s=1 after docker/build.sh to run it", DockerSwitch)
 	}
-	if err := DockerAvailable(); err != nil {
+	if err := testbed.DockerAvailable(); err != nil {
 		t.Skipf("Docker tier skipped: no Docker engine answers: %v", err)
 	}
-	for _, img := range Images {
-		if _, err := Docker("image", "inspect", img); err != nil {
+	for _, img := range testbed.Images {
+		if _, err := testbed.Docker("image", "inspect", img); err != nil {
 			t.Fatalf("image %s missing: run docker/build.sh first", img)
 		}
 	}
@@ -66,7 +67,7 @@ func startDocker(t *testing.T) *dockerTier {
 		fmt.Sprintf("LK_ETCD3_PORT=%d", ports[2]), fmt.Sprintf("LK_HEALTH_PORT=%d", ports[3]),
 		"LK_SIDECAR_TTL=" + ttlDocker.String(), "LK_SIDECAR_LOG_FORMAT=json",
 	}
-	c, err := NewCompose(moduleRoot, fmt.Sprintf("lkit%d", os.Getpid()), env)
+	c, err := testbed.NewCompose(moduleRoot, fmt.Sprintf("lkit%d", os.Getpid()), env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func startDocker(t *testing.T) *dockerTier {
 func (d *dockerTier) waitReady(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	if err := WaitServing(d.endpoints, deadline); err != nil {
+	if err := testbed.WaitServing(d.endpoints, deadline); err != nil {
 		t.Fatal(err)
 	}
 	for d.readyz(t) != http.StatusOK {
@@ -253,12 +254,12 @@ func dockerSidecarDisconnected(t *testing.T, d *dockerTier) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if _, err := Docker("network", "disconnect", d.c.Network(), id); err != nil {
+	if _, err := testbed.Docker("network", "disconnect", d.c.Network(), id); err != nil {
 		t.Fatal(err)
 	}
 	<-time.After(2 * ttlDocker)
 	readyDuring := d.readyz(t)
-	if _, err := Docker("network", "connect", "--alias", "sidecar", d.c.Network(), id); err != nil {
+	if _, err := testbed.Docker("network", "connect", "--alias", "sidecar", d.c.Network(), id); err != nil {
 		t.Fatal(err)
 	}
 	end := time.Now()

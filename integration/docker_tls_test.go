@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/leasekeeper/leasekeeper/internal/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/internal/testpki"
 )
 
@@ -22,7 +23,7 @@ import (
 func TestDockerTLS(t *testing.T) {
 	dockerPreflight(t)
 	dir := t.TempDir()
-	pki, err := WritePKI(dir)
+	pki, err := testbed.WritePKI(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +36,7 @@ func TestDockerTLS(t *testing.T) {
 		fmt.Sprintf("LK_ETCDTLS1_PORT=%d", ports[0]), fmt.Sprintf("LK_ETCDTLS2_PORT=%d", ports[1]),
 		fmt.Sprintf("LK_ETCDTLS3_PORT=%d", ports[2]), fmt.Sprintf("LK_TLS_HEALTH_PORT=%d", ports[3]),
 	}
-	c, err := NewCompose(moduleRoot, fmt.Sprintf("lkit%dtls", os.Getpid()), env)
+	c, err := testbed.NewCompose(moduleRoot, fmt.Sprintf("lkit%dtls", os.Getpid()), env)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
-	"github.com/leasekeeper/leasekeeper/internal/demo"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -29,8 +29,8 @@ import (
 type scenario struct {
 	t      *testing.T
 	name   string
-	c      *Cluster    // the process cluster, if any
-	docker *dockerTier // the compose cluster, if any
+	c      *testbed.Cluster // the process cluster, if any
+	docker *dockerTier      // the compose cluster, if any
 	ttl    time.Duration
 	obs    *clientv3.Client // the observer's, straight to the members
 	probe  *prober
@@ -69,7 +69,7 @@ type subject struct {
 // newScenario starts a cluster of n members and the two keepers on it.
 func newScenario(t *testing.T, name string, n int, ttl time.Duration) *scenario {
 	t.Helper()
-	c, err := StartCluster(etcdBin, t.TempDir(), n)
+	c, err := testbed.StartCluster(etcdBin, t.TempDir(), n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,12 +86,12 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 	s := &scenario{t: t, name: name, ttl: ttl, ignore: []goleak.Option{
 		goleak.IgnoreCurrent(),
 		// Members restarted during the scenario get a new process waiter.
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/integration.(*Member).reap"),
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/testbed.(*Member).reap"),
 	}}
 	var err error
 	s.obs, err = clientv3.New(clientv3.Config{
 		Endpoints: observed, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{demo.FastReconnect},
+		DialOptions: []grpc.DialOption{testbed.ShortReconnect},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +104,7 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 	// Close everything even when the test stops early, before the cluster
 	// goes (cleanups run last in, first out).
 	t.Cleanup(s.close)
-	s.subject = s.newSubject(prefix, endpoints, demo.FastReconnect)
+	s.subject = s.newSubject(prefix, endpoints, testbed.ShortReconnect)
 	s.plain = s.newSubject(prefix+"plain/", endpoints)
 	go s.watch(wch, prefix)
 	if s.probe, err = startProber(endpoints); err != nil {

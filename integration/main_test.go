@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 )
 
 var (
@@ -29,7 +31,7 @@ func run(m *testing.M) int {
 	}
 	root := strings.TrimSpace(string(out))
 	moduleRoot = root
-	if etcdBin, err = BuildEtcd(root); err != nil {
+	if etcdBin, err = testbed.BuildEtcd(root); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

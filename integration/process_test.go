@@ -15,6 +15,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -24,7 +25,7 @@ import (
 // the server, so every 200 must name a new lease.
 func TestFaultsKeeperProcessFrozen(t *testing.T) {
 	const ttl = ttl1
-	c, err := StartCluster(etcdBin, t.TempDir(), 1)
+	c, err := testbed.StartCluster(etcdBin, t.TempDir(), 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
-	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -254,7 +254,7 @@ func TestIntegrityRestoreContestBacksOff(t *testing.T) {
 // where it stopped; it reads the keys again and puts them right.
 func TestIntegrityCompactedWhileCutOff(t *testing.T) {
 	direct := startEtcd(t)
-	proxy, err := integration.NewProxy(strings.TrimPrefix(direct.Endpoints()[0], "http://"))
+	proxy, err := testbed.NewProxy(strings.TrimPrefix(direct.Endpoints()[0], "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}

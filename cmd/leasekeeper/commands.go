@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/internal/demo"
@@ -145,10 +144,10 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) (int,
 	return 0, nil
 }
 
-// newClient connects with a reconnect backoff of at most a second, so the
-// keeper hears of etcd coming back at once.
+// newClient connects with gRPC's default dial options: the keeper asks
+// the connection to reconnect at once while it is down, so it hears of
+// etcd coming back without a shorter reconnect backoff.
 func newClient(cfg clientv3.Config) (*clientv3.Client, error) {
-	cfg.DialOptions = append([]grpc.DialOption{demo.FastReconnect}, cfg.DialOptions...)
 	cfg.Logger = zap.NewNop()
 	return clientv3.New(cfg)
 }

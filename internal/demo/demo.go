@@ -14,8 +14,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
 	"github.com/leasekeeper/leasekeeper/internal/sidecar"
@@ -35,14 +33,6 @@ type Options struct {
 	// Logger receives the keeper's log; nil means none.
 	Logger *zap.Logger
 }
-
-// FastReconnect makes the client try to reconnect within a second of etcd
-// coming back (gRPC's default waits up to two minutes between tries), so
-// the keeper hears of it at once.
-var FastReconnect = grpc.WithConnectParams(grpc.ConnectParams{
-	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-	MinConnectTimeout: time.Second,
-})
 
 // Run runs the demo, printing to w, and reports whether the keeper went
 // healthy -> degraded -> failed -> healthy and the key came back.
@@ -65,7 +55,6 @@ func Run(ctx context.Context, w io.Writer, opts Options) (bool, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{srv.Endpoint},
 		DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{FastReconnect},
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {

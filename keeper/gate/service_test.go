@@ -22,7 +22,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
-	"github.com/leasekeeper/leasekeeper/internal/demo"
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/keeper/gate"
@@ -42,7 +41,7 @@ func TestServiceIntegration(t *testing.T) {
 	}
 	defer srv.Stop()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second,
-		Logger: zap.NewNop(), DialOptions: []grpc.DialOption{demo.FastReconnect}})
+		Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

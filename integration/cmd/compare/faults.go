@@ -14,8 +14,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
-	"github.com/leasekeeper/leasekeeper/integration"
-	"github.com/leasekeeper/leasekeeper/internal/demo"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -96,12 +95,12 @@ func faultFigures(bin string, o options, r *report) error {
 
 // oneMember starts a one-member etcd in a temporary directory; stop stops
 // it and removes the directory.
-func oneMember(bin string) (c *integration.Cluster, stop func(), err error) {
+func oneMember(bin string) (c *testbed.Cluster, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "leasekeeper-compare")
 	if err != nil {
 		return nil, nil, err
 	}
-	if c, err = integration.StartCluster(bin, dir, 1); err != nil {
+	if c, err = testbed.StartCluster(bin, dir, 1); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, nil, err
 	}
@@ -115,7 +114,7 @@ func newClient(endpoints []string, opts ...grpc.DialOption) (*clientv3.Client, e
 	return clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), DialOptions: opts})
 }
 
-func oneFault(c *integration.Cluster, ttl time.Duration, run int) (faultRun, error) {
+func oneFault(c *testbed.Cluster, ttl time.Duration, run int) (faultRun, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	proxy := c.Members[0].Proxy
@@ -141,7 +140,7 @@ func oneFault(c *integration.Cluster, ttl time.Duration, run int) (faultRun, err
 	}()
 
 	// The keeper.
-	kcli, err := newClient(c.Endpoints(), demo.FastReconnect)
+	kcli, err := newClient(c.Endpoints(), testbed.ShortReconnect)
 	if err != nil {
 		return faultRun{}, err
 	}
@@ -163,7 +162,7 @@ func oneFault(c *integration.Cluster, ttl time.Duration, run int) (faultRun, err
 
 	// concurrency.Session, and the loop users write on it: on Done, a new
 	// session and the key again.
-	scli, err := newClient(c.Endpoints(), demo.FastReconnect)
+	scli, err := newClient(c.Endpoints(), testbed.ShortReconnect)
 	if err != nil {
 		return faultRun{}, err
 	}
@@ -207,7 +206,7 @@ func oneFault(c *integration.Cluster, ttl time.Duration, run int) (faultRun, err
 	defer cancel()
 
 	// Lease.KeepAlive.
-	acli, err := newClient(c.Endpoints(), demo.FastReconnect)
+	acli, err := newClient(c.Endpoints(), testbed.ShortReconnect)
 	if err != nil {
 		return faultRun{}, err
 	}

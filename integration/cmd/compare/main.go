@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 )
 
 type options struct {
@@ -55,7 +55,7 @@ func run(o options) error {
 	if err != nil {
 		return fmt.Errorf("go list -m: %w", err)
 	}
-	bin, err := integration.BuildEtcd(strings.TrimSpace(string(root)))
+	bin, err := testbed.BuildEtcd(strings.TrimSpace(string(root)))
 	if err != nil {
 		return err
 	}

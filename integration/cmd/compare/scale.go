@@ -11,7 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -24,7 +24,7 @@ type usage struct {
 	bytes      int64
 }
 
-func measure(p *integration.Proxy) usage {
+func measure(p *testbed.Proxy) usage {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -154,8 +154,8 @@ func closeKeepers(ks []*keeper.Keeper) {
 
 // proxied returns a counting proxy in front of target and a client through
 // it; closeAll closes both.
-func proxied(target string) (*integration.Proxy, *clientv3.Client, func(), error) {
-	p, err := integration.NewProxy(target)
+func proxied(target string) (*testbed.Proxy, *clientv3.Client, func(), error) {
+	p, err := testbed.NewProxy(target)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -222,7 +222,7 @@ func keepAliveCost(target string, o options) (usage, error) {
 
 // window measures the cost of d of steady state, after the setup settled:
 // CPU and bytes over d, goroutines and heap above idle at its end.
-func window(p *integration.Proxy, idle usage, d time.Duration) usage {
+func window(p *testbed.Proxy, idle usage, d time.Duration) usage {
 	time.Sleep(2 * time.Second)
 	start := measure(p)
 	time.Sleep(d)
@@ -240,7 +240,7 @@ func window(p *integration.Proxy, idle usage, d time.Duration) usage {
 // deregisters a key of its own, one call after the other, and the longest
 // of those calls while the re-write runs is returned: with the keys written
 // one transaction at a time, it waits for one transaction, not the re-write.
-func rewrite(c *integration.Cluster, o options) (first, again, longest time.Duration, calls int, err error) {
+func rewrite(c *testbed.Cluster, o options) (first, again, longest time.Duration, calls int, err error) {
 	cli, err := newClient(c.Endpoints())
 	if err != nil {
 		return 0, 0, 0, 0, err

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 )
 
 func main() {
@@ -17,7 +17,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "pki:", err)
 		os.Exit(1)
 	}
-	p, err := integration.WritePKI(*dir)
+	p, err := testbed.WritePKI(*dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pki:", err)
 		os.Exit(1)

@@ -13,7 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -178,7 +178,7 @@ func (s *soak) nextFault() fault {
 // waitWhole waits until every member is running and answers a
 // linearizable read on its own, and returns when.
 func (s *soak) waitWhole() (time.Time, error) {
-	if err := integration.WaitServing(s.c.DirectEndpoints(), time.Now().Add(time.Minute)); err != nil {
+	if err := testbed.WaitServing(s.c.DirectEndpoints(), time.Now().Add(time.Minute)); err != nil {
 		return time.Time{}, err
 	}
 	return time.Now(), nil
@@ -285,7 +285,7 @@ func measure() usage {
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if !strings.Contains(g, "integration.(*Proxy)") {
+		if !strings.Contains(g, "testbed.(*Proxy)") {
 			n++
 		}
 	}

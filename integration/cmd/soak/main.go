@@ -27,7 +27,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 )
 
 type options struct {
@@ -73,7 +73,7 @@ func run(o options) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("go list -m: %w", err)
 	}
-	bin, err := integration.BuildEtcd(strings.TrimSpace(string(root)))
+	bin, err := testbed.BuildEtcd(strings.TrimSpace(string(root)))
 	if err != nil {
 		return false, err
 	}

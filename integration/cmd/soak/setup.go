@@ -11,7 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/leasekeeper/leasekeeper/integration"
+	"github.com/leasekeeper/leasekeeper/internal/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -23,7 +23,7 @@ type soak struct {
 	rng   *rand.Rand
 	round []int // the faults left in this round, by index
 	began time.Time
-	c     *integration.Cluster
+	c     *testbed.Cluster
 	obs   *clientv3.Client // straight to the members
 	cls   []*client
 	subs  []*subject
@@ -42,7 +42,7 @@ type soak struct {
 // a member's proxy cuts the member off from every client.
 type client struct {
 	cli     *clientv3.Client
-	proxies []*integration.Proxy
+	proxies []*testbed.Proxy
 }
 
 // subject is one keeper, its keys, and what it reported.
@@ -79,7 +79,7 @@ func setUp(o options, bin, dir string) (*soak, error) {
 	s := &soak{o: o, rng: rand.New(rand.NewPCG(o.seed, 0x5eed)), began: time.Now(),
 		excl: map[string][]*subject{}, faults: map[string]int{}}
 	var err error
-	if s.c, err = integration.StartCluster(bin, dir, 3); err != nil {
+	if s.c, err = testbed.StartCluster(bin, dir, 3); err != nil {
 		return nil, err
 	}
 	if s.obs, err = clientv3.New(clientv3.Config{Endpoints: s.c.DirectEndpoints(), DialTimeout: 5 * time.Second,
@@ -143,7 +143,7 @@ func (s *soak) newClient() (*client, error) {
 	cl := &client{}
 	var eps []string
 	for _, m := range s.c.Members {
-		p, err := integration.NewProxy(m.Proxy.Addr())
+		p, err := testbed.NewProxy(m.Proxy.Addr())
 		if err != nil {
 			return nil, err
 		}

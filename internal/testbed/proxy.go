@@ -1,4 +1,4 @@
-package integration
+package testbed
 
 import (
 	"fmt"
@@ -49,6 +49,9 @@ func NewProxy(target string) (*Proxy, error) {
 
 // Addr is the proxy's host:port.
 func (p *Proxy) Addr() string { return p.addr }
+
+// Target is the address the proxy forwards to.
+func (p *Proxy) Target() string { return p.target }
 
 // URL is the proxy's address as an etcd client URL.
 func (p *Proxy) URL() string { return "http://" + p.addr }

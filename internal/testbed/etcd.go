@@ -1,4 +1,4 @@
-package integration
+package testbed
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/leasekeeper/leasekeeper/internal/freeport"
 )
@@ -49,6 +51,15 @@ func BuildEtcd(moduleRoot string) (string, error) {
 	}
 	return bin, os.Rename(tmp, bin)
 }
+
+// ShortReconnect makes a client retry a lost connection within a second
+// (gRPC's default backoff grows to two minutes between tries). The fault
+// suite runs one keeper on a client with it beside one built with default
+// options, to show the keeper needs neither.
+var ShortReconnect = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: time.Second,
+})
 
 // Member is one etcd process with a fault proxy in front of its client URL.
 type Member struct {
