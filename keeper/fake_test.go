@@ -36,6 +36,22 @@ type fakeBackend struct {
 	calls        map[string]int
 	expired      []string // keys deleted by lease expiry, in order
 	rev          int64    // revision of the last write
+
+	// The watch, for fakes made by newWatchingFake: every change since the
+	// start, changed closed and replaced at each one, and the revision
+	// compacted up to.
+	watching  bool
+	events    []fakeEvent
+	changed   chan struct{}
+	compacted int64
+}
+
+// fakeEvent is one change of a key, at a revision.
+type fakeEvent struct {
+	rev int64
+	key string
+	put bool
+	kv  fakeKV
 }
 
 type fakeLease struct {
@@ -58,7 +74,24 @@ func newFake() *fakeBackend {
 		stateChanged: make(chan struct{}),
 		minTTL:       2,
 		calls:        map[string]int{},
+		changed:      make(chan struct{}),
 	}
+}
+
+// newWatchingFake returns a fake whose keys can be watched, as etcd's can:
+// the keeper then watches them, on fake time.
+func newWatchingFake() *fakeBackend {
+	f := newFake()
+	f.watching = true
+	return f
+}
+
+// eventLocked records a change of key at the current revision and wakes
+// the watches.
+func (f *fakeBackend) eventLocked(key string, put bool, kv fakeKV) {
+	f.events = append(f.events, fakeEvent{rev: f.rev, key: key, put: put, kv: kv})
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 // call waits the latency, or until ctx ends while down, then reports the
@@ -110,10 +143,16 @@ func (f *fakeBackend) expireLocked(now time.Time) {
 
 func (f *fakeBackend) dropLocked(id clientv3.LeaseID) {
 	delete(f.leases, id)
+	bumped := false
 	for k, v := range f.kvs {
 		if v.lease == id {
+			if !bumped {
+				f.rev++
+				bumped = true
+			}
 			delete(f.kvs, k)
 			f.expired = append(f.expired, k)
+			f.eventLocked(k, false, v)
 		}
 	}
 }
@@ -214,6 +253,7 @@ func (f *fakeBackend) putLocked(id clientv3.LeaseID, p kv) int64 {
 		create = old.create
 	}
 	f.kvs[p.key] = fakeKV{p.value, id, create}
+	f.eventLocked(p.key, true, f.kvs[p.key])
 	return create
 }
 
@@ -256,10 +296,106 @@ func (f *fakeBackend) read(ctx context.Context, start, end string) (int64, []*mv
 	return f.rev, out, nil
 }
 
-// The fake cannot watch; the keeper's watch tests run on etcd.
-func (f *fakeBackend) watches() bool { return false }
+// watches reports whether the fake was made by newWatchingFake.
+func (f *fakeBackend) watches() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.watching
+}
 
-func (f *fakeBackend) watch(context.Context, string, string, int64) clientv3.WatchChan { return nil }
+// watch sends the changes in [start, end) from revision rev on, as etcd's
+// watch does. The stream breaks (the channel closes) when the connection
+// goes down; a revision compacted away gets a response saying so.
+func (f *fakeBackend) watch(ctx context.Context, start, end string, rev int64) clientv3.WatchChan {
+	ch := make(chan clientv3.WatchResponse)
+	go func() {
+		defer close(ch)
+		for {
+			f.mu.Lock()
+			if f.down {
+				f.mu.Unlock()
+				return
+			}
+			if rev <= f.compacted {
+				resp := clientv3.WatchResponse{CompactRevision: f.compacted}
+				f.mu.Unlock()
+				select {
+				case ch <- resp:
+				case <-ctx.Done():
+				}
+				return
+			}
+			var evs []*clientv3.Event
+			if !f.stalled {
+				for _, e := range f.events {
+					if e.rev >= rev && e.key >= start && e.key < end {
+						evs = append(evs, e.event())
+					}
+				}
+			}
+			changed, downC, ready := f.changed, f.stateChanged, f.readyC
+			if !f.stalled {
+				ready = nil
+			}
+			f.mu.Unlock()
+			if len(evs) > 0 {
+				rev = evs[len(evs)-1].Kv.ModRevision + 1
+				select {
+				case ch <- clientv3.WatchResponse{Events: evs}:
+				case <-ctx.Done():
+					return
+				}
+			}
+			select {
+			case <-changed:
+			case <-downC:
+			case <-ready:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// event is e as the watch delivers it.
+func (e fakeEvent) event() *clientv3.Event {
+	kv := &mvccpb.KeyValue{Key: []byte(e.key), ModRevision: e.rev}
+	if !e.put {
+		return &clientv3.Event{Type: mvccpb.DELETE, Kv: kv}
+	}
+	kv.Value, kv.Lease, kv.CreateRevision = []byte(e.kv.value), int64(e.kv.lease), e.kv.create
+	return &clientv3.Event{Type: mvccpb.PUT, Kv: kv}
+}
+
+// deleteKey deletes key behind the keeper's back.
+func (f *fakeBackend) deleteKey(key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, ok := f.kvs[key]; ok {
+		f.rev++
+		delete(f.kvs, key)
+		f.eventLocked(key, false, v)
+	}
+}
+
+// overwrite writes key behind the keeper's back, with no lease.
+func (f *fakeBackend) overwrite(key, value string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rev++
+	f.putLocked(0, kv{key, value})
+}
+
+// compact forgets the history up to the current revision: a watch that
+// needs it hears it was compacted.
+func (f *fakeBackend) compact() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.compacted = f.rev
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
 
 func (f *fakeBackend) del(ctx context.Context, id clientv3.LeaseID, key string) error {
 	if err := f.call(ctx, "del"); err != nil {
@@ -267,7 +403,9 @@ func (f *fakeBackend) del(ctx context.Context, id clientv3.LeaseID, key string) 
 	}
 	defer f.mu.Unlock()
 	if v, ok := f.kvs[key]; ok && v.lease == id {
+		f.rev++
 		delete(f.kvs, key)
+		f.eventLocked(key, false, v)
 	}
 	return nil
 }

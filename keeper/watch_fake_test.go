@@ -1,0 +1,146 @@
+package keeper
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// keyEvents keeps the key events a keeper reports.
+type keyEvents struct {
+	mu  sync.Mutex
+	evs []KeyEvent
+}
+
+func (k *keyEvents) record(ev KeyEvent) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.evs = append(k.evs, ev)
+}
+
+// changes returns the changes reported for key, in order.
+func (k *keyEvents) changes(key string) []Change {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var cs []Change
+	for _, ev := range k.evs {
+		if ev.Key == key {
+			cs = append(cs, ev.Change)
+		}
+	}
+	return cs
+}
+
+// newWatched returns a healthy keeper on a watching fake, holding key a
+// with policy p, and the key events it reports.
+func newWatched(t *testing.T, f *fakeBackend, p Policy) (*Keeper, *keyEvents) {
+	t.Helper()
+	evs := &keyEvents{}
+	k, _ := newTest(t, f, func(c *Config) { c.Callbacks.OnKeyEvent = evs.record })
+	require.NoError(t, k.Register(context.Background(), "svc/a", "mine", WithPolicy(p)))
+	require.NoError(t, k.Start(context.Background()))
+	synctest.Wait()
+	return k, evs
+}
+
+// TestFakeWatchRestoresDeletedKey: a key deleted behind the keeper's back
+// is written back at once, on fake time.
+func TestFakeWatchRestoresDeletedKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchingFake()
+		k, evs := newWatched(t, f, Restore)
+		f.deleteKey("svc/a")
+		synctest.Wait()
+		kv, ok := f.get("svc/a")
+		require.True(t, ok, "svc/a not restored")
+		assert.Equal(t, k.LeaseID(), kv.lease)
+		assert.Equal(t, []Change{Deleted}, evs.changes("svc/a"))
+		assert.Equal(t, statemachine.Healthy, k.State())
+		mustClose(t, k)
+	})
+}
+
+// TestFakeWatchReportOnly: an overwritten report-only key is reported and
+// left as the other writer made it.
+func TestFakeWatchReportOnly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchingFake()
+		k, evs := newWatched(t, f, ReportOnly)
+		f.overwrite("svc/a", "theirs")
+		synctest.Wait()
+		kv, _ := f.get("svc/a")
+		assert.Equal(t, "theirs", kv.value)
+		assert.Equal(t, []Change{Overwritten}, evs.changes("svc/a"))
+		mustClose(t, k)
+	})
+}
+
+// TestFakeWatchExclusive: an exclusive key another writer took is never
+// overwritten, and the keeper takes it the moment it is deleted.
+func TestFakeWatchExclusive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchingFake()
+		k, evs := newWatched(t, f, Exclusive)
+		f.overwrite("svc/a", "theirs")
+		time.Sleep(time.Minute)
+		kv, _ := f.get("svc/a")
+		assert.Equal(t, "theirs", kv.value, "the other holder's key was overwritten")
+		f.deleteKey("svc/a")
+		synctest.Wait()
+		kv, ok := f.get("svc/a")
+		require.True(t, ok)
+		assert.Equal(t, "mine", kv.value)
+		assert.Equal(t, k.LeaseID(), kv.lease)
+		// Acquired at Start, overwritten by the other writer (and left so),
+		// acquired again once free.
+		assert.Equal(t, []Change{Acquired, Overwritten, Acquired}, evs.changes("svc/a"))
+		mustClose(t, k)
+	})
+}
+
+// TestFakeWatchReadsAgainAfterABreak: a key deleted while the watch was
+// broken, its history compacted away, is found by reading the keys again
+// once the connection is back.
+func TestFakeWatchReadsAgainAfterABreak(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchingFake()
+		k, _ := newWatched(t, f, Restore)
+		f.setDown(true)
+		time.Sleep(time.Second)
+		f.deleteKey("svc/a")
+		f.compact()
+		f.setDown(false)
+		time.Sleep(10 * time.Second)
+		kv, ok := f.get("svc/a")
+		require.True(t, ok, "svc/a not restored after the watch broke")
+		assert.Equal(t, k.LeaseID(), kv.lease)
+		assert.Equal(t, statemachine.Healthy, k.State())
+		mustClose(t, k)
+	})
+}
+
+// TestFakeWatchCompactedWhileWatching: a compaction under a live watch
+// makes the keeper read its keys again, and nothing is lost.
+func TestFakeWatchCompactedWhileWatching(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchingFake()
+		k, evs := newWatched(t, f, Restore)
+		reads := f.count("read")
+		f.deleteKey("svc/a")
+		f.compact()
+		synctest.Wait()
+		time.Sleep(time.Second)
+		_, ok := f.get("svc/a")
+		assert.True(t, ok, "svc/a not restored")
+		assert.Greater(t, f.count("read"), reads, "the keys were not read again")
+		assert.Contains(t, evs.changes("svc/a"), Deleted)
+		mustClose(t, k)
+	})
+}
