@@ -2,7 +2,6 @@ package keeper
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -13,36 +12,11 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// keyEvents keeps the key events a keeper reports.
-type keyEvents struct {
-	mu  sync.Mutex
-	evs []KeyEvent
-}
-
-func (k *keyEvents) record(ev KeyEvent) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.evs = append(k.evs, ev)
-}
-
-// changes returns the changes reported for key, in order.
-func (k *keyEvents) changes(key string) []Change {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	var cs []Change
-	for _, ev := range k.evs {
-		if ev.Key == key {
-			cs = append(cs, ev.Change)
-		}
-	}
-	return cs
-}
-
 // newWatched returns a healthy keeper on a watching fake, holding key a
 // with policy p, and the key events it reports.
-func newWatched(t *testing.T, f *fakeBackend, p Policy) (*Keeper, *keyEvents) {
+func newWatched(t *testing.T, f *fakeBackend, p Policy) (*Keeper, *keyEventLog) {
 	t.Helper()
-	evs := &keyEvents{}
+	evs := &keyEventLog{}
 	k, _ := newTest(t, f, func(c *Config) { c.Callbacks.OnKeyEvent = evs.record })
 	require.NoError(t, k.Register(context.Background(), "svc/a", "mine", WithPolicy(p)))
 	require.NoError(t, k.Start(context.Background()))
