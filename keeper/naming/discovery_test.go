@@ -99,7 +99,7 @@ func TestDiscoveryThroughEtcdResolver(t *testing.T) {
 	_, err = cli.Delete(context.Background(), naming.Key(service, b.Addr))
 	require.NoError(t, err)
 	e := startInstance(t, srv.Endpoint)
-	waitCalled(t, 2*time.Second, a, b, e)
+	waitCalled(t, 5*time.Second, a, b, e)
 	resp, err := cli.Get(context.Background(), naming.Key(service, b.Addr))
 	require.NoError(t, err)
 	assert.Len(t, resp.Kvs, 1, "the deleted key is back")
