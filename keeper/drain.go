@@ -5,10 +5,6 @@ import (
 	"errors"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
-	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -39,7 +35,7 @@ func (k *Keeper) Drain(ctx context.Context, delay time.Duration, stop func()) er
 	if !k.life.begin() {
 		return ErrClosed
 	}
-	err := k.withdraw(ctx)
+	err := k.reg.withdraw(ctx)
 	k.life.end()
 	if errors.Is(err, ErrDraining) || errors.Is(err, ErrClosed) {
 		return err
@@ -61,54 +57,6 @@ func (k *Keeper) Drain(ctx context.Context, delay time.Duration, stop func()) er
 		err = cerr
 	}
 	return err
-}
-
-// withdraw empties the registry and deletes its keys from etcd, then moves
-// the lease loop to Draining; see Drain. It holds the write lock
-// throughout, so that no Register slips in between.
-func (k *Keeper) withdraw(ctx context.Context) error {
-	r := k.reg
-	ctx, release, err := r.lockWrites(ctx)
-	if err != nil {
-		return err
-	}
-	defer release()
-	r.mu.Lock()
-	if r.draining {
-		r.mu.Unlock()
-		return ErrDraining
-	}
-	r.draining = true
-	written := make(map[string]clientv3.LeaseID, len(r.keys))
-	for key, rec := range r.keys {
-		written[key] = rec.own.lease
-	}
-	clear(r.keys)
-	stopTimer(&r.retryT)
-	v := r.loop.view(time.Now())
-	r.mu.Unlock()
-
-	var first error
-	for key, id := range written {
-		if id == 0 {
-			id = v.id
-		}
-		if id == 0 {
-			continue
-		}
-		dctx, cancel := context.WithTimeout(ctx, v.tm.renewTimeout)
-		err := r.b.del(dctx, id, key)
-		cancel()
-		if err != nil {
-			err = lkerrors.ClassifyConn(err, r.b.connState())
-			r.log.Warn("drain: delete failed; the key goes with the lease", zap.String("key", key), zap.Error(err))
-			if first == nil {
-				first = err
-			}
-		}
-	}
-	k.loop.drain()
-	return first
 }
 
 // drain moves the machine to Draining. From then on only Close changes

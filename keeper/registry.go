@@ -78,16 +78,12 @@ type kv struct{ key, value string }
 // register adds key or replaces its value and policy, and writes it at
 // once while the lease is live. See Keeper.Register.
 func (r *registry) register(ctx context.Context, key, value string, policy Policy) error {
-	ctx, release, err := r.lockWrites(ctx)
+	ctx, release, err := r.lockUndrained(ctx)
 	if err != nil {
 		return err
 	}
 	defer release()
 	r.mu.Lock()
-	if r.draining {
-		r.mu.Unlock()
-		return ErrDraining
-	}
 	old, existed := r.keys[key]
 	var prev record
 	if existed {
@@ -147,9 +143,55 @@ func (r *registry) deregister(ctx context.Context, key string) error {
 	if !existed || v.id == 0 {
 		return nil
 	}
-	ctx, dcancel := context.WithTimeout(ctx, v.tm.renewTimeout)
-	defer dcancel()
-	return lkerrors.ClassifyConn(r.b.del(ctx, v.id, key), r.b.connState())
+	return r.del(ctx, v, v.id, key)
+}
+
+// withdraw empties the registry and deletes its keys from etcd, each from
+// the lease it was written with, then moves the lease loop to Draining;
+// see Keeper.Drain. It holds the write lock throughout, so that no
+// Register slips in between. The error is the first delete's.
+func (r *registry) withdraw(ctx context.Context) error {
+	ctx, release, err := r.lockUndrained(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	r.mu.Lock()
+	r.draining = true
+	written := make(map[string]clientv3.LeaseID, len(r.keys))
+	for key, rec := range r.keys {
+		written[key] = rec.own.lease
+	}
+	clear(r.keys)
+	stopTimer(&r.retryT)
+	v := r.loop.view(time.Now())
+	r.mu.Unlock()
+
+	var first error
+	for key, id := range written {
+		if id == 0 {
+			id = v.id
+		}
+		if id == 0 {
+			continue
+		}
+		if err := r.del(ctx, v, id, key); err != nil {
+			r.log.Warn("drain: delete failed; the key goes with the lease", zap.String("key", key), zap.Error(err))
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	r.loop.drain()
+	return first
+}
+
+// del deletes key if it is still attached to lease id, within the renew
+// timeout of v, and classifies the error.
+func (r *registry) del(ctx context.Context, v leaseView, id clientv3.LeaseID, key string) error {
+	ctx, cancel := context.WithTimeout(ctx, v.tm.renewTimeout)
+	defer cancel()
+	return lkerrors.ClassifyConn(r.b.del(ctx, id, key), r.b.connState())
 }
 
 // lockWrites binds a caller's ctx to the keeper's life, so that Close
@@ -165,6 +207,24 @@ func (r *registry) lockWrites(ctx context.Context) (context.Context, func(), err
 		r.wmu.unlock()
 		cancel()
 	}, nil
+}
+
+// lockUndrained is lockWrites for the calls that add keys: once Drain
+// withdrew them it refuses with ErrDraining. draining changes only under
+// the write lock, so the answer holds until release.
+func (r *registry) lockUndrained(ctx context.Context) (context.Context, func(), error) {
+	ctx, release, err := r.lockWrites(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.mu.Lock()
+	draining := r.draining
+	r.mu.Unlock()
+	if draining {
+		release()
+		return nil, nil, ErrDraining
+	}
+	return ctx, release, nil
 }
 
 // rebase makes id the lease every key is to be written with: all are
