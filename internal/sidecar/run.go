@@ -86,25 +86,25 @@ func Run(ctx context.Context, k *keeper.Keeper, out *Output, opts Options) (int,
 	rctx, stopRegistering := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.run(rctx) })
-	defer wg.Wait()
-	defer stopRegistering()
 
 	var exited <-chan struct{}
 	if c != nil {
 		exited = c.done
 	}
 	var sig os.Signal
+	byItself := false
 	select {
 	case <-exited:
-		stopRegistering()
-		wg.Wait()
-		return closeAfterExit(k, out, opts, c.code), nil
+		byItself = true
 	case sig = <-opts.Signals:
 	case <-ctx.Done():
 		sig = syscall.SIGTERM
 	}
 	stopRegistering()
 	wg.Wait()
+	if byItself {
+		return closeAfterExit(k, out, opts, c.code), nil
+	}
 	return drain(k, out, opts, c, sig), nil
 }
 
