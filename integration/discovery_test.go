@@ -49,10 +49,10 @@ func startLibInstance(t *testing.T, endpoints []string, addr string) *testbed.In
 	return in
 }
 
-// TestRollingRestartLibrary restarts three instances in turn, each with
-// the library's drain, while a client calls every 10 ms through etcd's
-// resolver: no call fails.
-func TestRollingRestartLibrary(t *testing.T) {
+// startLibService starts a one-member etcd, three instances registered by
+// the library and a caller already served by them.
+func startLibService(t *testing.T, healthCheck bool) (*testbed.Cluster, []*testbed.Instance, *testbed.Caller) {
+	t.Helper()
 	c, err := testbed.StartCluster(etcdBin, t.TempDir(), 1)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
@@ -61,8 +61,17 @@ func TestRollingRestartLibrary(t *testing.T) {
 	for i := range ins {
 		ins[i] = startLibInstance(t, eps, "127.0.0.1:0")
 	}
-	caller := startServiceCaller(t, eps, false)
+	caller := startServiceCaller(t, eps, healthCheck)
 	waitCalls(t, caller, 30)
+	return c, ins, caller
+}
+
+// TestRollingRestartLibrary restarts three instances in turn, each with
+// the library's drain, while a client calls every 10 ms through etcd's
+// resolver: no call fails.
+func TestRollingRestartLibrary(t *testing.T) {
+	c, ins, caller := startLibService(t, false)
+	eps := c.DirectEndpoints()
 	for round := range 2 {
 		for i, in := range ins {
 			require.NoError(t, in.Keeper.Drain(context.Background(), 200*time.Millisecond, in.Server.GracefulStop))
@@ -247,16 +256,8 @@ func (w *keyWatch) window() (time.Duration, int) {
 // For TTL/2 no call fails; for 2×TTL calls may fail only while the keys
 // are gone from the server, between its thaw and the keepers' writes.
 func TestEtcdOutageFailsNoCall(t *testing.T) {
-	c, err := testbed.StartCluster(etcdBin, t.TempDir(), 1)
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
+	c, ins, caller := startLibService(t, true)
 	eps := c.DirectEndpoints()
-	ins := make([]*testbed.Instance, 3)
-	for i := range ins {
-		ins[i] = startLibInstance(t, eps, "127.0.0.1:0")
-	}
-	caller := startServiceCaller(t, eps, true)
-	waitCalls(t, caller, 30)
 	const ttl = 3 * time.Second
 
 	for _, tc := range []struct {
