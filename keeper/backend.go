@@ -2,12 +2,9 @@ package keeper
 
 import (
 	"context"
-	"errors"
-	"io"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
@@ -36,9 +33,13 @@ type backend interface {
 	// grant asks for a lease of ttl seconds and returns its ID and the TTL
 	// the server granted.
 	grant(ctx context.Context, ttl int64) (clientv3.LeaseID, int64, error)
-	// keepAliveOnce renews lease id once and returns the TTL the server
-	// reset it to; a lease the server does not know is rpctypes.ErrLeaseNotFound.
-	keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error)
+	// keepAliveAsync renews lease id once and calls done once with the TTL
+	// the server reset it to, or the error; a lease the server does not
+	// know is rpctypes.ErrLeaseNotFound. It does not block, and done must
+	// not either. cancel gives the request up; done may still be called
+	// after it. hedge says an earlier request of the same attempt went
+	// unanswered too long: this one goes another way.
+	keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(ttl int64, err error)) (cancel func())
 	// revoke revokes lease id, deleting its keys.
 	revoke(ctx context.Context, id clientv3.LeaseID) error
 	// put writes kvs attached to lease id in one transaction.
@@ -65,24 +66,22 @@ type backend interface {
 	// resetConnectBackoff makes a connection in TRANSIENT_FAILURE try to
 	// reconnect now instead of after gRPC's reconnect backoff.
 	resetConnectBackoff()
-	// close releases what the backend keeps between calls; the keeper
-	// calls it once, at Close, after its last attempt.
+	// close releases what the backend keeps between calls; the hub calls
+	// it once, when the last keeper using the backend closed.
 	close()
 }
 
 // clientBackend is the backend over a real etcd client.
 type clientBackend struct {
-	cli     *clientv3.Client
-	lease   pb.LeaseClient
-	streams *streams
+	cli      *clientv3.Client
+	lease    pb.LeaseClient
+	renewals *renewals
 }
 
-// newClientBackend returns the backend over cli. Renewal streams are kept
-// open between renewals when cli authenticates with a password: etcd's
-// client authenticates again at every stream it opens.
+// newClientBackend returns the backend over cli; the keepers on cli share
+// it through their hub.
 func newClientBackend(cli *clientv3.Client) *clientBackend {
-	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli),
-		streams: newStreams(cli, cli.Username != "" && cli.Password != "")}
+	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli), renewals: newRenewals(cli)}
 }
 
 // grant waits for a ready connection like clientv3's Grant, but returns
@@ -97,52 +96,12 @@ func (b *clientBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID,
 	return clientv3.LeaseID(r.ID), r.TTL, nil
 }
 
-// keepAliveOnce sends one keepalive and waits for its reply. Unlike
-// clientv3's KeepAliveOnce it does not retry inside the call, so the
-// attempt's deadline and the keeper's backoff stay in charge. A stream that
-// is abandoned at the deadline or fails is closed, so the next attempt opens
-// a new one, which the balancer may send to another member.
-func (b *clientBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {
-	for {
-		s, reused, err := b.streams.get(ctx)
-		if err != nil {
-			return 0, clientv3.ContextError(ctx, err)
-		}
-		ttl, err := b.keepAliveOn(ctx, s, id)
-		if err != nil && reused && ctx.Err() == nil {
-			// A stream kept idle may have died meanwhile (a restarted
-			// member, an expired token): try again on a new one.
-			continue
-		}
-		return ttl, err
-	}
+func (b *clientBackend) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) func() {
+	return b.renewals.keepAliveAsync(id, hedge, done)
 }
 
-// keepAliveOn renews id on s within ctx; s ends if ctx ends first.
-func (b *clientBackend) keepAliveOn(ctx context.Context, s *renewStream, id clientv3.LeaseID) (int64, error) {
-	stop := context.AfterFunc(ctx, s.cancel)
-	err := s.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)})
-	var resp *pb.LeaseKeepAliveResponse
-	if err == nil || errors.Is(err, io.EOF) {
-		// A broken stream's Send says only EOF; Recv says why.
-		resp, err = s.Recv()
-	}
-	if stopped := stop(); err != nil || !stopped {
-		s.cancel()
-	} else {
-		b.streams.put(s)
-	}
-	if err != nil {
-		return 0, clientv3.ContextError(ctx, err)
-	}
-	if resp.TTL <= 0 {
-		return 0, rpctypes.ErrLeaseNotFound
-	}
-	return resp.TTL, nil
-}
-
-// close ends the renewal stream kept between renewals.
-func (b *clientBackend) close() { b.streams.close() }
+// close ends the renewal stream.
+func (b *clientBackend) close() { b.renewals.close() }
 
 func (b *clientBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
 	_, err := b.cli.Revoke(ctx, id)

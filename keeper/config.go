@@ -29,7 +29,8 @@ type Config struct {
 
 	// Margin is subtracted from the server's earliest expiry to get the local
 	// deadline; it covers the local clock running slower than the server's.
-	// Zero means TTL/20. Must be less than half of TTL.
+	// Zero means TTL/40 (250ms at a TTL of 10s), far more than clocks
+	// drift apart over a TTL. Must be less than half of TTL.
 	Margin time.Duration
 
 	// DegradeAfter is the number of consecutive failed attempts that makes a
@@ -183,18 +184,11 @@ func (b BackoffConfig) validate() error {
 // resolved returns c with TTL rounded up to whole seconds and the zero
 // fields derived from it.
 func (c Config) resolved() Config {
+	tm := c.timingFor(0)
 	if rem := c.TTL % time.Second; rem != 0 {
 		c.TTL += time.Second - rem
 	}
-	if c.RenewTimeout == 0 {
-		c.RenewTimeout = c.TTL / 10
-	}
-	if c.Margin == 0 {
-		c.Margin = c.TTL / 20
-	}
-	if c.DegradeThreshold == 0 {
-		c.DegradeThreshold = c.TTL / 2
-	}
+	c.RenewTimeout, c.Margin, c.DegradeThreshold = tm.renewTimeout, tm.margin, tm.threshold
 	return c
 }
 

@@ -68,8 +68,8 @@ func TestResolvedDerivesFromTTL(t *testing.T) {
 	c := DefaultConfig()
 	c.TTL = 2500 * time.Millisecond
 	r := c.resolved()
-	if r.TTL != 3*time.Second || r.RenewTimeout != 300*time.Millisecond || r.Margin != 150*time.Millisecond || r.DegradeThreshold != 1500*time.Millisecond {
-		t.Errorf("resolved() = ttl %v, renew timeout %v, margin %v, threshold %v; want 3s, 300ms, 150ms, 1.5s",
+	if r.TTL != 3*time.Second || r.RenewTimeout != 300*time.Millisecond || r.Margin != 75*time.Millisecond || r.DegradeThreshold != 1500*time.Millisecond {
+		t.Errorf("resolved() = ttl %v, renew timeout %v, margin %v, threshold %v; want 3s, 300ms, 75ms, 1.5s",
 			r.TTL, r.RenewTimeout, r.Margin, r.DegradeThreshold)
 	}
 	if got := c.ttlSeconds(); got != 3 {

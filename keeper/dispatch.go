@@ -65,6 +65,7 @@ func (d *dispatcher) run() {
 		d.mu.Lock()
 		d.gid = id
 		if len(d.queue) == 0 {
+			d.queue = nil // an idle keeper keeps no queue
 			d.running, d.gid = false, 0
 			close(d.drained)
 			d.mu.Unlock()
@@ -197,6 +198,9 @@ func (ev KeyEvent) deliver(d *dispatcher) {
 		d.protect("OnKeyEvent", func() { f(ev) })
 	}
 }
+
+// observed reports whether any observer listens for attempts.
+func (d *dispatcher) observed() bool { return len(d.obs) > 0 }
 
 // attemptReport is one finished attempt, for the observers.
 type attemptReport struct {

@@ -11,15 +11,35 @@
 //
 // When a renewal sent at local monotonic time s succeeds with TTL t, the
 // server cannot expire the lease before s+t. The keeper's local deadline is
-// D = s + t - Margin: the send time, never the receive time. Renewals run
-// every t/3, counted from the send time of the last successful one; each
-// attempt has its own deadline (RenewTimeout, never past D), so an attempt
-// stuck on a silent member is abandoned, and while a keepalive has no reply
-// a fresh one goes out every third of RenewTimeout on a new stream, which
-// the client's balancer sends to the next member (two in flight at most):
-// one silent member of three does not even degrade the keeper. Failed
-// attempts are retried with exponential backoff and jitter, shortened so
-// that a last attempt still fits before D.
+// D = s + t - Margin: the send time, never the receive time. A renewal is
+// due t/3 after the send time of the last successful one, then waits for
+// the next point of a grid the keepers of the process share (see
+// Transport), but never past the latest point that leaves a whole
+// RenewTimeout before the degrade threshold: 0.375 t with the defaults,
+// where a keeper on the grid renews. Each attempt has its own deadline
+// (RenewTimeout, never past D), so an attempt stuck on a silent member is
+// abandoned, and while a keepalive has no reply a fresh one goes out every
+// third of RenewTimeout on a new stream, which the client's balancer sends
+// to the next member (two in flight at most): one silent member of three
+// does not even degrade the keeper. Failed attempts are retried with exponential backoff
+// and jitter, shortened so that a last attempt still fits before D.
+//
+// # Transport
+//
+// The keepers made with one *clientv3.Client share its hub, created by the
+// first New and ended by the last Close. It sends the keepalives of all of
+// them on one long-lived LeaseKeepAlive stream, as etcd's own lessor does,
+// and watches the keys of all of them with one watch, so the cluster pays
+// per registration what etcd's own KeepAlive costs it. Each keepalive still
+// has its own deadline and send time; replies go to requests by lease ID,
+// in the order etcd answers a stream. A keepalive overdue by a third of
+// RenewTimeout goes again on a new stream, which becomes the stream of
+// every keepalive after it; the overdue stream ends once nothing waits on
+// it, so a silent member never holds the client's renewals hostage. The
+// renewal grid makes the keepers due within one step renew together: one
+// write carries their keepalives, and etcd reads and answers them in one
+// go. Its step is an eighth of the renewal interval, 469ms at a TTL of
+// 10s.
 //
 // Once no live lease is left to protect, a request is always in flight:
 // each attempt stays outstanding for its backoff, sends a fresh keepalive
@@ -84,17 +104,18 @@
 //   - Register and Deregister wait for at most one transaction of a
 //     rewrite of every key in flight, never for all of it.
 //   - Renewals are scheduled with timers: a keeper between renewals costs a
-//     timer, not a goroutine of its renewals. Watching the keys costs one
-//     goroutine from Start on (DisableWatch turns it off), and a client with
-//     a password keeps a renewal stream (see Secure clusters).
+//     timer, not a goroutine, with its keys watched or not. The hub of a
+//     client costs one goroutine for its renewal stream and one for its
+//     watch, however many keepers share it.
 //   - Errors are classified (see package errors): errors.Is matches both the
 //     kind and the original cause.
 //
 // # Registration integrity
 //
-// From Start on the keeper watches the smallest key range holding its keys
-// (keep them under one prefix) and acts on a key deleted or overwritten
-// behind its back while it holds its lease, by the key's Policy: Restore
+// From Start on the keeper acts on a key deleted or overwritten behind its
+// back while it holds its lease (its client's hub watches the smallest key
+// range holding the keys of all the client's keepers: keep them under one
+// prefix), by the key's Policy: Restore
 // (the default) writes it back at once, with the next write the cluster
 // sees; ReportOnly leaves it and reports it; Exclusive never overwrites
 // another holder. Each change reaches Callbacks.OnKeyEvent as a KeyEvent
@@ -144,11 +165,10 @@
 // the keeper is then Failed.
 //
 // With a password, etcd's client authenticates again at every stream it
-// opens, which costs the server a bcrypt check and a raft write. The keeper
-// therefore keeps its renewal stream open between renewals on such a
-// client (one gRPC goroutine per keeper) and opens a new one only after an
-// error or an abandoned attempt. A client identified by its certificate's
-// common name needs no authentication and keeps no stream.
+// opens, which costs the server a bcrypt check and a raft write. The hub's
+// one renewal stream authenticates once, when it opens, and a new one
+// opens only after an error or an overdue keepalive. A client identified by
+// its certificate's common name needs no authentication.
 //
 // With TLS 1.3 a server checks the client's certificate after the client's
 // handshake is done, so a refused client certificate may reach the client

@@ -168,6 +168,17 @@ func (f *fakeBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID, i
 	return f.nextID, ttl, nil
 }
 
+// keepAliveAsync runs keepAliveOnce on a goroutine of its own.
+func (f *fakeBackend) keepAliveAsync(id clientv3.LeaseID, _ bool, done func(int64, error)) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		ttl, err := f.keepAliveOnce(ctx, id)
+		cancel()
+		done(ttl, err)
+	}()
+	return cancel
+}
+
 func (f *fakeBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {
 	f.mu.Lock()
 	hang, renewErr := f.hang > 0, f.renewErr

@@ -14,8 +14,9 @@ import (
 // word that the lease is gone; every request ends at the attempt's
 // deadline, and keepAlive returns only once all did.
 //
-// While no keepalive was answered, a fresh one goes out on a new stream,
-// which the client's balancer sends to the next member: with a live lease
+// While no keepalive was answered, a fresh one goes out on a new stream
+// (the hub leaves the one the first waits on, renewals.go), which the
+// client's balancer sends to the next member: with a live lease
 // every third of the renew timeout, so that a silent member costs a third
 // of it instead of all of it and the keeper stays Healthy; without one,
 // every Backoff.BaseDelay (jittered) for as long as the attempt stays
@@ -29,8 +30,8 @@ import (
 // back to the backoff, so that errors that return at once cannot spin.
 func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Duration, err error) {
 	type request struct {
-		sent time.Time
-		stop context.CancelFunc // nil once answered or canceled
+		sent   time.Time
+		cancel func() // nil once answered or given up
 	}
 	type reply struct {
 		ttl int64
@@ -38,78 +39,111 @@ func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Du
 		at  time.Time
 		req *request
 	}
-	ctx, cancel := l.attemptCtx(a.timeout, a.deadline)
-	defer cancel()
+	now := time.Now()
+	end := attemptEnd(now, a.timeout, a.deadline)
 	// With a live lease: a fresh keepalive every third of the renew
-	// timeout, none canceled. Without: one every BaseDelay, each canceled
+	// timeout, none given up. Without: one every BaseDelay, each given up
 	// once stuck, when it waited for the renew timeout or twice the usual
 	// round trip, whichever is longer: until then a slow link may still
-	// answer it, and canceling it for a fresh one would only start the wait
-	// over.
+	// answer it, and giving it up for a fresh one would only start the
+	// wait over.
 	every, stuck := a.tm.renewTimeout/3, a.timeout
 	if !a.live {
 		every, stuck = l.cfg.Backoff.BaseDelay, max(a.tm.renewTimeout, 2*a.rtt)
 	}
+	// Room for every reply, late ones included: done never blocks.
 	replies := make(chan reply, int(a.timeout/(every/2))+2)
 	var reqs []*request // in flight, oldest first
+	n := 0              // requests sent; every one after the first goes another way
 	send := func() {
-		sctx, stop := context.WithCancel(ctx)
-		req := &request{sent: time.Now(), stop: stop}
+		req := &request{sent: time.Now()}
 		reqs = append(reqs, req)
-		go func() {
-			ttl, err := l.b.keepAliveOnce(sctx, a.id)
+		req.cancel = l.b.keepAliveAsync(a.id, n > 0, func(ttl int64, err error) {
 			replies <- reply{ttl, err, time.Now(), req}
-		}()
+		})
+		n++
+	}
+	giveUp := func(req *request) {
+		if req.cancel != nil {
+			req.cancel()
+			req.cancel = nil
+		}
 	}
 	send()
-	inflight := 1 // requests whose reply has not come, canceled or not
-	next := time.NewTimer(jittered(every, a.live))
-	defer next.Stop()
+	nextAt := now.Add(jittered(every, a.live))
+	t := time.NewTimer(earlier(nextAt, end).Sub(now))
+	defer t.Stop()
 
 	var first reply
 	first.err = context.DeadlineExceeded
-	for {
+	for len(reqs) > 0 {
 		select {
-		case <-next.C:
-			next.Reset(jittered(every, a.live))
-			for len(reqs) > 0 && time.Since(reqs[0].sent) >= stuck {
-				reqs[0].stop()
-				reqs[0].stop, reqs = nil, reqs[1:]
+		case <-l.life.ctx.Done():
+			first = reply{err: context.Canceled}
+			for _, req := range reqs {
+				giveUp(req)
 			}
-			if ctx.Err() == nil && inflight < cap(replies) {
-				send()
-				inflight++
+			reqs = nil
+		case now := <-t.C:
+			if !now.Before(end) {
+				for _, req := range reqs {
+					giveUp(req)
+				}
+				reqs = nil
+				break
 			}
+			if !now.Before(nextAt) {
+				nextAt = now.Add(jittered(every, a.live))
+				for len(reqs) > 0 && now.Sub(reqs[0].sent) >= stuck {
+					giveUp(reqs[0])
+					reqs = reqs[1:]
+				}
+				if n < cap(replies) {
+					send()
+				}
+			}
+			t.Reset(earlier(nextAt, end).Sub(now))
 		case r := <-replies:
-			inflight--
-			if r.req.stop == nil {
-				break // canceled for a fresher one
+			if r.req.cancel == nil {
+				break // given up for a fresher one
 			}
-			r.req.stop()
-			r.req.stop = nil
+			r.req.cancel = nil
 			reqs = slices.DeleteFunc(reqs, func(q *request) bool { return q == r.req })
 			if r.err == nil || first.req == nil {
 				first = r
 			}
 			if r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired {
-				reqs = nil // decided
+				// A success or the server's word that the lease is gone
+				// decides. An early failure with nothing else in flight
+				// ends the attempt too: back to the backoff.
+				for _, req := range reqs {
+					giveUp(req)
+				}
+				reqs = nil
 			}
 		}
-		// A success or the server's word that the lease is gone decides;
-		// so does no request left in flight, as after an early failure
-		// (back to the backoff) or at the attempt's deadline.
-		if len(reqs) > 0 {
-			continue
-		}
-		cancel()
-		for ; inflight > 0; inflight-- {
-			<-replies
-		}
-		if first.err != nil {
-			return 0, time.Time{}, 0, first.err
-		}
-		return first.ttl, first.req.sent, first.at.Sub(first.req.sent), nil
 	}
+	if first.err != nil {
+		return 0, time.Time{}, 0, first.err
+	}
+	return first.ttl, first.req.sent, first.at.Sub(first.req.sent), nil
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// attemptEnd is when an attempt that starts at now ends: after timeout,
+// or at limit if limit is set, still ahead and sooner.
+func attemptEnd(now time.Time, timeout time.Duration, limit time.Time) time.Time {
+	end := now.Add(timeout)
+	if !limit.IsZero() && limit.Before(end) && now.Before(limit) {
+		end = limit
+	}
+	return end
 }
 
 // jittered spreads d over [d/2, 3d/2) when spread, so that keepers that

@@ -16,13 +16,15 @@ import (
 // any of them, Close included.
 //
 // A Keeper is a façade over four parts, each with its own lock or none:
-// the lease loop (lease.go: the lease, its deadline, attempts and the state
-// machine), the registry (registry.go: the keys and their writes), the key
-// watch (watch.go) and the dispatcher (dispatch.go: callbacks and
-// observers). Their locks are taken in that order: the registry's before the
-// loop's, the dispatcher's last.
+// the hub it shares with the other keepers on its client (hub.go: one
+// renewal stream in renewals.go, one key watch in watch.go), the lease loop
+// (lease.go: the lease, its deadline, attempts and the state machine), the
+// registry (registry.go: the keys and their writes) and the dispatcher
+// (dispatch.go: callbacks and observers). The registry's lock is taken
+// before the loop's and the hub's, the dispatcher's last.
 type Keeper struct {
 	b     backend
+	hub   *hub
 	life  *life
 	disp  *dispatcher
 	loop  *leaseLoop
@@ -30,33 +32,51 @@ type Keeper struct {
 	watch *keyWatch
 }
 
+// nopLogger is the logger of keepers configured without one.
+var nopLogger = zap.NewNop()
+
 // New returns a Keeper for cli in state Idle; it does nothing until Start.
 // A nil client or a Config that fails Validate is an error.
+//
+// The keepers on one client share its hub: one renewal stream carries the
+// keepalives of all of them, and one watch their keys (see hub.go).
 func New(cli *clientv3.Client, cfg Config) (*Keeper, error) {
 	if cli == nil {
 		return nil, ErrNilClient
 	}
-	return newKeeper(newClientBackend(cli), cfg)
+	return newKeeperOn(cli, func() backend { return newClientBackend(cli) }, cfg)
 }
 
+// newKeeper returns a Keeper over b, which is its own hub's key: the
+// keepers made over one b share it.
 func newKeeper(b backend, cfg Config) (*Keeper, error) {
+	return newKeeperOn(b, func() backend { return b }, cfg)
+}
+
+// newKeeperOn returns a Keeper on the hub of key, created over newBackend
+// if it has none yet.
+func newKeeperOn(key any, newBackend func() backend, cfg Config) (*Keeper, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
-		log = zap.NewNop()
+		log = nopLogger
 	}
+	h := joinHub(key, newBackend)
+	b := h.b
 	l := newLife()
 	d := newDispatcher(log, cfg.Callbacks, cfg.Observers)
-	loop, err := newLeaseLoop(cfg, b, log, l, d)
+	c := &cfg
+	loop, err := newLeaseLoop(c, b, log, l, d)
 	if err != nil {
+		_ = h.leave(context.Background())
 		return nil, err
 	}
-	w := newKeyWatch(cfg, b, log, l)
-	reg := &registry{cfg: cfg, b: b, log: log, life: l, disp: d, loop: loop, watch: w, keys: map[string]*record{}, wmu: newWriteLock()}
+	w := newKeyWatch(c, h.watch, log)
+	reg := &registry{cfg: c, b: b, log: log, life: l, disp: d, loop: loop, watch: w, wmu: newWriteLock()}
 	loop.reg, w.reg = reg, reg
-	return &Keeper{b: b, life: l, disp: d, loop: loop, reg: reg, watch: w}, nil
+	return &Keeper{b: b, hub: h, life: l, disp: d, loop: loop, reg: reg, watch: w}, nil
 }
 
 // Register adds key with value to the registration set, with the options
@@ -187,8 +207,8 @@ func (k *Keeper) Close(ctx context.Context) error {
 	}
 	id := k.loop.close()
 	k.reg.close()
+	k.watch.stop()
 	err := k.life.wait(ctx)
-	k.b.close()
 	switch {
 	case err != nil:
 		err = lkerrors.ClassifyConn(err, k.b.connState())
@@ -198,6 +218,9 @@ func (k *Keeper) Close(ctx context.Context) error {
 			err = nil
 		}
 		err = lkerrors.ClassifyConn(err, k.b.connState())
+	}
+	if herr := k.hub.leave(ctx); err == nil && herr != nil {
+		err = lkerrors.Classify(herr)
 	}
 	k.disp.wait(ctx)
 	return err

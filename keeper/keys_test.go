@@ -258,9 +258,12 @@ func TestRegisterDoesNotQueueBehindRewrite(t *testing.T) {
 		const perCall = 20 * time.Millisecond
 		f.setLatency(perCall) // 10 transactions, 200ms of re-write
 		require.NoError(t, f.revoke(context.Background(), k.LeaseID()))
-		// The renewal at 3.33s finds the lease gone and grants a new one
-		// at once; the re-write follows.
-		time.Sleep(10*time.Second/3 + 2*perCall + perCall/2)
+		// The next renewal finds the lease gone and grants a new one at
+		// once; the re-write follows.
+		for k.State() == statemachine.Healthy {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(perCall + perCall/2)
 		require.True(t, k.Deadline().After(time.Now()), "a new lease is held")
 		require.NotEqual(t, statemachine.Healthy, k.State(), "the re-write has begun, not ended")
 		began := time.Now()

@@ -20,7 +20,7 @@ import (
 // holding mu; the registry may read it under its own lock. mu guards every
 // field below it.
 type leaseLoop struct {
-	cfg  Config
+	cfg  *Config // shared by the keeper's parts, never changed
 	b    backend
 	log  *zap.Logger
 	life *life
@@ -36,7 +36,7 @@ type leaseLoop struct {
 	fails    failures
 	rtt      time.Duration // smoothed round trip of the keepalives answered
 	conn     *connWatch    // the connection watch running, if any
-	progress chan struct{} // closed and replaced after every attempt and transition, for Start
+	progress chan struct{} // closed after the next attempt or transition, for Start; nil while nobody waits
 }
 
 // lease is the lease held: its ID, the TTL the server granted, and the
@@ -77,12 +77,12 @@ type leaseView struct {
 	live     bool
 }
 
-func newLeaseLoop(cfg Config, b backend, log *zap.Logger, l *life, d *dispatcher) (*leaseLoop, error) {
+func newLeaseLoop(cfg *Config, b backend, log *zap.Logger, l *life, d *dispatcher) (*leaseLoop, error) {
 	m, err := statemachine.New(cfg.DegradeAfter)
 	if err != nil {
 		return nil, err
 	}
-	return &leaseLoop{cfg: cfg, b: b, log: log, life: l, disp: d, m: m, progress: make(chan struct{})}, nil
+	return &leaseLoop{cfg: cfg, b: b, log: log, life: l, disp: d, m: m}, nil
 }
 
 // view returns the lease as it stands at now; after Close, none.
@@ -129,7 +129,11 @@ func (l *leaseLoop) start(ctx context.Context) error {
 
 	for {
 		l.mu.Lock()
-		st, lastErr, progress := l.m.State(), l.fails.last, l.progress
+		st, lastErr := l.m.State(), l.fails.last
+		if l.progress == nil {
+			l.progress = make(chan struct{})
+		}
+		progress := l.progress
 		if st == statemachine.Healthy || st == statemachine.Closed || st == statemachine.Draining || permanent(lastErr) {
 			l.starting = false
 			l.mu.Unlock()
@@ -240,8 +244,10 @@ func (l *leaseLoop) stepLocked(e statemachine.Event, cause error, now time.Time)
 
 // signalLocked wakes everyone waiting for progress (Start).
 func (l *leaseLoop) signalLocked() {
-	close(l.progress)
-	l.progress = make(chan struct{})
+	if l.progress != nil {
+		close(l.progress)
+		l.progress = nil
+	}
 }
 
 func stopTimer(t **time.Timer) {

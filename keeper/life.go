@@ -3,25 +3,33 @@ package keeper
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // life is a keeper's lifecycle: a context that ends at Close and bounds
 // all the keeper's work, and the count of that work in flight (attempts,
 // the watches, Register and Deregister), which Close waits for within its
 // own context. Unlike a sync.WaitGroup, waiting honours a context. mu
-// guards n and idle.
+// guards n, idle, the context's end and the functions to call at it.
+//
+// The context is life itself, not a context.WithCancel: its AfterFunc lets
+// the contexts derived from it register with it for the time they live,
+// where a cancelCtx would keep a map of its children for as long as the
+// keeper lives, after the first one.
 type life struct {
-	ctx    context.Context
-	cancel context.CancelFunc
+	ctx context.Context // the life, as a context
 
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to zero; nil while nobody waits
+	mu    sync.Mutex
+	n     int
+	idle  chan struct{} // closed when n drops to zero; nil while nobody waits
+	done  chan struct{} // closed at Close
+	err   error         // context.Canceled once closed
+	after afterList     // called at Close
 }
 
 func newLife() *life {
-	l := &life{}
-	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l := &life{done: make(chan struct{})}
+	l.ctx = lifeCtx{l}
 	return l
 }
 
@@ -33,7 +41,7 @@ func (l *life) closed() bool { return l.ctx.Err() != nil }
 func (l *life) begin() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.ctx.Err() != nil {
+	if l.err != nil {
 		return false
 	}
 	l.n++
@@ -54,11 +62,17 @@ func (l *life) end() {
 // refuses new work. Only the first call returns true.
 func (l *life) close() bool {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ctx.Err() != nil {
+	if l.err != nil {
+		l.mu.Unlock()
 		return false
 	}
-	l.cancel()
+	l.err = context.Canceled
+	close(l.done)
+	fs := l.after.take()
+	l.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
 	return true
 }
 
@@ -91,4 +105,83 @@ func (l *life) bound(ctx context.Context) (context.Context, context.CancelFunc) 
 		stop()
 		cancel()
 	}
+}
+
+// lifeCtx is a life as a context.Context. Its AfterFunc is what
+// context.WithCancel and its kin use to hear of its end.
+type lifeCtx struct{ l *life }
+
+func (lifeCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c lifeCtx) Done() <-chan struct{}     { return c.l.done }
+func (lifeCtx) Value(any) any               { return nil }
+
+func (c lifeCtx) Err() error {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	return c.l.err
+}
+
+// AfterFunc calls f once the life ends, at once (on a goroutine of its own)
+// if it has; stop undoes that if f was not called yet.
+func (c lifeCtx) AfterFunc(f func()) (stop func() bool) {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		go f()
+		return func() bool { return false }
+	}
+	e := l.after.add(f)
+	return func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.after.remove(e)
+	}
+}
+
+// afterList is a list of functions, each entry allocated while it is in
+// the list only.
+type afterList struct{ head *afterEntry }
+
+type afterEntry struct {
+	f          func()
+	prev, next *afterEntry
+	in         bool
+}
+
+func (a *afterList) add(f func()) *afterEntry {
+	e := &afterEntry{f: f, next: a.head, in: true}
+	if a.head != nil {
+		a.head.prev = e
+	}
+	a.head = e
+	return e
+}
+
+func (a *afterList) remove(e *afterEntry) bool {
+	if !e.in {
+		return false
+	}
+	e.in = false
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		a.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	}
+	e.prev, e.next = nil, nil
+	return true
+}
+
+// take empties the list and returns its functions.
+func (a *afterList) take() []func() {
+	var fs []func()
+	for e := a.head; e != nil; e = e.next {
+		e.in = false
+		fs = append(fs, e.f)
+	}
+	a.head = nil
+	return fs
 }

@@ -27,7 +27,7 @@ func (r *registry) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
 	defer r.wmu.unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := r.keys[key]
+	rec := r.keys.get(key)
 	if rec == nil || r.life.closed() {
 		return
 	}
@@ -149,7 +149,7 @@ func (r *registry) retry() {
 	r.mu.Lock()
 	r.retryT = nil
 	due := false
-	for _, rec := range r.keys {
+	for _, rec := range r.keys.all() {
 		rec.held = false
 		due = due || rec.pending
 	}

@@ -2,7 +2,6 @@ package keeper
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"time"
 
@@ -23,7 +22,7 @@ import (
 // are written with and the retry timer. The registry reads the lease loop
 // under mu; the loop never takes mu while holding its own lock.
 type registry struct {
-	cfg   Config
+	cfg   *Config
 	b     backend
 	log   *zap.Logger
 	life  *life
@@ -33,7 +32,7 @@ type registry struct {
 
 	wmu      writeLock
 	mu       sync.Mutex
-	keys     map[string]*record
+	keys     keySet
 	lease    clientv3.LeaseID // the lease the records' written state refers to
 	retryT   *time.Timer      // writes held and contested keys again by the backoff
 	retryN   int              // retries since a held or contested key was last written
@@ -84,13 +83,14 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 	}
 	defer release()
 	r.mu.Lock()
-	old, existed := r.keys[key]
+	old := r.keys.get(key)
+	existed := old != nil
 	var prev record
 	if existed {
 		prev = *old
 	} else {
 		old = &record{}
-		r.keys[key] = old
+		r.keys.set(key, old)
 	}
 	rec := old
 	rec.value, rec.policy, rec.pending = value, policy, true
@@ -118,7 +118,8 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 			*rec = prev
 			rec.pending = true
 		} else {
-			delete(r.keys, key)
+			r.keys.del(key)
+			r.watch.forget(key)
 		}
 		r.mu.Unlock()
 	default:
@@ -136,8 +137,9 @@ func (r *registry) deregister(ctx context.Context, key string) error {
 	}
 	defer release()
 	r.mu.Lock()
-	_, existed := r.keys[key]
-	delete(r.keys, key)
+	existed := r.keys.get(key) != nil
+	r.keys.del(key)
+	r.watch.forget(key)
 	v := r.loop.view(time.Now())
 	r.mu.Unlock()
 	if !existed || v.id == 0 {
@@ -158,11 +160,12 @@ func (r *registry) withdraw(ctx context.Context) error {
 	defer release()
 	r.mu.Lock()
 	r.draining = true
-	written := make(map[string]clientv3.LeaseID, len(r.keys))
-	for key, rec := range r.keys {
+	written := make(map[string]clientv3.LeaseID, r.keys.len())
+	for key, rec := range r.keys.all() {
 		written[key] = rec.own.lease
+		r.watch.forget(key)
 	}
-	clear(r.keys)
+	r.keys.clear()
 	stopTimer(&r.retryT)
 	v := r.loop.view(time.Now())
 	r.mu.Unlock()
@@ -233,7 +236,7 @@ func (r *registry) rebase(id clientv3.LeaseID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lease = id
-	for _, rec := range r.keys {
+	for _, rec := range r.keys.all() {
 		rec.pending, rec.held = true, false
 	}
 }
@@ -242,7 +245,7 @@ func (r *registry) rebase(id clientv3.LeaseID) {
 func (r *registry) token(key string) (Token, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := r.keys[key]
+	rec := r.keys.get(key)
 	switch {
 	case rec == nil:
 		return Token{}, ErrNotRegistered
@@ -262,36 +265,17 @@ func (r *registry) token(key string) (Token, error) {
 func (r *registry) len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.keys)
+	return r.keys.len()
 }
 
-// keyRange returns the smallest range [start, end) holding every key.
-func (r *registry) keyRange() (start, end string, ok bool) {
+// allKeys returns the registered keys.
+func (r *registry) allKeys() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for key := range r.keys {
-		if !ok || key < start {
-			start = key
-		}
-		if !ok || key >= end {
-			end = key + "\x00"
-		}
-		ok = true
+	keys := make([]string, 0, r.keys.len())
+	for key := range r.keys.all() {
+		keys = append(keys, key)
 	}
-	return start, end, ok
-}
-
-// keysIn returns the registered keys in [start, end), sorted.
-func (r *registry) keysIn(start, end string) []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var keys []string
-	for key := range r.keys {
-		if key >= start && key < end {
-			keys = append(keys, key)
-		}
-	}
-	slices.Sort(keys)
 	return keys
 }
 

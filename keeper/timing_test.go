@@ -1,19 +1,25 @@
 package keeper
 
 import (
+	"fmt"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// With the defaults (TTL 10s): renew every 3.33s, attempt timeout 1s,
-// margin 0.5s, degraded below 5s left.
+// With the defaults (TTL 10s): renew every 3.75s on the renewal grid
+// (3.28s to 3.75s after the grant), attempt timeout 1s, margin 0.25s,
+// degraded below 5s left.
 
-func TestRenewsEveryThirdOfTTL(t *testing.T) {
+// TestRenewsOnScheduleForAnHour: renewals go out every 0.375 TTL once on
+// the renewal grid (TTL/3, then the grid's next point), and the lease never
+// changes.
+func TestRenewsOnScheduleForAnHour(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
 		k, rec := newTest(t, f, nil)
@@ -21,9 +27,9 @@ func TestRenewsEveryThirdOfTTL(t *testing.T) {
 		id := k.LeaseID()
 		time.Sleep(time.Hour)
 		synctest.Wait()
-		// 3600s / (10s/3) = 1080 renewals.
-		if got := f.count("keepalive"); got < 1078 || got > 1081 {
-			t.Errorf("keepalives in an hour = %d, want about 1080", got)
+		// 3600s / 3.75s = 960 renewals.
+		if got := f.count("keepalive"); got < 958 || got > 961 {
+			t.Errorf("keepalives in an hour = %d, want about 960", got)
 		}
 		if got := k.LeaseID(); got != id {
 			t.Errorf("LeaseID() = %d, want %d (unchanged)", got, id)
@@ -45,15 +51,17 @@ func TestDeadlineFromSendTime(t *testing.T) {
 		start := time.Now()
 		startHealthy(t, k)
 		// Grant sent at start, answered 300ms later.
-		if got, want := k.Deadline(), start.Add(10*time.Second-500*time.Millisecond); !got.Equal(want) {
+		if got, want := k.Deadline(), start.Add(10*time.Second-250*time.Millisecond); !got.Equal(want) {
 			t.Errorf("Deadline() after grant = %v, want %v", got.Sub(start), want.Sub(start))
 		}
-		// The next renewal is sent TTL/3 after the grant was sent: the
-		// interval counts from when the server reset the lease.
-		sent := start.Add(10 * time.Second / 3)
+		// The next renewal is sent TTL/3 after the grant was sent, on the
+		// renewal grid: the interval counts from when the server reset
+		// the lease.
+		sent := dueAfter(start, 10*time.Second)
+		assert.LessOrEqual(t, sent.Sub(start), 3750*time.Millisecond, "renewal due after 0.375 TTL")
 		time.Sleep(time.Until(sent) + 400*time.Millisecond)
 		synctest.Wait()
-		if got, want := k.Deadline(), sent.Add(9500*time.Millisecond); !got.Equal(want) {
+		if got, want := k.Deadline(), sent.Add(9750*time.Millisecond); !got.Equal(want) {
 			t.Errorf("Deadline() after renewal = %v, want %v", got.Sub(start), want.Sub(start))
 		}
 		mustClose(t, k)
@@ -77,12 +85,13 @@ func TestOutageLongerThanTTL(t *testing.T) {
 			t.Fatalf("State() during outage = %v, want failed", got)
 		}
 		degradedAt, failedAt := rec.at(statemachine.Degraded).Sub(start), rec.at(statemachine.Failed)
-		// The first renewal (3.33s) times out at 4.33s; 5s left is reached at 4.5s.
+		// The first renewal (by 3.75s) times out a second later; 5s left
+		// is reached at 4.75s.
 		if degradedAt < 4*time.Second || degradedAt > 5*time.Second {
 			t.Errorf("degraded %v after start, want within [4s, 5s]", degradedAt)
 		}
-		if got := failedAt.Sub(start); got != 9500*time.Millisecond {
-			t.Errorf("failed %v after start, want exactly at the deadline 9.5s", got)
+		if got := failedAt.Sub(start); got != 9750*time.Millisecond {
+			t.Errorf("failed %v after start, want exactly at the deadline 9.75s", got)
 		}
 		if margin := serverExpiry.Sub(failedAt); margin <= 0 {
 			t.Errorf("failed %v after the server expired the lease, want before", -margin)
@@ -197,7 +206,7 @@ func TestStateAfterPause(t *testing.T) {
 		stopTimer(&l.sched.attemptT)
 		stopTimer(&l.sched.checkT)
 		l.mu.Unlock()
-		// Past the threshold (5s left of 9.5s), before D: degraded.
+		// Past the threshold (5s left of 9.75s), before D: degraded.
 		time.Sleep(5 * time.Second)
 		assert.Equal(t, statemachine.Degraded, k.State(), "State() 5s after the last renewal")
 		assert.False(t, k.Writable(), "Writable() past the degrade threshold")
@@ -243,9 +252,10 @@ func TestSilentMemberIsHedged(t *testing.T) {
 		if got := f.count("keepalive"); got != 2 {
 			t.Errorf("keepalives = %d, want 2 (the silent one and the hedge)", got)
 		}
-		// The hedge was sent at 3.33s + 1s/3; D counts from its send time.
-		hedgeSent := start.Add(10*time.Second/3 + time.Second/3)
-		if got, want := k.Deadline(), hedgeSent.Add(9500*time.Millisecond); !got.Equal(want) {
+		// The hedge was sent a third of the renew timeout after the
+		// renewal; D counts from its send time.
+		hedgeSent := dueAfter(start, 10*time.Second).Add(time.Second / 3)
+		if got, want := k.Deadline(), hedgeSent.Add(9750*time.Millisecond); !got.Equal(want) {
 			t.Errorf("Deadline() = %v, want %v", got.Sub(start), want.Sub(start))
 		}
 		mustClose(t, k)
@@ -306,4 +316,71 @@ func TestSlowLinkNeverFails(t *testing.T) {
 		f.setLatency(0)
 		mustClose(t, k)
 	})
+}
+
+// dueAfter is when a renewal is due after one sent at sent with the
+// default timing for ttl.
+func dueAfter(sent time.Time, ttl time.Duration) time.Time {
+	return renewalDue(sent, ttl, defaultTiming(ttl))
+}
+
+// TestRenewalsOnTheGrid: keepers that started apart join the renewal grid
+// at their first renewal and stay on it, renewing every 0.375 TTL (the
+// latest that leaves a whole renew timeout before the degrade threshold),
+// so that the keepalives of keepers on one grid point go out together.
+func TestRenewalsOnTheGrid(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ttl := 10 * time.Second
+		step := ttl * 375 / 1000 / gridPoints
+		f := newFake()
+		var ks []*Keeper
+		for i := range 3 {
+			k, _ := newTest(t, f, nil)
+			startHealthy(t, k, fmt.Sprintf("svc/%d", i))
+			ks = append(ks, k)
+			time.Sleep(step / 3) // apart by a third of a step
+		}
+		for range 3 {
+			time.Sleep(ttl * 375 / 1000)
+			synctest.Wait()
+			for _, k := range ks {
+				sent := k.Deadline().Add(-ttl + ttl/40)
+				assert.Zero(t, sent.UnixNano()%int64(step), "renewal sent off the grid at %v", sent)
+				assert.WithinDuration(t, time.Now(), sent, ttl*375/1000, "no renewal in the last interval")
+			}
+		}
+		for _, k := range ks {
+			mustClose(t, k)
+		}
+	})
+}
+
+// TestRenewalDue: a renewal is due no sooner than TTL/3 after the last one
+// was sent, except when it joins the grid, and no later than the latest
+// point that leaves a whole renew timeout before the degrade threshold.
+func TestRenewalDue(t *testing.T) {
+	ttl := 10 * time.Second
+	tm := defaultTiming(ttl)
+	latest := ttl - tm.margin - tm.threshold - tm.renewTimeout
+	require.Equal(t, 3750*time.Millisecond, latest)
+	step := latest / gridPoints
+	base := time.Unix(1_700_000_000, 0)
+	for _, off := range []time.Duration{0, time.Millisecond, step / 2, step - time.Nanosecond, 3 * step / 2} {
+		sent := base.Add(off)
+		due := renewalDue(sent, ttl, tm)
+		assert.False(t, due.After(sent.Add(latest)), "off %v: due %v after the latest point", off, due.Sub(sent))
+		assert.Zero(t, due.UnixNano()%int64(step), "off %v: due off the grid", off)
+		assert.Greater(t, due.Sub(sent), latest-step, "off %v: due %v too early", off, due.Sub(sent))
+	}
+	// On the grid it stays there, a whole interval later.
+	onGridSent := base.Add(-time.Duration(base.UnixNano() % int64(step)))
+	assert.Equal(t, onGridSent.Add(latest), renewalDue(onGridSent.Add(time.Millisecond), ttl, tm))
+	// No room past TTL/3 (a long renew timeout): TTL/3, off the grid.
+	tm.renewTimeout = 2 * time.Second
+	assert.Equal(t, base.Add(ttl/3), renewalDue(base, ttl, tm))
+}
+
+func defaultTiming(ttl time.Duration) timing {
+	c := DefaultConfig()
+	return c.timingFor(ttl)
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,88 +23,270 @@ var errWatchClosed = errors.New("keeper: watch closed")
 // keys again is all that can be done, and it can be done at once.
 var errCompacted = errors.New("keeper: watch history compacted")
 
-// keyWatch watches, from Start on, the smallest key range holding every
-// registered key, and hands each change to the registry. It runs one
-// goroutine until Close. mu guards on and rng; the registry calls widen
-// with its own lock held, so mu is taken after the registry's.
+// rewatchDelay gathers the keys registered outside the watched range in a
+// burst (a thousand keepers starting) into one new watch.
+const rewatchDelay = 20 * time.Millisecond
+
+// keyWatch is one keeper's part in its hub's watch: from Start on, the
+// hub watches the keeper's keys and hands each change to its registry.
+// It has no goroutine of its own.
 type keyWatch struct {
-	cfg     Config
-	b       backend
-	log     *zap.Logger
-	life    *life
-	reg     *registry
-	rewatch chan struct{} // a key outside the range was registered
-	wake    chan struct{} // an attempt succeeded: a broken watch need not wait out its backoff
+	cfg *Config
+	hub *watchHub
+	reg *registry
+	log *zap.Logger
 
-	mu  sync.Mutex
-	on  bool
-	rng [2]string
+	mu sync.Mutex // guards on
+	on bool
 }
 
-func newKeyWatch(cfg Config, b backend, log *zap.Logger, l *life) *keyWatch {
-	return &keyWatch{cfg: cfg, b: b, log: log, life: l, rewatch: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+func newKeyWatch(cfg *Config, hub *watchHub, log *zap.Logger) *keyWatch {
+	return &keyWatch{cfg: cfg, hub: hub, log: log}
 }
 
-// start starts the watch, once, unless watching is off.
+// start joins the hub's watch, once, unless watching is off.
 func (w *keyWatch) start() {
-	if w.cfg.DisableWatch || !w.b.watches() {
+	if w.cfg.DisableWatch || !w.hub.b.watches() {
 		return
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.on || !w.life.begin() {
+	if w.on || w.reg.life.closed() {
+		w.mu.Unlock()
 		return
 	}
 	w.on = true
-	go w.run()
+	w.mu.Unlock()
+	w.hub.join(w)
 }
 
-// widen tells the watch to widen its range if key is outside it.
+// widen has the hub watch key too. The registry calls it with its lock
+// held.
 func (w *keyWatch) widen(key string) {
+	if w.watching() {
+		w.hub.add(w, key)
+	}
+}
+
+// forget tells the hub that the keeper no longer has key.
+func (w *keyWatch) forget(key string) {
+	if w.watching() {
+		w.hub.remove(w, key)
+	}
+}
+
+func (w *keyWatch) watching() bool {
 	w.mu.Lock()
-	inside := !w.on || (key >= w.rng[0] && key < w.rng[1])
-	w.mu.Unlock()
-	if inside {
-		return
-	}
-	select {
-	case w.rewatch <- struct{}{}:
-	default:
-	}
+	defer w.mu.Unlock()
+	return w.on
 }
 
 // kick tells a watch that waits out its backoff after a break that etcd
 // answers again, so that it reads and watches the keys again at once. It
 // never blocks.
 func (w *keyWatch) kick() {
+	if w.watching() {
+		w.hub.kick()
+	}
+}
+
+// stop leaves the hub's watch; Close calls it.
+func (w *keyWatch) stop() {
+	w.mu.Lock()
+	on := w.on
+	w.on = false
+	w.mu.Unlock()
+	if on {
+		w.hub.leave(w)
+	}
+}
+
+// reconcile hands one key as seen at rev to the keeper, unless it closed.
+func (w *keyWatch) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
+	if !w.reg.life.begin() {
+		return
+	}
+	defer w.reg.life.end()
+	w.reg.reconcile(key, obs, rev)
+}
+
+// watchHub is the one watch of a client's keepers: it watches the smallest
+// key range holding every key of every keeper that joined, on one goroutine
+// while any keeper is joined, and hands each change to the keepers that
+// own the key. mu guards every field below it; the registries call add
+// with their own lock held, so mu is taken after theirs, and the hub never
+// calls a keeper while holding it.
+type watchHub struct {
+	b       backend
+	rewatch chan struct{} // a key outside the range was registered
+	wake    chan struct{} // an attempt succeeded: a broken watch need not wait out its backoff
+
+	mu      sync.Mutex
+	keepers []*keyWatch            // joined, oldest first: the first one's config paces the watch
+	owners  map[string][]*keyWatch // each key watched, and the keepers that registered it
+	rng     [2]string
+	outside bool               // a key outside rng was added since rng was set
+	cancel  context.CancelFunc // ends the goroutine; nil while none runs
+	done    chan struct{}      // closed when it ended
+}
+
+func newWatchHub(b backend) *watchHub {
+	return &watchHub{b: b, rewatch: make(chan struct{}, 1), wake: make(chan struct{}, 1), owners: map[string][]*keyWatch{}}
+}
+
+// join adds w's keys to the watch, and starts the watch for the first
+// keeper.
+func (h *watchHub) join(w *keyWatch) {
+	h.mu.Lock()
+	h.keepers = append(h.keepers, w)
+	if h.cancel == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		h.cancel, h.done = cancel, make(chan struct{})
+		go h.run(ctx, h.done)
+	}
+	h.mu.Unlock()
+	// Keys registered from now on come through widen, as w is on.
+	for _, key := range w.reg.allKeys() {
+		h.add(w, key)
+	}
+}
+
+// leave removes w and its keys from the watch. The keys it deregistered
+// before are gone already (forget).
+func (h *watchHub) leave(w *keyWatch) {
+	keys := w.reg.allKeys()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.keepers = slices.DeleteFunc(h.keepers, func(x *keyWatch) bool { return x == w })
+	for _, key := range keys {
+		if i := slices.Index(h.owners[key], w); i >= 0 {
+			h.dropOwnerLocked(key, i)
+		}
+	}
+}
+
+// add has the watch cover key for w.
+func (h *watchHub) add(w *keyWatch, key string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ws := h.owners[key]
+	if slices.Contains(ws, w) {
+		return
+	}
+	h.owners[key] = append(ws, w)
+	if key >= h.rng[0] && key < h.rng[1] {
+		return
+	}
+	h.outside = true
 	select {
-	case w.wake <- struct{}{}:
+	case h.rewatch <- struct{}{}:
 	default:
 	}
 }
 
-// run watches the keeper's keys until Close: it reads them, has the
-// registry act on what differs from what the keeper wrote, and watches
-// from the revision it read. When the watch breaks (compaction, a lost
-// leader, an error) it reads the keys again after a backoff, or as soon as
-// an attempt succeeds, so no change goes unnoticed; when the key range
-// changes it starts over at once.
-func (w *keyWatch) run() {
-	defer w.life.end()
-	ctx := w.life.ctx
+// remove stops handing key's changes to w.
+func (h *watchHub) remove(w *keyWatch, key string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if i := slices.Index(h.owners[key], w); i >= 0 {
+		h.dropOwnerLocked(key, i)
+	}
+}
+
+func (h *watchHub) dropOwnerLocked(key string, i int) {
+	ws := slices.Delete(h.owners[key], i, i+1)
+	if len(ws) == 0 {
+		delete(h.owners, key)
+	} else {
+		h.owners[key] = ws
+	}
+}
+
+func (h *watchHub) kick() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close ends the watch and waits, within ctx, for its goroutine.
+func (h *watchHub) close(ctx context.Context) error {
+	h.mu.Lock()
+	cancel, done := h.cancel, h.done
+	h.cancel = nil
+	h.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// pace returns the config of the oldest keeper joined, whose backoff and
+// renew timeout pace the watch, and its logger.
+func (h *watchHub) pace() (Config, *zap.Logger) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.keepers) == 0 {
+		return DefaultConfig(), nopLogger
+	}
+	return *h.keepers[0].cfg, h.keepers[0].log
+}
+
+// keyRange returns the smallest range [start, end) holding every key
+// watched, and makes it the watched range.
+func (h *watchHub) keyRange() (start, end string, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for key := range h.owners {
+		if !ok || key < start {
+			start = key
+		}
+		if !ok || key >= end {
+			end = key + "\x00"
+		}
+		ok = true
+	}
+	h.rng, h.outside = [2]string{start, end}, false
+	return start, end, ok
+}
+
+// widened reports whether a key outside the watched range was added.
+func (h *watchHub) widened() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.outside
+}
+
+// ownersOf returns the keepers that own key.
+func (h *watchHub) ownersOf(key string) []*keyWatch {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.owners[key])
+}
+
+// run watches the keepers' keys until close: it reads them, has each
+// keeper act on what differs from what it wrote, and watches from the
+// revision it read. When the watch breaks (compaction, a lost leader, an
+// error) it reads the keys again after a backoff, or as soon as an attempt
+// succeeds, so no change goes unnoticed; when the key range changes it
+// starts over.
+func (h *watchHub) run(ctx context.Context, done chan struct{}) {
+	defer close(done)
 	fails := 0
 	for {
-		start, end, ok := w.reg.keyRange()
-		w.mu.Lock()
-		w.rng = [2]string{start, end}
-		w.mu.Unlock()
+		start, end, ok := h.keyRange()
 		var err error
 		if ok {
-			err = w.once(start, end)
+			err = h.once(ctx, start, end)
 		} else {
 			select {
 			case <-ctx.Done():
-			case <-w.rewatch:
+			case <-h.rewatch:
 			}
 		}
 		switch {
@@ -112,54 +296,81 @@ func (w *keyWatch) run() {
 			fails = 0
 			continue
 		case errors.Is(err, errCompacted):
-			w.log.Info("key watch history compacted; reading the keys again", zap.Error(err))
+			_, log := h.pace()
+			log.Info("key watch history compacted; reading the keys again", zap.Error(err))
 			continue
 		}
 		fails++
+		cfg, log := h.pace()
 		kind := lkerrors.KindOf(err)
-		w.log.Info("key watch broken; reading the keys again", zap.String("kind", kind.String()), zap.Error(err))
+		log.Info("key watch broken; reading the keys again", zap.String("kind", kind.String()), zap.Error(err))
 		select {
-		case <-w.wake: // an old success: wait for one after the break
+		case <-h.wake: // an old success: wait for one after the break
 		default:
 		}
-		t := time.NewTimer(w.cfg.Backoff.delay(fails, kind, rand.Float64()))
+		t := time.NewTimer(cfg.Backoff.delay(fails, kind, rand.Float64()))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
-		case <-w.rewatch:
+		case <-h.rewatch:
 			t.Stop()
-		case <-w.wake:
+		case <-h.wake:
 			t.Stop()
 		}
 	}
 }
 
-// once reads [start, end), reconciles every key in it, then watches the
-// range from the next revision. It returns nil when the range changed,
-// else why the watch ended.
-func (w *keyWatch) once(start, end string) error {
-	ctx, cancel := context.WithCancel(w.life.ctx)
+// once reads [start, end), has the owners reconcile every key in it, then
+// watches the range from the next revision. It returns nil when the range
+// changed, else why the watch ended.
+func (h *watchHub) once(ctx context.Context, start, end string) error {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tm := w.reg.loop.view(time.Now()).tm
-	gctx, gcancel := context.WithTimeout(ctx, tm.renewTimeout)
-	rev, kvs, err := w.b.read(gctx, start, end)
+	cfg, _ := h.pace()
+	gctx, gcancel := context.WithTimeout(ctx, cfg.timingFor(0).renewTimeout)
+	rev, kvs, err := h.b.read(gctx, start, end)
 	gcancel()
 	if err != nil {
-		return w.reg.classify(err)
+		return lkerrors.ClassifyConn(err, h.b.connState())
 	}
 	found := make(map[string]*mvccpb.KeyValue, len(kvs))
 	for _, kv := range kvs {
 		found[string(kv.Key)] = kv
 	}
-	for _, key := range w.reg.keysIn(start, end) {
-		w.reg.reconcile(key, found[key], rev)
+	h.mu.Lock()
+	type owned struct {
+		key string
+		ws  []*keyWatch
 	}
-	ch := w.b.watch(ctx, start, end, rev+1)
+	all := make([]owned, 0, len(h.owners))
+	for key, ws := range h.owners {
+		if key >= start && key < end {
+			all = append(all, owned{key, slices.Clone(ws)})
+		}
+	}
+	h.mu.Unlock()
+	slices.SortFunc(all, func(a, b owned) int { return strings.Compare(a.key, b.key) })
+	for _, o := range all {
+		for _, w := range o.ws {
+			w.reconcile(o.key, found[o.key], rev)
+		}
+	}
+	ch := h.b.watch(ctx, start, end, rev+1)
 	for {
 		select {
-		case <-w.rewatch:
+		case <-h.rewatch:
+			if !h.widened() {
+				continue // the key came in before the range was set
+			}
+			// Gather the keys registered in the same burst.
+			t := time.NewTimer(rewatchDelay)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
 			return nil
 		case resp, ok := <-ch:
 			if !ok {
@@ -169,14 +380,17 @@ func (w *keyWatch) once(start, end string) error {
 				return fmt.Errorf("%w: at revision %d", errCompacted, resp.CompactRevision)
 			}
 			if err := resp.Err(); err != nil {
-				return w.reg.classify(err)
+				return lkerrors.ClassifyConn(err, h.b.connState())
 			}
 			for _, ev := range resp.Events {
 				var obs *mvccpb.KeyValue
 				if ev.Type == mvccpb.PUT {
 					obs = ev.Kv
 				}
-				w.reg.reconcile(string(ev.Kv.Key), obs, ev.Kv.ModRevision)
+				key := string(ev.Kv.Key)
+				for _, w := range h.ownersOf(key) {
+					w.reconcile(key, obs, ev.Kv.ModRevision)
+				}
 			}
 		}
 	}

@@ -39,7 +39,7 @@ func (r *registry) writePending(v leaseView) error {
 		r.mu.Unlock()
 		return nil
 	}
-	for key, rec := range r.keys {
+	for key, rec := range r.keys.all() {
 		switch {
 		case !rec.pending || rec.held:
 		case rec.policy == Exclusive:
@@ -86,7 +86,7 @@ func (r *registry) writeOne(v leaseView, key string) error {
 	}
 	defer r.wmu.unlock()
 	r.mu.Lock()
-	rec := r.keys[key]
+	rec := r.keys.get(key)
 	if rec == nil || !rec.pending || r.lease != v.id {
 		r.mu.Unlock()
 		return nil
@@ -140,7 +140,7 @@ func (r *registry) put(v leaseView, keys []string) error {
 	r.mu.Lock()
 	kvs := make([]kv, 0, len(keys))
 	for _, key := range keys {
-		if rec := r.keys[key]; rec != nil && rec.pending && !rec.held && r.lease == v.id {
+		if rec := r.keys.get(key); rec != nil && rec.pending && !rec.held && r.lease == v.id {
 			kvs = append(kvs, kv{key, rec.value})
 		}
 	}
@@ -159,7 +159,7 @@ func (r *registry) put(v leaseView, keys []string) error {
 	now := time.Now()
 	for i, p := range kvs {
 		if _, healed := r.recordLocked(v.id, p, res.rev, res.create[i]); healed {
-			r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: r.keys[p.key].policy, Ours: true, Holder: v.id, Revision: res.rev, At: now})
+			r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: r.keys.get(p.key).policy, Ours: true, Holder: v.id, Revision: res.rev, At: now})
 		}
 	}
 	return nil
@@ -175,7 +175,7 @@ func (r *registry) hold(id clientv3.LeaseID, refused []refusal) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	written := false
-	for _, rec := range r.keys {
+	for _, rec := range r.keys.all() {
 		if !rec.pending && rec.own.lease == id {
 			written = true
 			break
@@ -186,7 +186,7 @@ func (r *registry) hold(id clientv3.LeaseID, refused []refusal) error {
 	}
 	now := time.Now()
 	for _, f := range refused {
-		rec := r.keys[f.key]
+		rec := r.keys.get(f.key)
 		if rec == nil || !rec.pending {
 			continue
 		}
@@ -203,7 +203,7 @@ func (r *registry) hold(id clientv3.LeaseID, refused []refusal) error {
 // still has that value and the registry that lease. It reports whether it
 // did, and whether the key had been refused before.
 func (r *registry) recordLocked(id clientv3.LeaseID, p kv, rev, create int64) (ok, healed bool) {
-	rec := r.keys[p.key]
+	rec := r.keys.get(p.key)
 	if rec == nil || rec.value != p.value || r.lease != id {
 		return false, false
 	}
@@ -239,7 +239,7 @@ func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, poli
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec := r.keys[p.key]
+	rec := r.keys.get(p.key)
 	if rec == nil {
 		return nil
 	}
