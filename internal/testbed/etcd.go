@@ -265,3 +265,30 @@ func (c *Cluster) Close() {
 		}
 	}
 }
+
+// CPU returns the user and system time the member's process has used,
+// read from /proc (Linux), or an error where it cannot be read.
+func (m *Member) CPU() (time.Duration, error) {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return 0, errors.New("testbed: member not running")
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", m.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: count fields after it.
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("testbed: short /proc stat: %q", s)
+	}
+	var utime, stime int64
+	if _, err := fmt.Sscan(f[11], &utime); err != nil {
+		return 0, err
+	}
+	if _, err := fmt.Sscan(f[12], &stime); err != nil {
+		return 0, err
+	}
+	// Clock ticks: 100 per second on every Linux this runs on (USER_HZ).
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}

@@ -19,16 +19,20 @@ import (
 )
 
 type options struct {
-	out        string
-	runs       int
-	ttl        time.Duration
-	scaleFor   time.Duration
-	leases     int
-	keys       int
-	keepers    int
-	timers     int
-	skipScale  bool
-	skipTimers bool
+	out         string
+	runs        int
+	ttl         time.Duration
+	scaleFor    time.Duration
+	leases      int
+	fleet       int
+	keys        int
+	keepers     int
+	timers      int
+	soakFor     time.Duration
+	soakKeepers int
+	skipScale   bool
+	skipTimers  bool
+	skipSoak    bool
 }
 
 func main() {
@@ -37,12 +41,16 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 7, "fault runs for the time-to-signal, margin and recovery figures")
 	flag.DurationVar(&o.ttl, "ttl", 3*time.Second, "lease TTL of the fault runs")
 	flag.DurationVar(&o.scaleFor, "scale-for", time.Minute, "how long the 1,000-lease cost is measured")
-	flag.IntVar(&o.leases, "leases", 1000, "leases in the renewal-cost figure")
+	flag.IntVar(&o.leases, "leases", 1000, "leases on one client in the renewal-cost figure")
+	flag.IntVar(&o.fleet, "fleet", 200, "clients with one lease each in the renewal-cost figure")
 	flag.IntVar(&o.keys, "keys", 10000, "keys in the re-write figure")
 	flag.IntVar(&o.keepers, "keepers", 10000, "keepers in the idle-footprint figure")
 	flag.IntVar(&o.timers, "timers", 1000000, "pending timers in the scheduling figure")
 	flag.BoolVar(&o.skipScale, "skip-scale", false, "skip figures 4 to 6")
 	flag.BoolVar(&o.skipTimers, "skip-timers", false, "skip figure 7")
+	flag.DurationVar(&o.soakFor, "soak-for", 5*time.Minute, "how long the many keepers of figure 8 run")
+	flag.IntVar(&o.soakKeepers, "soak-keepers", 10000, "keepers in figure 8")
+	flag.BoolVar(&o.skipSoak, "skip-soak", false, "skip figure 8")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "compare:", err)
@@ -70,6 +78,11 @@ func run(o options) error {
 	}
 	if !o.skipTimers {
 		timerFigure(o, r)
+	}
+	if !o.skipSoak {
+		if err := soakFigure(bin, o, r); err != nil {
+			return err
+		}
 	}
 	f, err := os.Create(o.out)
 	if err != nil {

@@ -16,15 +16,17 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// usage is what this process uses at a moment.
+// usage is what this process, and the etcd member it talks to, use at a
+// moment.
 type usage struct {
 	cpu        time.Duration
+	server     time.Duration // the member's CPU
 	goroutines int
 	heap       uint64
 	bytes      int64
 }
 
-func measure(p *testbed.Proxy) usage {
+func measure(p *testbed.Proxy, m *testbed.Member) usage {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -35,6 +37,9 @@ func measure(p *testbed.Proxy) usage {
 	if p != nil {
 		u.bytes = p.Bytes()
 	}
+	if m != nil {
+		u.server, _ = m.CPU()
+	}
 	return u
 }
 
@@ -44,30 +49,48 @@ func scaleFigures(bin string, o options, r *report) error {
 		return err
 	}
 	defer stop()
-	target := strings.TrimPrefix(c.Members[0].ClientURL, "http://")
+	m := c.Members[0]
+	target := strings.TrimPrefix(m.ClientURL, "http://")
 
-	progress("renewal cost: %d keepers for %s", o.leases, o.scaleFor)
-	kc, err := keeperCost(target, o)
+	progress("renewal cost: %d keepers on one client for %s", o.leases, o.scaleFor)
+	kc, err := cost(target, m, 1, o.leases, o.scaleFor, keepers)
 	if err != nil {
 		return err
 	}
-	progress("renewal cost: %d KeepAlive leases for %s", o.leases, o.scaleFor)
-	ac, err := keepAliveCost(target, o)
+	progress("renewal cost: %d KeepAlive leases on one client for %s", o.leases, o.scaleFor)
+	ac, err := cost(target, m, 1, o.leases, o.scaleFor, keepAlives)
+	if err != nil {
+		return err
+	}
+	progress("fleet cost: %d clients with one keeper each for %s", o.fleet, o.scaleFor)
+	kf, err := cost(target, m, o.fleet, 1, o.scaleFor, keepers)
+	if err != nil {
+		return err
+	}
+	progress("fleet cost: %d clients with one KeepAlive lease each for %s", o.fleet, o.scaleFor)
+	af, err := cost(target, m, o.fleet, 1, o.scaleFor, keepAlives)
 	if err != nil {
 		return err
 	}
 	row := func(name string, u usage) []string {
-		return []string{name, fmt.Sprintf("%.2f", u.cpu.Seconds()), fmt.Sprintf("%.0f", float64(u.bytes)/1024),
-			fmt.Sprint(u.goroutines), fmt.Sprintf("%.1f", float64(u.heap)/(1<<20))}
+		return []string{name, fmt.Sprintf("%.2f", u.cpu.Seconds()), fmt.Sprintf("%.2f", u.server.Seconds()),
+			fmt.Sprintf("%.0f", float64(u.bytes)/1024), fmt.Sprint(u.goroutines), fmt.Sprintf("%.1f", float64(u.heap)/(1<<20))}
 	}
-	r.add(fmt.Sprintf("## 4. Cost of renewing %d leases on one client for %s\n\n", o.leases, o.scaleFor) +
-		"TTL 10 s. Client CPU is this process's user+system time; bytes are counted both ways in a proxy; " +
-		"goroutines and heap (in use after GC) are the increase over the idle client. The `KeepAlive` " +
-		"variant drains each channel in a goroutine, as users do.\n\n" +
-		table([]string{"client", "CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)"}, [][]string{
-			row("leasekeeper", kc), row("Lease.KeepAlive", ac),
-		}) + fmt.Sprintf("\nTarget, CPU and bytes no more than `KeepAlive`'s: CPU %s, bytes %s.\n",
-		verdict(kc.cpu <= ac.cpu), verdict(kc.bytes <= ac.bytes)) + costNote(kc, ac))
+	header := []string{"client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)"}
+	r.add(fmt.Sprintf("## 4. Cost of renewing leases for %s\n\n", o.scaleFor) +
+		"TTL 10 s, one key per lease, side by side in one run against one etcd member. Client CPU is this " +
+		"process's user+system time and etcd CPU the member process's (from /proc); bytes are counted both " +
+		"ways in a proxy; goroutines and heap (in use after GC) are the increase over the idle clients. " +
+		"The keepers watch their keys (the default); the `KeepAlive` variant drains each channel in a " +
+		"goroutine, as users do.\n\n" +
+		fmt.Sprintf("### %d leases on one client\n\n", o.leases) +
+		table(header, [][]string{row("leasekeeper", kc), row("Lease.KeepAlive", ac)}) +
+		fmt.Sprintf("\nTarget, client CPU, etcd CPU, bytes and heap no more than `KeepAlive`'s: client CPU %s, etcd CPU %s, bytes %s, heap %s.\n\n",
+			verdict(kc.cpu <= ac.cpu), verdict(kc.server <= ac.server), verdict(kc.bytes <= ac.bytes), verdict(kc.heap <= ac.heap)) +
+		fmt.Sprintf("### A fleet: %d clients with one lease each\n\n", o.fleet) +
+		table(header, [][]string{row("leasekeeper", kf), row("Lease.KeepAlive", af)}) +
+		fmt.Sprintf("\nTarget, etcd CPU and bytes no more than `KeepAlive`'s: etcd CPU %s, bytes %s.\n",
+			verdict(kf.server <= af.server), verdict(kf.bytes <= af.bytes)))
 
 	progress("re-write of %d keys", o.keys)
 	first, again, longest, calls, err := rewrite(c, o)
@@ -95,21 +118,20 @@ func scaleFigures(bin string, o options, r *report) error {
 		return err
 	}
 	r.add(fmt.Sprintf("## 6. Idle footprint of %d keepers on one client\n\n", o.keepers) +
-		"Renewals cost a timer, not a goroutine. Watching the keeper's keys (the default since " +
-		"registration integrity) costs the keeper's watch goroutine and the etcd client's goroutine " +
-		"for that watch; `DisableWatch` turns it off.\n\n" +
+		"Renewals cost a timer, not a goroutine, and the keepers of one client share one watch of their " +
+		"keys: an idle keeper has no goroutine, with its key watched (the default) or not.\n\n" +
 		table([]string{"per keeper", "value", "target"}, [][]string{
 			{"goroutines, DisableWatch", fmt.Sprintf("%.4f", g), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(g < 0.01))},
 			{"heap, DisableWatch", fmt.Sprintf("%.0f bytes", h), ""},
-			{"goroutines, watching its key (default)", fmt.Sprintf("%.4f", gw), ""},
+			{"goroutines, watching its key (default)", fmt.Sprintf("%.4f", gw), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(gw < 0.01))},
 			{"heap, watching its key (default)", fmt.Sprintf("%.0f bytes", hw), ""},
 		}))
 	return nil
 }
 
 // startKeepers starts n keepers with one key each on cli, 32 at a time,
-// watching their keys or not.
-func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string, watch bool) ([]*keeper.Keeper, error) {
+// watching their keys or not, each with the observers obs(i) returns.
+func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string, watch bool, obs func(i int) []keeper.Observer) ([]*keeper.Keeper, error) {
 	ks := make([]*keeper.Keeper, n)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -118,6 +140,9 @@ func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string,
 		cfg := keeper.DefaultConfig()
 		cfg.TTL = ttl
 		cfg.DisableWatch = !watch
+		if obs != nil {
+			cfg.Observers = obs(i)
+		}
 		k, err := keeper.New(cli, cfg)
 		if err != nil {
 			return nil, err
@@ -152,63 +177,42 @@ func closeKeepers(ks []*keeper.Keeper) {
 	}
 }
 
-// proxied returns a counting proxy in front of target and a client through
-// it; closeAll closes both.
-func proxied(target string) (*testbed.Proxy, *clientv3.Client, func(), error) {
-	p, err := testbed.NewProxy(target)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	cli, err := newClient([]string{p.URL()})
-	if err != nil {
-		p.Close()
-		return nil, nil, nil, err
-	}
-	return p, cli, func() {
-		_ = cli.Close()
-		p.Close()
-	}, nil
+// holder starts n leases of TTL 10 s, one key each, on cli, and returns
+// what stops them.
+type holder func(cli *clientv3.Client, prefix string, n int) (stop func(), err error)
+
+func keepers(cli *clientv3.Client, prefix string, n int) (func(), error) {
+	ks, err := startKeepers(cli, n, 10*time.Second, prefix+"keeper/", true, nil)
+	return func() { closeKeepers(ks) }, err
 }
 
-func keeperCost(target string, o options) (usage, error) {
-	p, cli, closeAll, err := proxied(target)
-	if err != nil {
-		return usage{}, err
-	}
-	defer closeAll()
-	idle := measure(p)
-	ks, err := startKeepers(cli, o.leases, 10*time.Second, "cost/keeper/", true)
-	defer closeKeepers(ks)
-	if err != nil {
-		return usage{}, err
-	}
-	return window(p, idle, o.scaleFor), nil
-}
-
-func keepAliveCost(target string, o options) (usage, error) {
-	p, cli, closeAll, err := proxied(target)
-	if err != nil {
-		return usage{}, err
-	}
-	defer closeAll()
-	idle := measure(p)
+func keepAlives(cli *clientv3.Client, prefix string, n int) (func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	defer func() {
+	var ids []clientv3.LeaseID
+	// Stop as a service that shuts down cleanly does: revoke, so that no
+	// lease of this phase expires during the next one's window.
+	stop := func() {
 		cancel()
 		wg.Wait()
-	}()
-	for i := range o.leases {
+		for _, id := range ids {
+			rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, _ = cli.Revoke(rctx, id)
+			rcancel()
+		}
+	}
+	for i := range n {
 		g, err := cli.Grant(ctx, 10)
 		if err != nil {
-			return usage{}, err
+			return stop, err
 		}
-		if _, err := cli.Put(ctx, fmt.Sprintf("cost/ka/%06d", i), "v", clientv3.WithLease(g.ID)); err != nil {
-			return usage{}, err
+		ids = append(ids, g.ID)
+		if _, err := cli.Put(ctx, fmt.Sprintf("%ska/%06d", prefix, i), "v", clientv3.WithLease(g.ID)); err != nil {
+			return stop, err
 		}
 		ch, err := cli.KeepAlive(ctx, g.ID)
 		if err != nil {
-			return usage{}, err
+			return stop, err
 		}
 		wg.Add(1)
 		go func() {
@@ -217,18 +221,65 @@ func keepAliveCost(target string, o options) (usage, error) {
 			}
 		}()
 	}
-	return window(p, idle, o.scaleFor), nil
+	return stop, nil
 }
+
+// cost measures clients clients, each with n leases held by start, for d,
+// through one counting proxy in front of target (the member m).
+func cost(target string, m *testbed.Member, clients, n int, d time.Duration, start holder) (usage, error) {
+	p, err := testbed.NewProxy(target)
+	if err != nil {
+		return usage{}, err
+	}
+	defer p.Close()
+	clis := make([]*clientv3.Client, clients)
+	defer func() {
+		for _, cli := range clis {
+			if cli != nil {
+				_ = cli.Close()
+			}
+		}
+	}()
+	for i := range clis {
+		if clis[i], err = newClient([]string{p.URL()}); err != nil {
+			return usage{}, err
+		}
+		if _, err := clis[i].Get(context.Background(), "warm-up"); err != nil {
+			return usage{}, err
+		}
+	}
+	idle := measure(p, m)
+	var stops []func()
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	for i, cli := range clis {
+		stop, err := start(cli, fmt.Sprintf("cost/%d/", i), n)
+		stops = append(stops, stop)
+		if err != nil {
+			return usage{}, err
+		}
+	}
+	return window(p, m, idle, d), nil
+}
+
+// settle is how long the setup settles before a window: more than the
+// renewal interval of a TTL of 10 s, so that every lease was renewed once
+// and every client opened its renewal stream before the window.
+const settle = 5 * time.Second
 
 // window measures the cost of d of steady state, after the setup settled:
 // CPU and bytes over d, goroutines and heap above idle at its end.
-func window(p *testbed.Proxy, idle usage, d time.Duration) usage {
-	time.Sleep(2 * time.Second)
-	start := measure(p)
+func window(p *testbed.Proxy, m *testbed.Member, idle usage, d time.Duration) usage {
+	time.Sleep(settle)
+	start := measure(p, m)
 	time.Sleep(d)
-	end := measure(p)
+	end := measure(p, m)
 	return usage{
 		cpu:        end.cpu - start.cpu,
+		server:     end.server - start.server,
 		bytes:      end.bytes - start.bytes,
 		goroutines: end.goroutines - idle.goroutines,
 		heap:       end.heap - min(end.heap, idle.heap),
@@ -332,29 +383,14 @@ func footprint(target string, o options, watch bool) (float64, float64, error) {
 	if _, err := cli.Get(context.Background(), "warm-up"); err != nil {
 		return 0, 0, err
 	}
-	idle := measure(nil)
-	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/", watch)
+	idle := measure(nil, nil)
+	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/", watch, nil)
 	defer closeKeepers(ks)
 	if err != nil {
 		return 0, 0, err
 	}
 	time.Sleep(time.Second) // let the callback dispatchers finish
-	u := measure(nil)
+	u := measure(nil, nil)
 	n := float64(o.keepers)
 	return float64(u.goroutines-idle.goroutines) / n, float64(u.heap-min(u.heap, idle.heap)) / n, nil
-}
-
-// costNote says why the keeper costs more than KeepAlive, when it does.
-func costNote(kc, ac usage) string {
-	if kc.cpu <= ac.cpu && kc.bytes <= ac.bytes {
-		return ""
-	}
-	return "\nWhy: each renewal opens a gRPC stream of its own, so that an attempt stuck on a silent " +
-		"member is abandoned at its deadline and the next one (or the hedge) reaches another member; " +
-		"`KeepAlive` sends every lease of a client on one long-lived stream, whose opening it pays once. " +
-		"The fix is one renewal stream per client shared by its keepers, with per-attempt deadlines and " +
-		"an overdue stream abandoned and reopened (as etcd users asked for in etcd issue 13536); it is " +
-		"not built yet. Each keeper also watches its key (registration integrity): the goroutines and " +
-		"part of the heap above are its watch goroutine and the etcd client's, two per keeper; " +
-		"`DisableWatch` turns them off (see figure 6).\n"
 }
