@@ -81,7 +81,8 @@ func (l *leaseLoop) fire() {
 		l.mu.Unlock()
 		return
 	}
-	l.sched.attemptT = nil
+	// The timer fired: keep it to arm again, rather than a new one.
+	l.sched.spare, l.sched.attemptT = l.sched.attemptT, nil
 	if !l.recoveringLocked() {
 		// Start gave up while this attempt was due, with recovery off.
 		l.mu.Unlock()
@@ -400,9 +401,12 @@ func (l *leaseLoop) scheduleLocked(d time.Duration) {
 	if l.life.closed() {
 		return
 	}
-	stopTimer(&l.sched.attemptT)
+	t, fired := l.sched.attemptT, false
+	if t == nil {
+		t, fired, l.sched.spare = l.sched.spare, true, nil
+	}
 	l.sched.attemptAt = time.Now().Add(d)
-	l.sched.attemptT = time.AfterFunc(d, l.fire)
+	l.sched.attemptT = rearm(t, fired, d, l.fire)
 }
 
 // failureLogEvery is how often an outage repeats its warning.

@@ -47,7 +47,9 @@ func (l *leaseLoop) checkTimeLocked(now time.Time) {
 	}
 	switch {
 	case !now.Before(l.lease.deadline):
-		l.stepLocked(statemachine.DeadlineReached, withLast(ErrDeadline, l.fails.last), now)
+		// The keeper is Failed from D on, as State said since: the
+		// transition is dated D, however late its timer fired.
+		l.stepLocked(statemachine.DeadlineReached, withLast(ErrDeadline, l.fails.last), l.lease.deadline)
 		// Timers that fired late (a paused process) may have left no
 		// attempt behind: recovery starts now.
 		if l.sched.attemptT == nil && !l.sched.running && l.recoveringLocked() {
@@ -62,16 +64,16 @@ func (l *leaseLoop) checkTimeLocked(now time.Time) {
 // rearmCheckLocked sets the check timer to the next time boundary that may
 // change the state: the degrade threshold while Healthy, then the deadline.
 func (l *leaseLoop) rearmCheckLocked(now time.Time) {
-	stopTimer(&l.sched.checkT)
 	st := l.m.State()
 	if l.life.closed() || l.lease.id == 0 || l.lease.gone || (st != statemachine.Healthy && st != statemachine.Degraded) {
+		stopTimer(&l.sched.checkT)
 		return
 	}
 	at := l.lease.deadline
 	if low := l.lease.deadline.Add(-l.timingLocked().threshold); st == statemachine.Healthy && now.Before(low) {
 		at = low
 	}
-	l.sched.checkT = time.AfterFunc(at.Sub(now), l.onCheck)
+	l.sched.checkT = rearm(l.sched.checkT, false, at.Sub(now), l.onCheck)
 }
 
 // onCheck is the check timer's function.

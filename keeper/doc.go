@@ -83,7 +83,7 @@
 //   - State only reads: it is computed against D when it is asked, so after
 //     a pause of the process (GC, SIGSTOP, a suspended VM) it says Failed as
 //     soon as D has passed, even before the late timers fire; the timers
-//     move the state and report the transition. It never reports Healthy
+//     move the state and report the transition, dated D. It never reports Healthy
 //     or Degraded after D without a later successful renewal.
 //   - Failures shorter than the time left before D never make the keeper
 //     Failed.

@@ -54,6 +54,7 @@ type lease struct {
 // threshold and at D.
 type schedule struct {
 	attemptT  *time.Timer
+	spare     *time.Timer // the attempt timer that fired, to arm again
 	attemptAt time.Time
 	running   bool
 	checkT    *time.Timer
@@ -248,6 +249,18 @@ func (l *leaseLoop) signalLocked() {
 		close(l.progress)
 		l.progress = nil
 	}
+}
+
+// rearm makes t, a timer made by time.AfterFunc with f or nil, fire f in d,
+// and returns it. It reuses t if t was pending, or if fired says its
+// function already started; otherwise it makes a new timer, so that f never
+// waits to run twice for one arming.
+func rearm(t *time.Timer, fired bool, d time.Duration, f func()) *time.Timer {
+	if t != nil && (t.Stop() || fired) {
+		t.Reset(d)
+		return t
+	}
+	return time.AfterFunc(d, f)
 }
 
 func stopTimer(t **time.Timer) {

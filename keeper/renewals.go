@@ -100,7 +100,7 @@ func newRenewals(cli *clientv3.Client) *renewals {
 // restarted member, an expired token) without anyone noticing: if it fails
 // the request, the request goes again once on a new stream.
 func (r *renewals) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) (cancel func()) {
-	c := &call{r: r, id: id, done: done, stop: make(chan struct{})}
+	c := &call{r: r, id: id, done: done}
 	c.start(hedge, false)
 	return c.cancel
 }
@@ -110,11 +110,11 @@ type call struct {
 	r    *renewals
 	id   clientv3.LeaseID
 	done func(int64, error)
-	stop chan struct{} // closed by cancel
 
-	mu       sync.Mutex // guards s, ka and canceled
+	mu       sync.Mutex // guards s, ka, stop and canceled
 	s        *renewStream
 	ka       *keepalive
+	stop     chan struct{} // closed by cancel; made only for a wait on a stream's opening
 	canceled bool
 }
 
@@ -128,22 +128,27 @@ func (c *call) start(hedge, retried bool) {
 		c.done(0, err)
 		return
 	}
+	opened := s.opened()
 	c.mu.Lock()
 	c.s, c.ka = s, ka
 	canceled := c.canceled
+	if !opened && c.stop == nil {
+		c.stop = make(chan struct{})
+	}
+	stop := c.stop
 	c.mu.Unlock()
 	if canceled {
 		c.r.giveUp(s, c.id, ka)
 		return
 	}
-	if s.opened() {
+	if opened {
 		c.r.send(s, c.id, ka)
 		return
 	}
 	go func() {
 		select {
 		case <-s.ready:
-		case <-c.stop:
+		case <-stop:
 			return // cancel gave it up
 		}
 		if s.err != nil {
@@ -179,7 +184,9 @@ func (c *call) cancel() {
 		return
 	}
 	c.canceled = true
-	close(c.stop)
+	if c.stop != nil {
+		close(c.stop)
+	}
 	s, ka := c.s, c.ka
 	c.mu.Unlock()
 	if s != nil {

@@ -23,6 +23,7 @@ type usage struct {
 	server     time.Duration // the member's CPU
 	goroutines int
 	heap       uint64
+	stacks     uint64
 	bytes      int64
 }
 
@@ -33,7 +34,7 @@ func measure(p *testbed.Proxy, m *testbed.Member) usage {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	u := usage{cpu: cpu, goroutines: runtime.NumGoroutine(), heap: ms.HeapInuse}
+	u := usage{cpu: cpu, goroutines: runtime.NumGoroutine(), heap: ms.HeapInuse, stacks: ms.StackInuse}
 	if p != nil {
 		u.bytes = p.Bytes()
 	}
@@ -74,13 +75,14 @@ func scaleFigures(bin string, o options, r *report) error {
 	}
 	row := func(name string, u usage) []string {
 		return []string{name, fmt.Sprintf("%.2f", u.cpu.Seconds()), fmt.Sprintf("%.2f", u.server.Seconds()),
-			fmt.Sprintf("%.0f", float64(u.bytes)/1024), fmt.Sprint(u.goroutines), fmt.Sprintf("%.1f", float64(u.heap)/(1<<20))}
+			fmt.Sprintf("%.0f", float64(u.bytes)/1024), fmt.Sprint(u.goroutines), fmt.Sprintf("%.1f", float64(u.heap)/(1<<20)),
+			fmt.Sprintf("%.1f", float64(u.stacks)/(1<<20))}
 	}
-	header := []string{"client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)"}
+	header := []string{"client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)", "goroutine stacks (MiB)"}
 	r.add(fmt.Sprintf("## 4. Cost of renewing leases for %s\n\n", o.scaleFor) +
 		"TTL 10 s, one key per lease, side by side in one run against one etcd member. Client CPU is this " +
 		"process's user+system time and etcd CPU the member process's (from /proc); bytes are counted both " +
-		"ways in a proxy; goroutines and heap (in use after GC) are the increase over the idle clients. " +
+		"ways in a proxy; goroutines, heap (in use after GC) and goroutine stacks are the increase over the idle clients. " +
 		"The keepers watch their keys (the default); the `KeepAlive` variant drains each channel in a " +
 		"goroutine, as users do.\n\n" +
 		fmt.Sprintf("### %d leases on one client\n\n", o.leases) +
@@ -283,6 +285,7 @@ func window(p *testbed.Proxy, m *testbed.Member, idle usage, d time.Duration) us
 		bytes:      end.bytes - start.bytes,
 		goroutines: end.goroutines - idle.goroutines,
 		heap:       end.heap - min(end.heap, idle.heap),
+		stacks:     end.stacks - min(end.stacks, idle.stacks),
 	}
 }
 

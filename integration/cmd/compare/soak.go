@@ -18,9 +18,8 @@ const soakTTL = 10 * time.Second
 // renewalWatch follows one keeper's renewals from the outside: after each
 // successful renewal it reads the keeper's deadline, D = sent + TTL -
 // margin, to learn when the renewal was sent, and compares that with when
-// it was due: TTL/3 after the previous one was sent, rounded up to the
-// renewal grid (TTL/60 with the default timing). It also counts the
-// transitions away from Healthy.
+// it was due: TTL/3 after the previous one was sent, on the renewal grid,
+// as keeper's doc says. It also counts the transitions away from Healthy.
 type renewalWatch struct {
 	k        atomic.Pointer[keeper.Keeper] // set once the keeper is made
 	s        *soakStats
@@ -44,16 +43,22 @@ func (w *renewalWatch) ObserveAttempt(op string, _ time.Duration, err error) {
 	if k == nil {
 		return
 	}
-	sent := k.Deadline().Add(-soakTTL + soakTTL/20)
+	sent := k.Deadline().Add(-soakTTL + soakTTL/40)
 	prev := w.lastSent
 	w.lastSent = sent
 	if prev.IsZero() || !w.s.measuring.Load() || !sent.After(prev) {
 		return
 	}
-	step := int64(soakTTL / 60)
+	// The default timing: due TTL/3 after, on the next point of a grid of
+	// an eighth of 0.375 TTL, but no later than 0.375 TTL after.
+	latest := prev.Add(soakTTL * 375 / 1000)
+	step := int64(soakTTL * 375 / 1000 / 8)
 	due := prev.Add(soakTTL / 3)
 	if rem := due.UnixNano() % step; rem != 0 {
 		due = due.Add(time.Duration(step - rem))
+	}
+	if due.After(latest) {
+		due = due.Add(-time.Duration(step))
 	}
 	w.s.mu.Lock()
 	w.s.lateness = append(w.s.lateness, sent.Sub(due))
@@ -123,7 +128,7 @@ func soakFigure(bin string, o options, r *report) error {
 	r.add(fmt.Sprintf("## 8. %d keepers on one client for %s\n\n", o.soakKeepers, o.soakFor) +
 		fmt.Sprintf("TTL %s, one key each, watched (the default), against one etcd member; starting them took %s. "+
 			"Lateness is when a renewal was sent (read from the keeper's deadline after it) less when it was due: "+
-			"TTL/3 after the one before was sent, on the renewal grid.\n\n", soakTTL, started.Round(time.Second)) +
+			"TTL/3 after the one before was sent, then the renewal grid's next point (0.375 TTL after it once on the grid).\n\n", soakTTL, started.Round(time.Second)) +
 		table([]string{"measure", "value", "target"}, [][]string{
 			{"keepers Healthy at the end", fmt.Sprintf("%d of %d", healthy, len(ks)), ""},
 			{"transitions away from Healthy", fmt.Sprint(s.left.Load()), fmt.Sprintf("all Healthy throughout: %s", verdict(ok))},
