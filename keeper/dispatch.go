@@ -31,8 +31,16 @@ type dispatcher struct {
 	queue   []report
 	running bool
 	gid     uint64        // the delivering goroutine's ID once it runs
-	drained chan struct{} // closed when the queue is empty and no goroutine runs
+	drained chan struct{} // closed when the queue is empty and no goroutine runs; closedChan while idle
 }
+
+// closedChan is the drained channel of every idle dispatcher, so that an
+// idle keeper keeps no channel of its own.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // report is one thing to deliver.
 type report interface {
@@ -40,9 +48,7 @@ type report interface {
 }
 
 func newDispatcher(log *zap.Logger, cb Callbacks, obs []Observer) *dispatcher {
-	d := &dispatcher{log: log, cb: cb, obs: obs, drained: make(chan struct{})}
-	close(d.drained)
-	return d
+	return &dispatcher{log: log, cb: cb, obs: obs, drained: closedChan}
 }
 
 // push queues r and starts the delivering goroutine unless it runs. It
@@ -68,6 +74,7 @@ func (d *dispatcher) run() {
 			d.queue = nil // an idle keeper keeps no queue
 			d.running, d.gid = false, 0
 			close(d.drained)
+			d.drained = closedChan
 			d.mu.Unlock()
 			return
 		}

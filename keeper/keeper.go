@@ -74,7 +74,7 @@ func newKeeperOn(key any, newBackend func() backend, cfg Config) (*Keeper, error
 		return nil, err
 	}
 	w := newKeyWatch(c, h.watch, log)
-	reg := &registry{cfg: c, b: b, log: log, life: l, disp: d, loop: loop, watch: w, wmu: newWriteLock()}
+	reg := &registry{cfg: c, b: b, log: log, life: l, disp: d, loop: loop, watch: w}
 	loop.reg, w.reg = reg, reg
 	return &Keeper{b: b, hub: h, life: l, disp: d, loop: loop, reg: reg, watch: w}, nil
 }

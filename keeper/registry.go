@@ -286,19 +286,52 @@ func (r *registry) close() {
 	stopTimer(&r.retryT)
 }
 
-// writeLock is a lock whose waiting honours a context.
-type writeLock chan struct{}
-
-func newWriteLock() writeLock { return make(writeLock, 1) }
-
-// lock takes the lock, or returns ctx's error if ctx ends first.
-func (w writeLock) lock(ctx context.Context) error {
-	select {
-	case w <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// writeLock is a lock whose waiting honours a context. The lock passes to
+// the waiters in turn, so that a rewrite that takes it for every
+// transaction does not starve a Register; it makes a channel only per
+// waiter, so an idle keeper keeps none.
+type writeLock struct {
+	mu      sync.Mutex
+	held    bool
+	waiters []chan struct{} // in turn; each closed when the lock passes to it
 }
 
-func (w writeLock) unlock() { <-w }
+// lock takes the lock, or returns ctx's error if ctx ends first.
+func (w *writeLock) lock(ctx context.Context) error {
+	w.mu.Lock()
+	if !w.held {
+		w.held = true
+		w.mu.Unlock()
+		return nil
+	}
+	turn := make(chan struct{})
+	w.waiters = append(w.waiters, turn)
+	w.mu.Unlock()
+	select {
+	case <-turn:
+		return nil
+	case <-ctx.Done():
+	}
+	w.mu.Lock()
+	for i, x := range w.waiters {
+		if x == turn {
+			w.waiters = append(w.waiters[:i], w.waiters[i+1:]...)
+			w.mu.Unlock()
+			return ctx.Err()
+		}
+	}
+	w.mu.Unlock()
+	w.unlock() // the lock passed to us meanwhile: pass it on
+	return ctx.Err()
+}
+
+func (w *writeLock) unlock() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.waiters) == 0 {
+		w.held, w.waiters = false, nil
+		return
+	}
+	close(w.waiters[0])
+	w.waiters = w.waiters[1:]
+}
