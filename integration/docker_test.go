@@ -259,10 +259,12 @@ func dockerSidecarDisconnected(t *testing.T, d *dockerTier) {
 	}
 	<-time.After(2 * ttlDocker)
 	readyDuring := d.readyz(t)
+	// The fault ends as the reconnect begins: the sidecar may heal before
+	// docker's command returns.
+	end := time.Now()
 	if _, err := testbed.Docker("network", "connect", "--alias", "sidecar", d.c.Network(), id); err != nil {
 		t.Fatal(err)
 	}
-	end := time.Now()
 	var deletedAt time.Time
 	select {
 	case deletedAt = <-deleted:
