@@ -69,6 +69,13 @@ func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Du
 			req.cancel = nil
 		}
 	}
+	// decided gives up every request in flight, which ends the loop.
+	decided := func() {
+		for _, req := range reqs {
+			giveUp(req)
+		}
+		reqs = nil
+	}
 	send()
 	nextAt := now.Add(jittered(every, a.live))
 	t := time.NewTimer(earlier(nextAt, end).Sub(now))
@@ -80,16 +87,10 @@ func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Du
 		select {
 		case <-l.life.ctx.Done():
 			first = reply{err: context.Canceled}
-			for _, req := range reqs {
-				giveUp(req)
-			}
-			reqs = nil
+			decided()
 		case now := <-t.C:
 			if !now.Before(end) {
-				for _, req := range reqs {
-					giveUp(req)
-				}
-				reqs = nil
+				decided()
 				break
 			}
 			if !now.Before(nextAt) {
@@ -112,14 +113,11 @@ func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Du
 			if r.err == nil || first.req == nil {
 				first = r
 			}
+			// A success or the server's word that the lease is gone
+			// decides. An early failure with nothing else in flight ends
+			// the attempt too (the loop's condition): back to the backoff.
 			if r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired {
-				// A success or the server's word that the lease is gone
-				// decides. An early failure with nothing else in flight
-				// ends the attempt too: back to the backoff.
-				for _, req := range reqs {
-					giveUp(req)
-				}
-				reqs = nil
+				decided()
 			}
 		}
 	}
