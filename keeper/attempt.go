@@ -69,26 +69,23 @@ type result struct {
 	err      error            // classified; nil when every key is written
 }
 
-// fire runs one attempt. It is the attempt timer's function, so it runs on a
-// goroutine of its own that ends with the attempt.
+// fire starts one attempt. It is the attempt alarm's function, so it must
+// not block: a renewal goes out and its reply completes the attempt
+// (renewAsync); a grant, or a renewal past D with a spare grant beside it,
+// runs on a goroutine of its own that ends with the attempt.
 func (l *leaseLoop) fire() {
-	if !l.life.begin() {
+	if !l.k.life.begin() {
 		return
 	}
-	defer l.life.end()
 	l.mu.Lock()
-	if l.sched.running {
+	if l.running || !l.recoveringLocked() {
+		// !recovering: Start gave up while this attempt was due, with
+		// recovery off.
 		l.mu.Unlock()
+		l.k.life.end()
 		return
 	}
-	// The timer fired: keep it to arm again, rather than a new one.
-	l.sched.spare, l.sched.attemptT = l.sched.attemptT, nil
-	if !l.recoveringLocked() {
-		// Start gave up while this attempt was due, with recovery off.
-		l.mu.Unlock()
-		return
-	}
-	l.sched.running = true
+	l.running = true
 	now := time.Now()
 	l.checkTimeLocked(now)
 	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
@@ -99,34 +96,39 @@ func (l *leaseLoop) fire() {
 		// leave the request outstanding for it. A member that answers again
 		// (a healed partition, a thawed process) then answers it at once, and
 		// the next attempt starts when this one ends: one is always in flight.
-		a.wait = l.cfg.Backoff.delay(max(l.fails.n, 1), lkerrors.KindOf(l.fails.last), rand.Float64())
+		a.wait = l.k.cfg.Backoff.delay(max(l.fails.n, 1), lkerrors.KindOf(l.fails.last), rand.Float64())
 		a.timeout = max(a.timeout, a.wait)
 	}
 	l.watchConnLocked()
 	l.mu.Unlock()
 
-	var r result
-	op := "renew"
-	if a.renew {
-		r = l.renew(a)
-	} else {
-		op = "grant"
-		r = l.regrant(a)
+	switch {
+	case !a.renew:
+		go func() { l.complete(a, "grant", l.regrant(a)) }()
+	case a.pastDeadline():
+		go func() { l.complete(a, "renew", l.renewBeside(a)) }()
+	default:
+		l.renewAsync(a)
 	}
-	if l.disp.observed() && (!l.life.closed() || lkerrors.KindOf(r.err) != lkerrors.Canceled) {
-		l.disp.push(attemptReport{op: op, took: time.Since(now), err: r.err})
-	}
+}
 
+// complete reports attempt a's result r, feeds it to the state machine and
+// schedules the next attempt; it ends the work fire began.
+func (l *leaseLoop) complete(a attempt, op string, r result) {
+	defer l.k.life.end()
+	if l.k.disp.observed() && (!l.k.life.closed() || lkerrors.KindOf(r.err) != lkerrors.Canceled) {
+		l.k.disp.push(attemptReport{op: op, took: time.Since(a.start), err: r.err})
+	}
 	l.mu.Lock()
-	l.sched.running = false
+	defer l.mu.Unlock()
+	l.running = false
 	l.applyLocked(a, r)
-	l.mu.Unlock()
 }
 
 // attemptCtx bounds one RPC by timeout and by limit, if limit is set and
 // still ahead, and ends at Close.
 func (l *leaseLoop) attemptCtx(timeout time.Duration, limit time.Time) (context.Context, context.CancelFunc) {
-	return boundCtx(l.life.ctx, timeout, limit)
+	return l.k.life.within(timeout, limit)
 }
 
 // boundCtx returns parent bounded by timeout from now and by limit, if
@@ -136,52 +138,79 @@ func boundCtx(parent context.Context, timeout time.Duration, limit time.Time) (c
 }
 
 func (l *leaseLoop) classify(err error) error {
-	return lkerrors.ClassifyConn(err, l.b.connState())
+	return lkerrors.ClassifyConn(err, l.k.hub.b.connState())
 }
 
-// renew renews the held lease, then writes any key not yet written with it.
-//
-// Once D has passed the lease may be gone on the server, which then says
-// so only when it answers the keepalive, after it deleted the keys. So
-// past D a new lease is granted beside the keepalive: if the old lease is
-// gone the keys go onto the new one at once, a round trip sooner, which
-// shortens the time the service is missing from etcd; if the old one is
-// alive the new one is revoked.
-func (l *leaseLoop) renew(a attempt) result {
-	var sp *spare
-	if !a.live && !a.deadline.IsZero() && !a.start.Before(a.deadline) {
-		sp = l.grantSpare(a)
-	}
-	ttl, sent, rtt, err := l.keepAlive(a)
-	if err != nil {
-		err = l.classify(err)
-		if sp != nil && lkerrors.KindOf(err) == lkerrors.LeaseExpired {
+// pastDeadline reports whether the attempt renews a lease whose local
+// deadline D had passed when it started.
+func (a attempt) pastDeadline() bool {
+	return a.renew && !a.live && !a.deadline.IsZero() && !a.start.Before(a.deadline)
+}
+
+// renewAsync renews the held lease, then writes any key not yet written
+// with it, and completes the attempt. The keepalive's reply completes it
+// on the goroutine that received it, unless keys are to be written: the
+// writes go on a goroutine of their own.
+func (l *leaseLoop) renewAsync(a attempt) {
+	l.keepAlive(a, func(ka keepAliveResult) {
+		r := l.renewed(a, ka)
+		if r.err != nil || !l.k.reg.pending(a.id) {
+			l.complete(a, "renew", r)
+			return
+		}
+		go func() {
+			r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+			l.complete(a, "renew", r)
+		}()
+	})
+}
+
+// renewBeside renews a lease whose D has passed: it may be gone on the
+// server, which then says so only when it answers the keepalive, after it
+// deleted the keys. So a new lease is granted beside the keepalive: if the
+// old lease is gone the keys go onto the new one at once, a round trip
+// sooner, which shortens the time the service is missing from etcd; if the
+// old one is alive the new one is revoked. It blocks until the keys are
+// written.
+func (l *leaseLoop) renewBeside(a attempt) result {
+	sp := l.grantSpare(a)
+	ka := l.keepAliveWait(a)
+	if ka.err != nil {
+		err := l.classify(ka.err)
+		if lkerrors.KindOf(err) == lkerrors.LeaseExpired {
 			if <-sp.done; sp.err == nil {
 				return l.adopt(a, sp.id, sp.ttl, sp.sent)
 			}
-		} else if sp != nil {
+		} else {
 			l.discardSpare(sp)
 		}
 		return result{id: a.id, err: err}
 	}
-	if sp != nil {
-		l.discardSpare(sp)
+	l.discardSpare(sp)
+	r := l.renewed(a, ka)
+	r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+	return r
+}
+
+// renewed takes in the outcome of the keepalives of renewal a: on success
+// the lease's new deadline counts at once, whatever the writes that follow
+// do.
+func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
+	if ka.err != nil {
+		return result{id: a.id, err: l.classify(ka.err)}
 	}
-	r := result{id: a.id, ttl: time.Duration(ttl) * time.Second, sent: sent}
+	r := result{id: a.id, ttl: time.Duration(ka.ttl) * time.Second, sent: ka.sent}
 	// The server reset the lease no earlier than when the request was sent,
 	// so its expiry is no earlier than sent+ttl.
-	r.deadline = sent.Add(r.ttl - l.cfg.timingFor(r.ttl).margin)
+	r.deadline = ka.sent.Add(r.ttl - l.k.cfg.timingFor(r.ttl).margin)
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	// Smoothed as TCP does, over about the last eight renewals.
-	l.rtt += (rtt - l.rtt) / 8
-	// The lease is alive until the new deadline whatever the writes that
-	// follow do: the clock counts from it at once.
+	l.rtt += (ka.rtt - l.rtt) / 8
 	if l.lease.id == a.id && !l.lease.gone && r.deadline.After(l.lease.deadline) {
 		l.lease.ttl, l.lease.deadline = r.ttl, r.deadline
 		l.rearmCheckLocked(time.Now())
 	}
-	l.mu.Unlock()
-	r.err = l.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
 	return r
 }
 
@@ -191,7 +220,7 @@ func (l *leaseLoop) renew(a attempt) result {
 func (l *leaseLoop) regrant(a attempt) result {
 	sent := time.Now()
 	ctx, cancel := l.attemptCtx(a.timeout, time.Time{})
-	id, ttl, err := l.b.grant(ctx, l.cfg.ttlSeconds())
+	id, ttl, err := l.k.hub.b.grant(ctx, l.k.cfg.ttlSeconds())
 	cancel()
 	if err != nil {
 		return result{granted: true, err: l.classify(err)}
@@ -203,25 +232,25 @@ func (l *leaseLoop) regrant(a attempt) result {
 // keeper's, and writes every key with it.
 func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.Time) result {
 	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
-	r.deadline = sent.Add(r.ttl - l.cfg.timingFor(r.ttl).margin)
+	r.deadline = sent.Add(r.ttl - l.k.cfg.timingFor(r.ttl).margin)
 
 	// The registry takes the new lease before anyone can see it held, so
 	// that every key is written with it.
-	l.reg.rebase(id)
+	l.k.reg.rebase(id)
 	l.mu.Lock()
-	if l.life.closed() {
+	if l.k.life.closed() {
 		l.mu.Unlock()
 		// Close already took the old lease to revoke: revoke this one here.
 		ctx, cancel := context.WithTimeout(context.Background(), a.tm.renewTimeout)
-		_ = l.b.revoke(ctx, id)
+		_ = l.k.hub.b.revoke(ctx, id)
 		cancel()
 		return result{granted: true, err: lkerrors.Classify(context.Canceled)}
 	}
 	l.lease = lease{id: id, ttl: r.ttl, deadline: r.deadline}
 	tm := l.timingLocked()
 	l.mu.Unlock()
-	l.log.Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(a.id)), zap.Duration("ttl", r.ttl))
-	r.err = l.reg.writePending(leaseView{id: id, deadline: r.deadline, tm: tm, live: true})
+	l.k.logger().Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(a.id)), zap.Duration("ttl", r.ttl))
+	r.err = l.k.reg.writePending(leaseView{id: id, deadline: r.deadline, tm: tm, live: true})
 	return r
 }
 
@@ -272,7 +301,7 @@ func onGrid(t time.Time, step time.Duration) time.Time {
 // the next attempt.
 func (l *leaseLoop) applyLocked(a attempt, r result) {
 	defer l.signalLocked()
-	if l.life.closed() {
+	if l.k.life.closed() {
 		return
 	}
 	now := time.Now()
@@ -295,7 +324,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		}
 		l.stepLocked(ev, nil, now)
 		l.stopConnWatchLocked()
-		l.reg.watch.kick()
+		l.k.watch.kick()
 		// Count the renewal interval from when the server reset the lease
 		// (the send time), so round trips do not eat into the time left.
 		l.scheduleLocked(max(renewalDue(r.sent, l.lease.ttl, l.timingLocked()).Sub(now), 0))
@@ -336,7 +365,7 @@ func (l *leaseLoop) nextAfterFailureLocked(a attempt, kind lkerrors.Kind, now ti
 		// wait their own, longer backoff.
 		wait := a.wait
 		if policyOf(kind).slowest {
-			wait = max(wait, l.cfg.Backoff.delay(l.fails.n, kind, rand.Float64()))
+			wait = max(wait, l.k.cfg.Backoff.delay(l.fails.n, kind, rand.Float64()))
 		}
 		return max(wait-spent, 0)
 	case !l.liveLocked(now) && !policyOf(kind).slowest:
@@ -352,7 +381,7 @@ func (l *leaseLoop) nextAfterFailureLocked(a attempt, kind lkerrors.Kind, now ti
 func (l *leaseLoop) leaseLostLocked(err error, now time.Time) {
 	l.lease.gone, l.fails.n = true, 0
 	l.stepLocked(statemachine.LeaseLost, err, now)
-	if l.recoveringLocked() && !l.sched.running {
+	if l.recoveringLocked() && !l.running {
 		l.scheduleLocked(0)
 	}
 }
@@ -366,7 +395,7 @@ func permanent(err error) bool {
 // recoveringLocked reports whether attempts go on: always while the lease
 // is alive or Start waits, and in Failed unless recovery is disabled.
 func (l *leaseLoop) recoveringLocked() bool {
-	return !l.cfg.DisableRecovery || l.starting || l.m.State() != statemachine.Failed
+	return !l.k.cfg.DisableRecovery || l.starting || l.m.State() != statemachine.Failed
 }
 
 // retryDelayLocked is the backoff for the current failure count, shortened
@@ -375,10 +404,10 @@ func (l *leaseLoop) recoveringLocked() bool {
 // floor of a tenth of the renew timeout (or the base delay, if smaller), so
 // errors that return at once cannot spin.
 func (l *leaseLoop) retryDelayLocked(kind lkerrors.Kind, now time.Time) time.Duration {
-	d := l.cfg.Backoff.delay(l.fails.n, kind, rand.Float64())
+	d := l.k.cfg.Backoff.delay(l.fails.n, kind, rand.Float64())
 	if l.liveLocked(now) && !policyOf(kind).permanent {
 		rt := l.timingLocked().renewTimeout
-		floor := min(l.cfg.Backoff.BaseDelay, rt/10)
+		floor := min(l.k.cfg.Backoff.BaseDelay, rt/10)
 		d = min(d, max(l.lease.deadline.Sub(now)-rt, floor))
 	}
 	return d
@@ -387,26 +416,21 @@ func (l *leaseLoop) retryDelayLocked(kind lkerrors.Kind, now time.Time) time.Dur
 // scheduleRetryLocked brings the next attempt forward to the backoff for
 // kind, unless one is due sooner or running.
 func (l *leaseLoop) scheduleRetryLocked(kind lkerrors.Kind) {
-	if l.life.closed() || l.sched.running || !l.started {
+	if l.k.life.closed() || l.running || !l.started {
 		return
 	}
 	d := l.retryDelayLocked(kind, time.Now())
-	if l.sched.attemptT == nil || time.Until(l.sched.attemptAt) > d {
+	if at, ok := l.k.hub.timers.when(&l.sched.attempt); !ok || time.Until(at) > d {
 		l.scheduleLocked(d)
 	}
 }
 
-// scheduleLocked replaces the next attempt's timer with one due in d.
+// scheduleLocked sets the next attempt due in d.
 func (l *leaseLoop) scheduleLocked(d time.Duration) {
-	if l.life.closed() {
+	if l.k.life.closed() {
 		return
 	}
-	t, fired := l.sched.attemptT, false
-	if t == nil {
-		t, fired, l.sched.spare = l.sched.spare, true, nil
-	}
-	l.sched.attemptAt = time.Now().Add(d)
-	l.sched.attemptT = rearm(t, fired, d, l.fire)
+	l.k.hub.timers.set(&l.sched.attempt, time.Now().Add(d))
 }
 
 // failureLogEvery is how often an outage repeats its warning.
@@ -418,12 +442,12 @@ const failureLogEvery = 30 * time.Second
 func (l *leaseLoop) logFailureLocked(r result, kind lkerrors.Kind, now time.Time) {
 	fields := []zap.Field{zap.String("lease", strconv.FormatInt(int64(r.id), 16)), zap.Int("failures", l.fails.n),
 		zap.String("kind", kind.String()), zap.Error(r.err)}
-	if l.fails.warnedAt.IsZero() || now.Sub(l.fails.warnedAt) >= failureLogEvery {
-		l.fails.warnedAt = now
-		l.log.Warn("lease keeper renewal failing", fields...)
+	if l.fails.warnedAt == 0 || now.Sub(time.Unix(0, l.fails.warnedAt)) >= failureLogEvery {
+		l.fails.warnedAt = now.UnixNano()
+		l.k.logger().Warn("lease keeper renewal failing", fields...)
 		return
 	}
-	l.log.Debug("attempt failed", fields...)
+	l.k.logger().Debug("attempt failed", fields...)
 }
 
 // spare is a lease granted beside the renewal of one that may be gone.
@@ -439,18 +463,18 @@ type spare struct {
 // attempt a.
 func (l *leaseLoop) grantSpare(a attempt) *spare {
 	sp := &spare{done: make(chan struct{})}
-	if !l.life.begin() {
+	if !l.k.life.begin() {
 		sp.err = context.Canceled
 		close(sp.done)
 		return sp
 	}
 	go func() {
-		defer l.life.end()
+		defer l.k.life.end()
 		defer close(sp.done)
 		ctx, cancel := l.attemptCtx(a.timeout, time.Time{})
 		defer cancel()
 		sp.sent = time.Now()
-		sp.id, sp.ttl, sp.err = l.b.grant(ctx, l.cfg.ttlSeconds())
+		sp.id, sp.ttl, sp.err = l.k.hub.b.grant(ctx, l.k.cfg.ttlSeconds())
 	}()
 	return sp
 }
@@ -458,17 +482,17 @@ func (l *leaseLoop) grantSpare(a attempt) *spare {
 // discardSpare revokes the spare lease once it is granted, if it is, on a
 // goroutine of its own: the old lease lives on.
 func (l *leaseLoop) discardSpare(sp *spare) {
-	if !l.life.begin() {
+	if !l.k.life.begin() {
 		return
 	}
 	go func() {
-		defer l.life.end()
+		defer l.k.life.end()
 		<-sp.done
 		if sp.err != nil {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timingFor(time.Duration(sp.ttl)*time.Second).renewTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), l.k.cfg.timingFor(time.Duration(sp.ttl)*time.Second).renewTimeout)
 		defer cancel()
-		_ = l.b.revoke(ctx, sp.id)
+		_ = l.k.hub.b.revoke(ctx, sp.id)
 	}()
 }

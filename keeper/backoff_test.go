@@ -69,14 +69,14 @@ func BenchmarkScheduleRenewal(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	l := k.loop
+	l := &k.loop
 	l.started = true
 	b.ReportAllocs()
 	l.mu.Lock()
 	for b.Loop() {
 		l.scheduleLocked(time.Hour)
 	}
-	stopTimer(&l.sched.attemptT)
+	l.k.hub.timers.stop(&l.sched.attempt)
 	l.mu.Unlock()
 }
 

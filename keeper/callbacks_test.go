@@ -1,6 +1,8 @@
 package keeper
 
 import (
+	"context"
+	"io"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -8,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -233,3 +236,50 @@ func TestLastAttemptBeforeDeadline(t *testing.T) {
 		mustClose(t, k)
 	})
 }
+
+// TestReportsNobodyHearsAreDropped: a report is delivered only when it
+// would log a line or reach a callback or an observer; a keeper with none
+// of those queues nothing, and so starts no goroutine, at its transitions.
+func TestReportsNobodyHearsAreDropped(t *testing.T) {
+	healthy := transition{t: statemachine.Transition{From: statemachine.Idle, To: statemachine.Healthy}}
+	failed := transition{t: statemachine.Transition{From: statemachine.Healthy, To: statemachine.Failed}}
+	theirs := KeyEvent{Key: "k", Change: Deleted}
+	ours := KeyEvent{Key: "k", Change: Acquired, Ours: true}
+	warnOnly := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.WarnLevel))
+	for _, tc := range []struct {
+		name string
+		cfg  func(*Config)
+		want map[report]bool
+	}{
+		{"nothing", func(*Config) {}, map[report]bool{healthy: false, failed: false, theirs: false, ours: false}},
+		{"a warning logger", func(c *Config) { c.Logger = warnOnly },
+			map[report]bool{healthy: false, failed: true, theirs: true, ours: false}},
+		{"OnLost", func(c *Config) { c.Callbacks.OnLost = func(statemachine.Transition) {} },
+			map[report]bool{healthy: true, failed: true, theirs: false, ours: false}},
+		{"OnKeyEvent", func(c *Config) { c.Callbacks.OnKeyEvent = func(KeyEvent) {} },
+			map[report]bool{healthy: false, failed: false, theirs: true, ours: true}},
+		{"an observer", func(c *Config) { c.Observers = []Observer{nopObserver{}} },
+			map[report]bool{healthy: true, failed: true, theirs: false, ours: false, attemptReport{op: "renew"}: true}},
+	} {
+		for r, want := range tc.want {
+			cfg := DefaultConfig()
+			tc.cfg(&cfg)
+			k := &Keeper{cfg: cfg}
+			k.disp.init(k)
+			assert.Equal(t, want, r.heard(&k.disp), "%s: %#v", tc.name, r)
+			k.disp.push(r)
+			if !want {
+				k.disp.mu.Lock()
+				assert.Empty(t, k.disp.queue, "%s: %#v queued", tc.name, r)
+				assert.Equal(t, closedChan, k.disp.drained, "%s: %#v started a delivery", tc.name, r)
+				k.disp.mu.Unlock()
+			}
+			k.disp.wait(context.Background())
+		}
+	}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) ObserveAttempt(string, time.Duration, error) {}
+func (nopObserver) ObserveTransition(statemachine.Transition)   {}

@@ -52,7 +52,7 @@ func (l *leaseLoop) checkTimeLocked(now time.Time) {
 		l.stepLocked(statemachine.DeadlineReached, withLast(ErrDeadline, l.fails.last), l.lease.deadline)
 		// Timers that fired late (a paused process) may have left no
 		// attempt behind: recovery starts now.
-		if l.sched.attemptT == nil && !l.sched.running && l.recoveringLocked() {
+		if !l.k.hub.timers.pending(&l.sched.attempt) && !l.running && l.recoveringLocked() {
 			l.scheduleLocked(0)
 		}
 	case st == statemachine.Healthy && !now.Before(l.lease.deadline.Add(-l.timingLocked().threshold)):
@@ -65,28 +65,27 @@ func (l *leaseLoop) checkTimeLocked(now time.Time) {
 // change the state: the degrade threshold while Healthy, then the deadline.
 func (l *leaseLoop) rearmCheckLocked(now time.Time) {
 	st := l.m.State()
-	if l.life.closed() || l.lease.id == 0 || l.lease.gone || (st != statemachine.Healthy && st != statemachine.Degraded) {
-		stopTimer(&l.sched.checkT)
+	if l.k.life.closed() || l.lease.id == 0 || l.lease.gone || (st != statemachine.Healthy && st != statemachine.Degraded) {
+		l.k.hub.timers.stop(&l.sched.check)
 		return
 	}
 	at := l.lease.deadline
 	if low := l.lease.deadline.Add(-l.timingLocked().threshold); st == statemachine.Healthy && now.Before(low) {
 		at = low
 	}
-	l.sched.checkT = rearm(l.sched.checkT, false, at.Sub(now), l.onCheck)
+	l.k.hub.timers.set(&l.sched.check, at)
 }
 
-// onCheck is the check timer's function.
+// onCheck is the check alarm's function.
 func (l *leaseLoop) onCheck() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.life.closed() {
+	if l.k.life.closed() {
 		return
 	}
-	l.sched.checkT = nil
 	now := time.Now()
 	l.checkTimeLocked(now)
-	if l.sched.checkT == nil {
+	if !l.k.hub.timers.pending(&l.sched.check) {
 		l.rearmCheckLocked(now)
 	}
 }

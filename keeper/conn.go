@@ -24,14 +24,14 @@ type connWatch struct {
 // backoff, and ends. It starts only while the connection is not READY, so a
 // failure on a READY connection cannot loop through it.
 func (l *leaseLoop) watchConnLocked() {
-	if l.conn != nil || l.life.closed() || l.b.connState() == connectivity.Ready || !l.life.begin() {
+	if l.conn != nil || l.k.life.closed() || l.k.hub.b.connState() == connectivity.Ready || !l.k.life.begin() {
 		return
 	}
-	ctx, cancel := context.WithCancel(l.life.ctx)
+	ctx, cancel := context.WithCancel(l.k.life.ctx())
 	w := &connWatch{stop: cancel}
 	l.conn = w
 	go func() {
-		defer l.life.end()
+		defer l.k.life.end()
 		defer cancel()
 		ready := l.followConn(ctx)
 		l.mu.Lock()
@@ -39,8 +39,8 @@ func (l *leaseLoop) watchConnLocked() {
 		if l.conn == w {
 			l.conn = nil
 		}
-		if ready && !l.life.closed() && !l.sched.running && l.sched.attemptT != nil {
-			l.log.Debug("connection ready: attempting now")
+		if ready && !l.k.life.closed() && !l.running && l.k.hub.timers.pending(&l.sched.attempt) {
+			l.k.logger().Debug("connection ready: attempting now")
 			l.scheduleLocked(0)
 		}
 	}()
@@ -50,25 +50,25 @@ func (l *leaseLoop) watchConnLocked() {
 // connection shuts down (false), asking for reconnects on the way.
 func (l *leaseLoop) followConn(ctx context.Context) bool {
 	for {
-		s := l.b.connState()
+		s := l.k.hub.b.connState()
 		switch s {
 		case connectivity.Ready:
 			return true
 		case connectivity.Shutdown:
 			return false
 		case connectivity.Idle:
-			l.b.connect()
+			l.k.hub.b.connect()
 		case connectivity.TransientFailure:
 			l.mu.Lock()
 			hopeless := permanent(l.fails.last)
 			l.mu.Unlock()
 			if !hopeless {
-				l.b.resetConnectBackoff()
+				l.k.hub.b.resetConnectBackoff()
 			}
 		}
-		every := l.cfg.Backoff.BaseDelay
+		every := l.k.cfg.Backoff.BaseDelay
 		wctx, cancel := context.WithTimeout(ctx, every/2+rand.N(every))
-		l.b.waitStateChange(wctx, s)
+		l.k.hub.b.waitStateChange(wctx, s)
 		cancel()
 		if ctx.Err() != nil {
 			return false

@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/statemachine"
@@ -23,15 +24,12 @@ import (
 // keeper. mu guards the queue and the goroutine's state; it is the
 // innermost lock of the keeper.
 type dispatcher struct {
-	log *zap.Logger
-	cb  Callbacks
-	obs []Observer
+	k *Keeper // its log, Callbacks and Observers
 
 	mu      sync.Mutex
 	queue   []report
-	running bool
 	gid     uint64        // the delivering goroutine's ID once it runs
-	drained chan struct{} // closed when the queue is empty and no goroutine runs; closedChan while idle
+	drained chan struct{} // closedChan while no goroutine runs; else closed when it ends
 }
 
 // closedChan is the drained channel of every idle dispatcher, so that an
@@ -45,22 +43,29 @@ var closedChan = func() chan struct{} {
 // report is one thing to deliver.
 type report interface {
 	deliver(d *dispatcher)
+	// heard reports whether delivering it would do anything: log a line,
+	// call a callback or an observer.
+	heard(d *dispatcher) bool
 }
 
-func newDispatcher(log *zap.Logger, cb Callbacks, obs []Observer) *dispatcher {
-	return &dispatcher{log: log, cb: cb, obs: obs, drained: closedChan}
+func (d *dispatcher) init(k *Keeper) {
+	d.k, d.drained = k, closedChan
 }
 
 // push queues r and starts the delivering goroutine unless it runs. It
-// never blocks, so it may be called with any lock of the keeper held.
+// never blocks, so it may be called with any lock of the keeper held. A
+// report nobody would hear is dropped: a keeper without callbacks,
+// observers or a logger starts no goroutine for its transitions.
 func (d *dispatcher) push(r report) {
+	if !r.heard(d) {
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.queue = append(d.queue, r)
-	if d.running {
-		return
+	if d.drained != closedChan {
+		return // the goroutine runs
 	}
-	d.running = true
 	d.drained = make(chan struct{})
 	go d.run()
 }
@@ -72,7 +77,7 @@ func (d *dispatcher) run() {
 		d.gid = id
 		if len(d.queue) == 0 {
 			d.queue = nil // an idle keeper keeps no queue
-			d.running, d.gid = false, 0
+			d.gid = 0
 			close(d.drained)
 			d.drained = closedChan
 			d.mu.Unlock()
@@ -133,13 +138,27 @@ type transition struct {
 	deadline time.Time
 }
 
+func (tr transition) heard(d *dispatcher) bool {
+	cb := d.k.cfg.Callbacks
+	return len(d.k.cfg.Observers) > 0 || cb.OnTransition != nil || cb.OnStopWrites != nil || cb.OnResumeWrites != nil ||
+		cb.OnLost != nil || d.k.logger().Core().Enabled(tr.level())
+}
+
+// level is the level of the transition's log line.
+func (tr transition) level() zapcore.Level {
+	if tr.t.To == statemachine.Degraded || tr.t.To == statemachine.Failed {
+		return zapcore.WarnLevel
+	}
+	return zapcore.InfoLevel
+}
+
 func (tr transition) deliver(d *dispatcher) {
-	tr.log(d.log)
+	tr.log(d.k.logger())
 	t := tr.t
-	for _, o := range d.obs {
+	for _, o := range d.k.cfg.Observers {
 		d.protect("ObserveTransition", func() { o.ObserveTransition(t) })
 	}
-	cb := d.cb
+	cb := d.k.cfg.Callbacks
 	d.call("OnTransition", cb.OnTransition, t)
 	switch from, to := writable(t.From), writable(t.To); {
 	case from && !to:
@@ -165,12 +184,7 @@ func (tr transition) log(log *zap.Logger) {
 	if t.Cause != nil {
 		fields = append(fields, zap.String("kind", lkerrors.KindOf(t.Cause).String()), zap.Error(t.Cause))
 	}
-	switch t.To {
-	case statemachine.Degraded, statemachine.Failed:
-		log.Warn("lease keeper "+t.To.String(), fields...)
-	default:
-		log.Info("lease keeper "+t.To.String(), fields...)
-	}
+	log.Log(tr.level(), "lease keeper "+t.To.String(), fields...)
 }
 
 func (d *dispatcher) call(name string, f func(statemachine.Transition), t statemachine.Transition) {
@@ -184,10 +198,23 @@ func (d *dispatcher) call(name string, f func(statemachine.Transition), t statem
 func (d *dispatcher) protect(name string, f func()) {
 	defer func() {
 		if p := recover(); p != nil {
-			d.log.Error("callback panicked", zap.String("callback", name), zap.Any("panic", p))
+			d.k.logger().Error("callback panicked", zap.String("callback", name), zap.Any("panic", p))
 		}
 	}()
 	f()
+}
+
+func (ev KeyEvent) heard(d *dispatcher) bool {
+	return d.k.cfg.Callbacks.OnKeyEvent != nil || d.k.logger().Core().Enabled(ev.level())
+}
+
+// level is the level of the event's log line: a change another writer
+// made is a warning.
+func (ev KeyEvent) level() zapcore.Level {
+	if ev.Ours {
+		return zapcore.InfoLevel
+	}
+	return zapcore.WarnLevel
 }
 
 func (ev KeyEvent) deliver(d *dispatcher) {
@@ -196,18 +223,14 @@ func (ev KeyEvent) deliver(d *dispatcher) {
 	if ev.Err != nil {
 		fields = append(fields, zap.Error(ev.Err))
 	}
-	if ev.Ours {
-		d.log.Info("registered key "+ev.Change.String(), fields...)
-	} else {
-		d.log.Warn("registered key "+ev.Change.String(), fields...)
-	}
-	if f := d.cb.OnKeyEvent; f != nil {
+	d.k.logger().Log(ev.level(), "registered key "+ev.Change.String(), fields...)
+	if f := d.k.cfg.Callbacks.OnKeyEvent; f != nil {
 		d.protect("OnKeyEvent", func() { f(ev) })
 	}
 }
 
 // observed reports whether any observer listens for attempts.
-func (d *dispatcher) observed() bool { return len(d.obs) > 0 }
+func (d *dispatcher) observed() bool { return len(d.k.cfg.Observers) > 0 }
 
 // attemptReport is one finished attempt, for the observers.
 type attemptReport struct {
@@ -216,8 +239,10 @@ type attemptReport struct {
 	err  error
 }
 
+func (a attemptReport) heard(d *dispatcher) bool { return d.observed() }
+
 func (a attemptReport) deliver(d *dispatcher) {
-	for _, o := range d.obs {
+	for _, o := range d.k.cfg.Observers {
 		d.protect("ObserveAttempt", func() { o.ObserveAttempt(a.op, a.took, a.err) })
 	}
 }

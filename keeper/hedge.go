@@ -4,15 +4,20 @@ import (
 	"context"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 )
 
-// keepAlive renews lease a.id and returns the TTL and the send time of the
-// request that succeeded. The first success wins, as does the server's
-// word that the lease is gone; every request ends at the attempt's
-// deadline, and keepAlive returns only once all did.
+// keepAlive renews lease a.id and calls done once with the TTL and the
+// send time of the request that succeeded. The first success wins, as does
+// the server's word that the lease is gone; every request ends at the
+// attempt's deadline, and done is called once none is in flight. It never
+// blocks: the replies, the attempt's alarm and Close drive it, and done
+// runs on the goroutine of the event that ended it (or in keepAlive, if
+// the backend fails the first request at once), so done must not block
+// either.
 //
 // While no keepalive was answered, a fresh one goes out on a new stream
 // (the hub leaves the one the first waits on, renewals.go), which the
@@ -28,103 +33,217 @@ import (
 // fraction of a second, whatever member its requests wait on. An error that
 // comes back while nothing else is in flight ends the attempt: it goes
 // back to the backoff, so that errors that return at once cannot spin.
-func (l *leaseLoop) keepAlive(a attempt) (ttl int64, sent time.Time, rtt time.Duration, err error) {
-	type request struct {
-		sent   time.Time
-		cancel func() // nil once answered or given up
-	}
-	type reply struct {
-		ttl int64
-		err error
-		at  time.Time
-		req *request
-	}
+func (l *leaseLoop) keepAlive(a attempt, done func(keepAliveResult)) {
+	k := &keepAliveRun{l: l, a: a, done: done}
 	now := time.Now()
-	end := attemptEnd(now, a.timeout, a.deadline)
+	k.end = attemptEnd(now, a.timeout, a.deadline)
 	// With a live lease: a fresh keepalive every third of the renew
 	// timeout, none given up. Without: one every BaseDelay, each given up
 	// once stuck, when it waited for the renew timeout or twice the usual
 	// round trip, whichever is longer: until then a slow link may still
 	// answer it, and giving it up for a fresh one would only start the
 	// wait over.
-	every, stuck := a.tm.renewTimeout/3, a.timeout
+	k.every, k.stuck = a.tm.renewTimeout/3, a.timeout
 	if !a.live {
-		every, stuck = l.cfg.Backoff.BaseDelay, max(a.tm.renewTimeout, 2*a.rtt)
+		k.every, k.stuck = l.k.cfg.Backoff.BaseDelay, max(a.tm.renewTimeout, 2*a.rtt)
 	}
-	// Room for every reply, late ones included: done never blocks.
-	replies := make(chan reply, int(a.timeout/(every/2))+2)
-	var reqs []*request // in flight, oldest first
-	n := 0              // requests sent; every one after the first goes another way
-	send := func() {
-		req := &request{sent: time.Now()}
-		reqs = append(reqs, req)
-		req.cancel = l.b.keepAliveAsync(a.id, n > 0, func(ttl int64, err error) {
-			replies <- reply{ttl, err, time.Now(), req}
-		})
-		n++
-	}
-	giveUp := func(req *request) {
-		if req.cancel != nil {
-			req.cancel()
-			req.cancel = nil
-		}
-	}
-	// decided gives up every request in flight, which ends the loop.
-	decided := func() {
-		for _, req := range reqs {
-			giveUp(req)
-		}
-		reqs = nil
-	}
-	send()
-	nextAt := now.Add(jittered(every, a.live))
-	t := time.NewTimer(earlier(nextAt, end).Sub(now))
-	defer t.Stop()
+	k.most = int(a.timeout/(k.every/2)) + 2
+	k.first.err = context.DeadlineExceeded
+	k.nextAt = now.Add(jittered(k.every, a.live))
+	k.tick.r = k
+	l.k.hub.timers.set(&k.tick, earlier(k.nextAt, k.end))
+	k.stopLife = l.k.life.afterClose(k.onClose)
+	k.mu.Lock()
+	req := k.addLocked()
+	k.mu.Unlock()
+	k.send(req)
+}
 
-	var first reply
-	first.err = context.DeadlineExceeded
-	for len(reqs) > 0 {
-		select {
-		case <-l.life.ctx.Done():
-			first = reply{err: context.Canceled}
-			decided()
-		case now := <-t.C:
-			if !now.Before(end) {
-				decided()
-				break
-			}
-			if !now.Before(nextAt) {
-				nextAt = now.Add(jittered(every, a.live))
-				for len(reqs) > 0 && now.Sub(reqs[0].sent) >= stuck {
-					giveUp(reqs[0])
-					reqs = reqs[1:]
-				}
-				if n < cap(replies) {
-					send()
-				}
-			}
-			t.Reset(earlier(nextAt, end).Sub(now))
-		case r := <-replies:
-			if r.req.cancel == nil {
-				break // given up for a fresher one
-			}
-			r.req.cancel = nil
-			reqs = slices.DeleteFunc(reqs, func(q *request) bool { return q == r.req })
-			if r.err == nil || first.req == nil {
-				first = r
-			}
-			// A success or the server's word that the lease is gone
-			// decides. An early failure with nothing else in flight ends
-			// the attempt too (the loop's condition): back to the backoff.
-			if r.err == nil || lkerrors.KindOf(l.classify(r.err)) == lkerrors.LeaseExpired {
-				decided()
-			}
+// keepAliveResult is what a renewal's keepalives came to: the TTL and the
+// send time of the request that succeeded, and its round trip; or the
+// error.
+type keepAliveResult struct {
+	ttl  int64
+	sent time.Time
+	rtt  time.Duration
+	err  error
+}
+
+// keepAliveWait is keepAlive for a caller that waits for the result.
+func (l *leaseLoop) keepAliveWait(a attempt) keepAliveResult {
+	ch := make(chan keepAliveResult, 1)
+	l.keepAlive(a, func(r keepAliveResult) { ch <- r })
+	return <-ch
+}
+
+// keepAliveRun is one attempt's keepalives in flight. Its events (a reply,
+// its alarm, Close) come on other goroutines; each takes mu, and the one
+// that leaves nothing in flight calls done.
+type keepAliveRun struct {
+	l        *leaseLoop
+	a        attempt
+	done     func(keepAliveResult)
+	tick     alarm // the next fresh keepalive, or the end
+	stopLife func() bool
+
+	mu           sync.Mutex
+	reqs         []*keepAliveReq // in flight, oldest first
+	n, most      int             // requests sent, and how many may be; every one after the first goes another way
+	every, stuck time.Duration
+	nextAt, end  time.Time
+	first        keepAliveReply // the reply that decides: a success, or else the first
+	over         bool           // done was called or is about to be
+}
+
+type keepAliveReq struct {
+	sent     time.Time
+	hedge    bool // an earlier one of the attempt went unanswered
+	answered bool
+	givenUp  bool
+	cancel   func() // the backend's, once keepAliveAsync returned
+}
+
+type keepAliveReply struct {
+	ttl int64
+	err error
+	at  time.Time
+	req *keepAliveReq
+}
+
+// addLocked puts one keepalive more in flight; send sends it.
+func (k *keepAliveRun) addLocked() *keepAliveReq {
+	req := &keepAliveReq{sent: time.Now(), hedge: k.n > 0}
+	k.reqs = append(k.reqs, req)
+	k.n++
+	return req
+}
+
+// send sends req. The backend may answer it before keepAliveAsync
+// returns, so mu is not held across the call.
+func (k *keepAliveRun) send(req *keepAliveReq) {
+	cancel := k.l.k.hub.b.keepAliveAsync(k.a.id, req.hedge, func(ttl int64, err error) {
+		k.onReply(keepAliveReply{ttl, err, time.Now(), req})
+	})
+	k.mu.Lock()
+	req.cancel = cancel
+	late := req.givenUp // given up before the backend had it
+	k.mu.Unlock()
+	if late {
+		cancel()
+	}
+}
+
+func (k *keepAliveRun) onReply(r keepAliveReply) {
+	k.mu.Lock()
+	if r.req.answered || r.req.givenUp {
+		k.mu.Unlock()
+		return // given up for a fresher one
+	}
+	r.req.answered = true
+	k.reqs = slices.DeleteFunc(k.reqs, func(q *keepAliveReq) bool { return q == r.req })
+	if r.err == nil || k.first.req == nil {
+		k.first = r
+	}
+	// A success or the server's word that the lease is gone decides. An
+	// early failure with nothing else in flight ends the attempt too:
+	// back to the backoff.
+	var cancels []func()
+	if r.err == nil || lkerrors.KindOf(k.l.classify(r.err)) == lkerrors.LeaseExpired {
+		cancels = k.decidedLocked()
+	}
+	k.finishLocked(cancels)
+}
+
+// ring is the alarm's: a fresh keepalive is due, or the attempt's end.
+func (k *keepAliveRun) ring() {
+	k.mu.Lock()
+	if k.over {
+		k.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	var cancels []func()
+	var fresh *keepAliveReq
+	switch {
+	case !now.Before(k.end):
+		cancels = k.decidedLocked()
+	case !now.Before(k.nextAt):
+		k.nextAt = now.Add(jittered(k.every, k.a.live))
+		for len(k.reqs) > 0 && now.Sub(k.reqs[0].sent) >= k.stuck {
+			cancels = append(cancels, k.giveUpLocked(k.reqs[0]))
+			k.reqs = k.reqs[1:]
+		}
+		if k.n < k.most {
+			fresh = k.addLocked()
 		}
 	}
-	if first.err != nil {
-		return 0, time.Time{}, 0, first.err
+	if len(k.reqs) > 0 {
+		k.l.k.hub.timers.set(&k.tick, earlier(k.nextAt, k.end))
 	}
-	return first.ttl, first.req.sent, first.at.Sub(first.req.sent), nil
+	k.finishLocked(cancels)
+	if fresh != nil {
+		k.send(fresh)
+	}
+}
+
+// onClose ends the attempt at Close.
+func (k *keepAliveRun) onClose() {
+	k.mu.Lock()
+	if k.over {
+		k.mu.Unlock()
+		return
+	}
+	k.first = keepAliveReply{err: context.Canceled}
+	k.finishLocked(k.decidedLocked())
+}
+
+// decidedLocked gives up every request in flight, which ends the attempt,
+// and returns the backend's cancels to call.
+func (k *keepAliveRun) decidedLocked() []func() {
+	var cancels []func()
+	for _, req := range k.reqs {
+		cancels = append(cancels, k.giveUpLocked(req))
+	}
+	k.reqs = nil
+	return cancels
+}
+
+// giveUpLocked gives req up and returns what cancels it at the backend:
+// nothing yet if keepAliveAsync did not return (send cancels it then).
+func (k *keepAliveRun) giveUpLocked(req *keepAliveReq) func() {
+	req.givenUp = true
+	if req.cancel == nil {
+		return func() {}
+	}
+	return req.cancel
+}
+
+// finishLocked unlocks mu, calls cancels, and ends the attempt if nothing
+// is in flight any more.
+func (k *keepAliveRun) finishLocked(cancels []func()) {
+	end := len(k.reqs) == 0 && !k.over
+	if end {
+		k.over = true
+	}
+	k.mu.Unlock()
+	callAll(cancels)
+	if !end {
+		return
+	}
+	k.l.k.hub.timers.stop(&k.tick)
+	k.stopLife()
+	f := k.first
+	if f.err != nil {
+		k.done(keepAliveResult{err: f.err})
+		return
+	}
+	k.done(keepAliveResult{ttl: f.ttl, sent: f.req.sent, rtt: f.at.Sub(f.req.sent)})
+}
+
+func callAll(fs []func()) {
+	for _, f := range fs {
+		f()
+	}
 }
 
 func earlier(a, b time.Time) time.Time {

@@ -12,12 +12,14 @@ import (
 // first keeper; Close leaves it, and the last keeper to leave ends its
 // stream and watch. So the cluster serves one renewal stream and one watch
 // per client, as for etcd's own KeepAlive, however many keepers the client
-// has, and an idle keeper costs a timer, not a goroutine.
+// has. The keepers' timers run off one runtime timer too (alarms.go): an
+// idle keeper costs two alarms in its own state, not a goroutine.
 type hub struct {
-	key   any // the client, or the tests' fake backend
-	b     backend
-	watch *watchHub
-	refs  int // keepers joined; guarded by hubs.mu
+	key    any // the client, or the tests' fake backend
+	b      backend
+	watch  *watchHub
+	timers alarms // the keepers' timers
+	refs   int    // keepers joined; guarded by hubs.mu
 }
 
 // hubs holds the hub of every client in use.
@@ -56,5 +58,6 @@ func (h *hub) leave(ctx context.Context) error {
 	}
 	err := h.watch.close(ctx)
 	h.b.close()
+	h.timers.close()
 	return err
 }

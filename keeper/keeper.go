@@ -15,7 +15,10 @@ import (
 // methods are safe for concurrent use, and callbacks and observers may call
 // any of them, Close included.
 //
-// A Keeper is a façade over four parts, each with its own lock or none:
+// A Keeper is a façade over four parts, each with its own lock or none,
+// held in the Keeper itself (one allocation, not one per part: a thousand
+// keepers on a client are a thousand objects, not ten thousand small ones
+// spread over the heap among the garbage of their start):
 // the hub it shares with the other keepers on its client (hub.go: one
 // renewal stream in renewals.go, one key watch in watch.go), the lease loop
 // (lease.go: the lease, its deadline, attempts and the state machine), the
@@ -23,17 +26,25 @@ import (
 // (dispatch.go: callbacks and observers). The registry's lock is taken
 // before the loop's and the hub's, the dispatcher's last.
 type Keeper struct {
-	b     backend
 	hub   *hub
-	life  *life
-	disp  *dispatcher
-	loop  *leaseLoop
-	reg   *registry
-	watch *keyWatch
+	cfg   Config // shared by the parts, never changed
+	life  life
+	disp  dispatcher
+	loop  leaseLoop
+	reg   registry
+	watch keyWatch
 }
 
 // nopLogger is the logger of keepers configured without one.
 var nopLogger = zap.NewNop()
+
+// logger returns the configured logger, or nopLogger.
+func (k *Keeper) logger() *zap.Logger {
+	if k.cfg.Logger != nil {
+		return k.cfg.Logger
+	}
+	return nopLogger
+}
 
 // New returns a Keeper for cli in state Idle; it does nothing until Start.
 // A nil client or a Config that fails Validate is an error.
@@ -59,24 +70,15 @@ func newKeeperOn(key any, newBackend func() backend, cfg Config) (*Keeper, error
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = nopLogger
-	}
 	h := joinHub(key, newBackend)
-	b := h.b
-	l := newLife()
-	d := newDispatcher(log, cfg.Callbacks, cfg.Observers)
-	c := &cfg
-	loop, err := newLeaseLoop(c, b, log, l, d)
-	if err != nil {
+	k := &Keeper{hub: h, cfg: cfg}
+	k.disp.init(k)
+	if err := k.loop.init(k); err != nil {
 		_ = h.leave(context.Background())
 		return nil, err
 	}
-	w := newKeyWatch(c, h.watch, log)
-	reg := &registry{cfg: c, b: b, log: log, life: l, disp: d, loop: loop, watch: w}
-	loop.reg, w.reg = reg, reg
-	return &Keeper{b: b, hub: h, life: l, disp: d, loop: loop, reg: reg, watch: w}, nil
+	k.reg.k, k.watch.k = k, k
+	return k, nil
 }
 
 // Register adds key with value to the registration set, with the options
@@ -133,7 +135,7 @@ func (k *Keeper) Start(ctx context.Context) error {
 		return ErrClosed
 	}
 	if k.reg.len() == 0 {
-		k.loop.log.Warn("keeper started with no registered key: a key attached to LeaseID() by hand is lost " +
+		k.logger().Warn("keeper started with no registered key: a key attached to LeaseID() by hand is lost " +
 			"at the first new lease and never written back; register every key with Register")
 	}
 	k.watch.start()
@@ -211,13 +213,13 @@ func (k *Keeper) Close(ctx context.Context) error {
 	err := k.life.wait(ctx)
 	switch {
 	case err != nil:
-		err = lkerrors.ClassifyConn(err, k.b.connState())
+		err = lkerrors.ClassifyConn(err, k.hub.b.connState())
 	case id != 0:
-		err = k.b.revoke(ctx, id)
+		err = k.hub.b.revoke(ctx, id)
 		if lkerrors.KindOf(err) == lkerrors.LeaseExpired {
 			err = nil
 		}
-		err = lkerrors.ClassifyConn(err, k.b.connState())
+		err = lkerrors.ClassifyConn(err, k.hub.b.connState())
 	}
 	if herr := k.hub.leave(ctx); err == nil && herr != nil {
 		err = lkerrors.Classify(herr)

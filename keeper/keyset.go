@@ -8,10 +8,25 @@ import "iter"
 const smallKeys = 8
 
 // keySet maps the registered keys to their records: in a slice while there
-// are few, searched in order, and in a map beyond smallKeys.
+// are few, searched in order, and in a map beyond smallKeys. The first key
+// and its record live in the set itself, which lives in the keeper's own
+// allocation (parts): a keeper of one key allocates nothing more for it.
 type keySet struct {
 	few  []keyEntry
 	many map[string]*record
+
+	one       [1]keyEntry // few's array while it holds one key
+	first     record      // the first record newRecord returns
+	firstUsed bool        // never reused, so no record outlives its key's entry under another key
+}
+
+// newRecord returns a zero record for a key about to be set.
+func (s *keySet) newRecord() *record {
+	if !s.firstUsed {
+		s.firstUsed = true
+		return &s.first
+	}
+	return &record{}
 }
 
 type keyEntry struct {
@@ -43,6 +58,9 @@ func (s *keySet) set(key string, rec *record) {
 		}
 	}
 	if len(s.few) < smallKeys {
+		if s.few == nil {
+			s.few = s.one[:0]
+		}
 		s.few = append(s.few, keyEntry{key, rec})
 		return
 	}
@@ -78,7 +96,11 @@ func (s *keySet) len() int {
 	return len(s.few)
 }
 
-func (s *keySet) clear() { *s = keySet{} }
+// clear empties the set.
+func (s *keySet) clear() {
+	clear(s.one[:])
+	s.few, s.many = nil, nil
+}
 
 // all yields every key and its record. The set must not change meanwhile.
 func (s *keySet) all() iter.Seq2[string, *record] {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/statemachine"
@@ -20,18 +19,14 @@ import (
 // holding mu; the registry may read it under its own lock. mu guards every
 // field below it.
 type leaseLoop struct {
-	cfg  *Config // shared by the keeper's parts, never changed
-	b    backend
-	log  *zap.Logger
-	life *life
-	disp *dispatcher
-	reg  *registry
+	k *Keeper // whose parts it calls: the registry, the dispatcher, its life
 
 	mu       sync.Mutex
-	m        *statemachine.Machine
+	m        statemachine.Machine
 	lease    lease
 	started  bool
 	starting bool // Start waits: attempts go on even without recovery
+	running  bool // an attempt runs
 	sched    schedule
 	fails    failures
 	rtt      time.Duration // smoothed round trip of the keepalives answered
@@ -49,15 +44,12 @@ type lease struct {
 	gone     bool
 }
 
-// schedule is when the loop acts next: the next attempt and when it is
-// due, whether one runs, and the timer that moves the state at the degrade
-// threshold and at D.
+// schedule is when the loop acts next: the alarm of the next attempt, and
+// the alarm that moves the state at the degrade threshold and at D. Both
+// are in the hub's timers (alarms.go).
 type schedule struct {
-	attemptT  *time.Timer
-	spare     *time.Timer // the attempt timer that fired, to arm again
-	attemptAt time.Time
-	running   bool
-	checkT    *time.Timer
+	attempt alarm // rings fire
+	check   alarm // rings onCheck
 }
 
 // failures are the failed attempts since the last success: how many, the
@@ -65,7 +57,7 @@ type schedule struct {
 type failures struct {
 	n        int
 	last     error
-	warnedAt time.Time
+	warnedAt int64 // when a failure was last logged as a warning, in Unix nanoseconds; 0 if never
 }
 
 // leaseView is the lease as the registry writes with it: the lease (0 when
@@ -78,20 +70,33 @@ type leaseView struct {
 	live     bool
 }
 
-func newLeaseLoop(cfg *Config, b backend, log *zap.Logger, l *life, d *dispatcher) (*leaseLoop, error) {
-	m, err := statemachine.New(cfg.DegradeAfter)
+func (l *leaseLoop) init(k *Keeper) error {
+	m, err := statemachine.New(k.cfg.DegradeAfter)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return &leaseLoop{cfg: cfg, b: b, log: log, life: l, disp: d, m: m}, nil
+	l.k, l.m = k, *m
+	l.sched.attempt.r, l.sched.check.r = (*attemptAlarm)(l), (*checkAlarm)(l)
+	return nil
 }
+
+// attemptAlarm and checkAlarm are the loop as what its two alarms ring:
+// as interface values they take no allocation, where the method values
+// l.fire and l.onCheck would take one each.
+type (
+	attemptAlarm leaseLoop
+	checkAlarm   leaseLoop
+)
+
+func (a *attemptAlarm) ring() { (*leaseLoop)(a).fire() }
+func (c *checkAlarm) ring()   { (*leaseLoop)(c).onCheck() }
 
 // view returns the lease as it stands at now; after Close, none.
 func (l *leaseLoop) view(now time.Time) leaseView {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	v := leaseView{deadline: l.lease.deadline, tm: l.timingLocked()}
-	if !l.lease.gone && !l.life.closed() {
+	if !l.lease.gone && !l.k.life.closed() {
 		v.id, v.live = l.lease.id, l.liveLocked(now)
 	}
 	return v
@@ -106,7 +111,7 @@ func (l *leaseLoop) liveLocked(now time.Time) bool {
 // timingLocked returns the timing for the lease held, or for the TTL asked
 // before the first grant.
 func (l *leaseLoop) timingLocked() timing {
-	return l.cfg.timingFor(l.lease.ttl)
+	return l.k.cfg.timingFor(l.lease.ttl)
 }
 
 // start schedules the first attempt and waits until the keeper is Healthy,
@@ -114,7 +119,7 @@ func (l *leaseLoop) timingLocked() timing {
 func (l *leaseLoop) start(ctx context.Context) error {
 	l.mu.Lock()
 	switch {
-	case l.life.closed():
+	case l.k.life.closed():
 		l.mu.Unlock()
 		return ErrClosed
 	case l.m.State() == statemachine.Draining:
@@ -131,10 +136,6 @@ func (l *leaseLoop) start(ctx context.Context) error {
 	for {
 		l.mu.Lock()
 		st, lastErr := l.m.State(), l.fails.last
-		if l.progress == nil {
-			l.progress = make(chan struct{})
-		}
-		progress := l.progress
 		if st == statemachine.Healthy || st == statemachine.Closed || st == statemachine.Draining || permanent(lastErr) {
 			l.starting = false
 			l.mu.Unlock()
@@ -148,18 +149,22 @@ func (l *leaseLoop) start(ctx context.Context) error {
 			}
 			return lastErr
 		}
+		if l.progress == nil {
+			l.progress = make(chan struct{})
+		}
+		progress := l.progress
 		l.mu.Unlock()
 		select {
 		case <-progress:
 		case <-ctx.Done():
 			l.mu.Lock()
 			defer l.mu.Unlock()
-			l.starting = false
+			l.starting, l.progress = false, nil // Start was its only reader
 			if lastErr = l.fails.last; lastErr == nil {
-				lastErr = lkerrors.ClassifyConn(ctx.Err(), l.b.connState())
+				lastErr = lkerrors.ClassifyConn(ctx.Err(), l.k.hub.b.connState())
 			}
-			if l.cfg.DisableRecovery && l.m.State() != statemachine.Healthy {
-				stopTimer(&l.sched.attemptT)
+			if l.k.cfg.DisableRecovery && l.m.State() != statemachine.Healthy {
+				l.k.hub.timers.stop(&l.sched.attempt)
 			}
 			return lastErr
 		}
@@ -171,8 +176,8 @@ func (l *leaseLoop) start(ctx context.Context) error {
 func (l *leaseLoop) close() clientv3.LeaseID {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	stopTimer(&l.sched.attemptT)
-	stopTimer(&l.sched.checkT)
+	l.k.hub.timers.stop(&l.sched.attempt)
+	l.k.hub.timers.stop(&l.sched.check)
 	l.stopConnWatchLocked()
 	l.stepLocked(statemachine.Close, nil, time.Now())
 	if l.lease.gone {
@@ -193,7 +198,7 @@ func (l *leaseLoop) state() statemachine.State {
 func (l *leaseLoop) leaseID() clientv3.LeaseID {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lease.gone || l.life.closed() {
+	if l.lease.gone || l.k.life.closed() {
 		return 0
 	}
 	return l.lease.id
@@ -203,7 +208,7 @@ func (l *leaseLoop) leaseID() clientv3.LeaseID {
 func (l *leaseLoop) deadline() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lease.id == 0 || l.lease.gone || l.life.closed() {
+	if l.lease.id == 0 || l.lease.gone || l.k.life.closed() {
 		return time.Time{}
 	}
 	return l.lease.deadline
@@ -225,7 +230,7 @@ func (l *leaseLoop) writeFailed(id clientv3.LeaseID, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch kind := lkerrors.KindOf(err); {
-	case kind == lkerrors.LeaseExpired && id == l.lease.id && !l.lease.gone && !l.life.closed():
+	case kind == lkerrors.LeaseExpired && id == l.lease.id && !l.lease.gone && !l.k.life.closed():
 		l.leaseLostLocked(err, time.Now())
 	case kind != lkerrors.KeyTaken:
 		l.scheduleRetryLocked(kind)
@@ -240,7 +245,7 @@ func (l *leaseLoop) stepLocked(e statemachine.Event, cause error, now time.Time)
 		return
 	}
 	l.signalLocked()
-	l.disp.push(transition{t: t, lease: l.lease.id, deadline: l.lease.deadline})
+	l.k.disp.push(transition{t: t, lease: l.lease.id, deadline: l.lease.deadline})
 }
 
 // signalLocked wakes everyone waiting for progress (Start).
@@ -249,18 +254,6 @@ func (l *leaseLoop) signalLocked() {
 		close(l.progress)
 		l.progress = nil
 	}
-}
-
-// rearm makes t, a timer made by time.AfterFunc with f or nil, fire f in d,
-// and returns it. It reuses t if t was pending, or if fired says its
-// function already started; otherwise it makes a new timer, so that f never
-// waits to run twice for one arming.
-func rearm(t *time.Timer, fired bool, d time.Duration, f func()) *time.Timer {
-	if t != nil && (t.Stop() || fired) {
-		t.Reset(d)
-		return t
-	}
-	return time.AfterFunc(d, f)
 }
 
 func stopTimer(t **time.Timer) {

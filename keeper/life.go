@@ -10,38 +10,35 @@ import (
 // all the keeper's work, and the count of that work in flight (attempts,
 // the watches, Register and Deregister), which Close waits for within its
 // own context. Unlike a sync.WaitGroup, waiting honours a context. mu
-// guards n, idle, the context's end and the functions to call at it.
+// guards n, idle, ended and the functions to call at it.
 //
 // The context is life itself, not a context.WithCancel: its AfterFunc lets
 // the contexts derived from it register with it for the time they live,
 // where a cancelCtx would keep a map of its children for as long as the
-// keeper lives, after the first one.
+// keeper lives, after the first one. Its Done channel is made only when
+// asked for: the keeper's own RPCs take contexts from within, which ends
+// them at Close by AfterFunc instead.
 type life struct {
-	ctx context.Context // the life, as a context
-
 	mu    sync.Mutex
 	n     int
 	idle  chan struct{} // closed when n drops to zero; nil while nobody waits
-	done  chan struct{} // closed at Close
-	err   error         // context.Canceled once closed
+	done  chan struct{} // closed at Close; made when first asked for
 	after afterList     // called at Close
+	ended bool          // Close was called
 }
 
-func newLife() *life {
-	l := &life{done: make(chan struct{})}
-	l.ctx = lifeCtx{l}
-	return l
-}
+// ctx returns the life as a context.
+func (l *life) ctx() context.Context { return lifeCtx{l} }
 
 // closed reports whether Close was called.
-func (l *life) closed() bool { return l.ctx.Err() != nil }
+func (l *life) closed() bool { return lifeCtx{l}.Err() != nil }
 
 // begin counts one piece of work in flight. It returns false, counting
 // nothing, once Close was called.
 func (l *life) begin() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.err != nil {
+	if l.ended {
 		return false
 	}
 	l.n++
@@ -62,12 +59,16 @@ func (l *life) end() {
 // refuses new work. Only the first call returns true.
 func (l *life) close() bool {
 	l.mu.Lock()
-	if l.err != nil {
+	if l.ended {
 		l.mu.Unlock()
 		return false
 	}
-	l.err = context.Canceled
-	close(l.done)
+	l.ended = true
+	if l.done == nil {
+		l.done = closedChan
+	} else {
+		close(l.done)
+	}
 	fs := l.after.take()
 	l.mu.Unlock()
 	for _, f := range fs {
@@ -100,7 +101,27 @@ func (l *life) wait(ctx context.Context) error {
 // made for a caller outlives Close.
 func (l *life) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(l.ctx, cancel)
+	stop := l.afterClose(cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+// afterClose calls f once the life ends, as context.AfterFunc would,
+// without the context it makes.
+func (l *life) afterClose(f func()) (stop func() bool) { return lifeCtx{l}.AfterFunc(f) }
+
+// within returns a context that ends after timeout, at limit if limit is
+// set, still ahead and sooner, or at Close. It is not derived from the
+// life's context, whose Done channel a keeper then never needs to make.
+func (l *life) within(timeout time.Duration, limit time.Time) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithDeadline(context.Background(), attemptEnd(time.Now(), timeout, limit))
+	if l.closed() {
+		cancel()
+		return ctx, cancel
+	}
+	stop := l.afterClose(cancel)
 	return ctx, func() {
 		stop()
 		cancel()
@@ -112,13 +133,23 @@ func (l *life) bound(ctx context.Context) (context.Context, context.CancelFunc) 
 type lifeCtx struct{ l *life }
 
 func (lifeCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c lifeCtx) Done() <-chan struct{}     { return c.l.done }
-func (lifeCtx) Value(any) any               { return nil }
+func (c lifeCtx) Done() <-chan struct{} {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	if c.l.done == nil {
+		c.l.done = make(chan struct{})
+	}
+	return c.l.done
+}
+func (lifeCtx) Value(any) any { return nil }
 
 func (c lifeCtx) Err() error {
 	c.l.mu.Lock()
 	defer c.l.mu.Unlock()
-	return c.l.err
+	if c.l.ended {
+		return context.Canceled
+	}
+	return nil
 }
 
 // AfterFunc calls f once the life ends, at once (on a goroutine of its own)
@@ -127,7 +158,7 @@ func (c lifeCtx) AfterFunc(f func()) (stop func() bool) {
 	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.err != nil {
+	if l.ended {
 		go f()
 		return func() bool { return false }
 	}

@@ -41,11 +41,11 @@ func TestPermissionRevokedWhileRunning(t *testing.T) {
 		if got := lost.Load(); got != 1 {
 			t.Errorf("OnLost calls = %d, want 1", got)
 		}
-		if at := rec.at(statemachine.Failed); at.Sub(revoked) > k.loop.cfg.TTL/3+time.Second {
-			t.Errorf("Failed %v after the revoke, want by the next renewal (%v)", at.Sub(revoked), k.loop.cfg.TTL/3)
+		if at := rec.at(statemachine.Failed); at.Sub(revoked) > k.cfg.TTL/3+time.Second {
+			t.Errorf("Failed %v after the revoke, want by the next renewal (%v)", at.Sub(revoked), k.cfg.TTL/3)
 		}
 
-		capDelay := k.loop.cfg.Backoff.MaxDelay
+		capDelay := k.cfg.Backoff.MaxDelay
 		tries := obs.Since(revoked)
 		if limit := int(window/capDelay) + 2; len(tries) > limit {
 			t.Errorf("%d attempts in %v of revoked permission, want at most %d (one per %v cap)", len(tries), window, limit, capDelay)
@@ -105,7 +105,7 @@ func TestPermissionDeniedAtStart(t *testing.T) {
 			t.Errorf("Start took %v, want it to return at the first refusal", took)
 		}
 		time.Sleep(time.Minute)
-		if n, limit := len(obs.Since(began)), int(time.Minute/k.loop.cfg.Backoff.MaxDelay)+1; n > limit {
+		if n, limit := len(obs.Since(began)), int(time.Minute/k.cfg.Backoff.MaxDelay)+1; n > limit {
 			t.Errorf("%d attempts in a minute, want at most %d", n, limit)
 		}
 		mustClose(t, k)

@@ -21,18 +21,18 @@ import (
 // again) or one a write is due for anyway. Otherwise the key's policy says
 // what to do, and a KeyEvent says what happened.
 func (r *registry) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
-	if r.wmu.lock(r.life.ctx) != nil {
+	if r.wmu.lockLife(&r.k.life) != nil {
 		return
 	}
 	defer r.wmu.unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rec := r.keys.get(key)
-	if rec == nil || r.life.closed() {
+	if rec == nil || r.k.life.closed() {
 		return
 	}
 	now := time.Now()
-	v := r.loop.view(now)
+	v := r.k.loop.view(now)
 	o := rec.own
 	mine := o.lease != 0 && o.lease == v.id
 	switch {
@@ -56,7 +56,7 @@ func (r *registry) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
 			return // reported already
 		}
 		rec.own = owned{seen: rev, gone: obs == nil}
-		r.disp.push(ev)
+		r.k.disp.push(ev)
 	case Exclusive:
 		r.exclusiveLocked(v, key, rec, obs, ev)
 	default:
@@ -69,14 +69,14 @@ func (r *registry) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
 // held; it releases mu while it writes.
 func (r *registry) restoreLocked(v leaseView, key string, rec *record, ev KeyEvent) {
 	f := rec.fight
-	if ev.At.Sub(f.last) > r.cfg.Backoff.MaxDelay {
+	if ev.At.Sub(f.last) > r.k.cfg.Backoff.MaxDelay {
 		f.n = 0
 	}
 	f.n++
 	f.last = ev.At
 	rec.fight, rec.pending, rec.own = f, true, owned{}
 	if f.n > 1 {
-		r.disp.push(ev)
+		r.k.disp.push(ev)
 		r.scheduleRetryLocked(lkerrors.Unknown)
 		return
 	}
@@ -84,7 +84,7 @@ func (r *registry) restoreLocked(v leaseView, key string, rec *record, ev KeyEve
 	if ev.Err = err; err == nil {
 		ev.Ours, ev.Holder = true, v.id
 	}
-	r.disp.push(ev)
+	r.k.disp.push(ev)
 }
 
 // exclusiveLocked acts on a change to an exclusive key: another holder's
@@ -101,13 +101,13 @@ func (r *registry) exclusiveLocked(v leaseView, key string, rec *record, obs *mv
 			ev.Change = Taken
 		}
 		if held || prev == nil || prev.Holder != te.Holder {
-			r.disp.push(ev)
+			r.k.disp.push(ev)
 		}
 		r.scheduleRetryLocked(lkerrors.KeyTaken)
 		return
 	}
 	if held {
-		r.disp.push(ev)
+		r.k.disp.push(ev)
 	}
 	_ = r.writeBackLocked(v, kv{key, rec.value}, Exclusive)
 }
@@ -117,11 +117,11 @@ func (r *registry) exclusiveLocked(v leaseView, key string, rec *record, obs *mv
 // held; it releases mu while it writes.
 func (r *registry) writeBackLocked(v leaseView, p kv, policy Policy) error {
 	r.mu.Unlock()
-	ctx, cancel := boundCtx(r.life.ctx, v.tm.renewTimeout, v.deadline)
+	ctx, cancel := r.k.life.within(v.tm.renewTimeout, v.deadline)
 	err := r.writeKey(ctx, v.id, p, policy)
 	cancel()
 	if err != nil {
-		r.loop.writeFailed(v.id, err)
+		r.k.loop.writeFailed(v.id, err)
 	}
 	r.mu.Lock()
 	return err
@@ -131,21 +131,21 @@ func (r *registry) writeBackLocked(v leaseView, p kv, policy Policy) error {
 // pending keys again by the backoff: keys etcd refused, exclusive keys
 // another holder has, and restores another writer keeps undoing.
 func (r *registry) scheduleRetryLocked(kind lkerrors.Kind) {
-	if r.life.closed() || r.retryT != nil {
+	if r.k.life.closed() || r.retryT != nil {
 		return
 	}
 	r.retryN++
-	r.retryT = time.AfterFunc(r.cfg.Backoff.delay(r.retryN, kind, rand.Float64()), r.retry)
+	r.retryT = time.AfterFunc(r.k.cfg.Backoff.delay(r.retryN, kind, rand.Float64()), r.retry)
 }
 
 // retry is the retry timer's function: it releases the keys held after a
 // refusal and, while the lease is live, writes every pending key. Without
 // a live lease the next successful attempt writes them.
 func (r *registry) retry() {
-	if !r.life.begin() {
+	if !r.k.life.begin() {
 		return
 	}
-	defer r.life.end()
+	defer r.k.life.end()
 	r.mu.Lock()
 	r.retryT = nil
 	due := false
@@ -153,12 +153,12 @@ func (r *registry) retry() {
 		rec.held = false
 		due = due || rec.pending
 	}
-	v := r.loop.view(time.Now())
+	v := r.k.loop.view(time.Now())
 	r.mu.Unlock()
 	if !due || !v.live {
 		return
 	}
 	if err := r.writePending(v); err != nil {
-		r.loop.writeFailed(v.id, err)
+		r.k.loop.writeFailed(v.id, err)
 	}
 }

@@ -22,13 +22,7 @@ import (
 // are written with and the retry timer. The registry reads the lease loop
 // under mu; the loop never takes mu while holding its own lock.
 type registry struct {
-	cfg   *Config
-	b     backend
-	log   *zap.Logger
-	life  *life
-	disp  *dispatcher
-	loop  *leaseLoop
-	watch *keyWatch
+	k *Keeper // whose parts it calls: the lease loop, the watch, the dispatcher
 
 	wmu      writeLock
 	mu       sync.Mutex
@@ -45,10 +39,10 @@ type record struct {
 	value   string
 	policy  Policy
 	pending bool           // not known written with the registry's lease
+	held    bool           // refused: not written again until the retry timer fires
 	own     owned          // what the keeper last wrote, or last reported of another writer
 	taken   *KeyTakenError // an exclusive key another holder has
 	refused error          // etcd refused the key for good; cleared once it is written
-	held    bool           // refused: not written again until the retry timer fires
 	fight   fight          // restores of it that another writer undid
 }
 
@@ -89,7 +83,7 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 	if existed {
 		prev = *old
 	} else {
-		old = &record{}
+		old = r.keys.newRecord()
 		r.keys.set(key, old)
 	}
 	rec := old
@@ -98,8 +92,8 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 	if policy != Exclusive {
 		rec.taken = nil
 	}
-	r.watch.widen(key)
-	v := r.loop.view(time.Now())
+	r.k.watch.widen(key)
+	v := r.k.loop.view(time.Now())
 	r.mu.Unlock()
 	if !v.live {
 		return nil
@@ -110,7 +104,7 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 
 	switch kind := lkerrors.KindOf(err); {
 	case err == nil, kind == lkerrors.KeyTaken:
-	case policyOf(kind).permanent && !r.life.closed():
+	case policyOf(kind).permanent && !r.k.life.closed():
 		// Refused at Register: the caller hears of it, and the key does not
 		// join the set (or keeps its previous value).
 		r.mu.Lock()
@@ -119,11 +113,11 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 			rec.pending = true
 		} else {
 			r.keys.del(key)
-			r.watch.forget(key)
+			r.k.watch.forget(key)
 		}
 		r.mu.Unlock()
 	default:
-		r.loop.writeFailed(v.id, err)
+		r.k.loop.writeFailed(v.id, err)
 	}
 	return err
 }
@@ -139,8 +133,8 @@ func (r *registry) deregister(ctx context.Context, key string) error {
 	r.mu.Lock()
 	existed := r.keys.get(key) != nil
 	r.keys.del(key)
-	r.watch.forget(key)
-	v := r.loop.view(time.Now())
+	r.k.watch.forget(key)
+	v := r.k.loop.view(time.Now())
 	r.mu.Unlock()
 	if !existed || v.id == 0 {
 		return nil
@@ -163,11 +157,11 @@ func (r *registry) withdraw(ctx context.Context) error {
 	written := make(map[string]clientv3.LeaseID, r.keys.len())
 	for key, rec := range r.keys.all() {
 		written[key] = rec.own.lease
-		r.watch.forget(key)
+		r.k.watch.forget(key)
 	}
 	r.keys.clear()
 	stopTimer(&r.retryT)
-	v := r.loop.view(time.Now())
+	v := r.k.loop.view(time.Now())
 	r.mu.Unlock()
 
 	var first error
@@ -179,13 +173,13 @@ func (r *registry) withdraw(ctx context.Context) error {
 			continue
 		}
 		if err := r.del(ctx, v, id, key); err != nil {
-			r.log.Warn("drain: delete failed; the key goes with the lease", zap.String("key", key), zap.Error(err))
+			r.k.logger().Warn("drain: delete failed; the key goes with the lease", zap.String("key", key), zap.Error(err))
 			if first == nil {
 				first = err
 			}
 		}
 	}
-	r.loop.drain()
+	r.k.loop.drain()
 	return first
 }
 
@@ -194,14 +188,14 @@ func (r *registry) withdraw(ctx context.Context) error {
 func (r *registry) del(ctx context.Context, v leaseView, id clientv3.LeaseID, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, v.tm.renewTimeout)
 	defer cancel()
-	return lkerrors.ClassifyConn(r.b.del(ctx, id, key), r.b.connState())
+	return lkerrors.ClassifyConn(r.k.hub.b.del(ctx, id, key), r.k.hub.b.connState())
 }
 
 // lockWrites binds a caller's ctx to the keeper's life, so that Close
 // cancels what the caller waits for, and takes the write lock within it;
 // release undoes both.
 func (r *registry) lockWrites(ctx context.Context) (context.Context, func(), error) {
-	ctx, cancel := r.life.bound(ctx)
+	ctx, cancel := r.k.life.bound(ctx)
 	if err := r.wmu.lock(ctx); err != nil {
 		cancel()
 		return nil, nil, r.classify(err)
@@ -254,7 +248,7 @@ func (r *registry) token(key string) (Token, error) {
 	case rec.refused != nil:
 		return Token{}, rec.refused
 	}
-	v := r.loop.view(time.Now())
+	v := r.k.loop.view(time.Now())
 	if !v.live || rec.pending || rec.own.lease != v.id {
 		return Token{}, ErrNotHeld
 	}
@@ -291,9 +285,15 @@ func (r *registry) close() {
 // transaction does not starve a Register; it makes a channel only per
 // waiter, so an idle keeper keeps none.
 type writeLock struct {
-	mu      sync.Mutex
-	held    bool
-	waiters []chan struct{} // in turn; each closed when the lock passes to it
+	mu         sync.Mutex
+	held       bool
+	head, tail *lockWaiter // the waiters, in turn
+}
+
+// lockWaiter is one caller waiting for a writeLock.
+type lockWaiter struct {
+	turn chan struct{} // closed when the lock passes to it
+	next *lockWaiter
 }
 
 // lock takes the lock, or returns ctx's error if ctx ends first.
@@ -304,21 +304,51 @@ func (w *writeLock) lock(ctx context.Context) error {
 		w.mu.Unlock()
 		return nil
 	}
-	turn := make(chan struct{})
-	w.waiters = append(w.waiters, turn)
+	return w.waitLocked(ctx)
+}
+
+// lockLife takes the lock, or returns context.Canceled if the keeper's
+// life ends first. Unlike lock(l.ctx()) it leaves the life's Done channel
+// unmade: a context of its own hears of the end while it waits.
+func (w *writeLock) lockLife(l *life) error {
+	w.mu.Lock()
+	if !w.held {
+		w.held = true
+		w.mu.Unlock()
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stop := l.afterClose(cancel)
+	defer func() {
+		stop()
+		cancel()
+	}()
+	if l.closed() {
+		cancel()
+	}
+	return w.waitLocked(ctx)
+}
+
+// waitLocked waits, with mu held and the lock held by another, for the
+// lock to pass to the caller, or ctx to end. It unlocks mu.
+func (w *writeLock) waitLocked(ctx context.Context) error {
+	me := &lockWaiter{turn: make(chan struct{})}
+	if w.tail == nil {
+		w.head = me
+	} else {
+		w.tail.next = me
+	}
+	w.tail = me
 	w.mu.Unlock()
 	select {
-	case <-turn:
+	case <-me.turn:
 		return nil
 	case <-ctx.Done():
 	}
 	w.mu.Lock()
-	for i, x := range w.waiters {
-		if x == turn {
-			w.waiters = append(w.waiters[:i], w.waiters[i+1:]...)
-			w.mu.Unlock()
-			return ctx.Err()
-		}
+	if w.removeLocked(me) {
+		w.mu.Unlock()
+		return ctx.Err()
 	}
 	w.mu.Unlock()
 	w.unlock() // the lock passed to us meanwhile: pass it on
@@ -328,10 +358,34 @@ func (w *writeLock) lock(ctx context.Context) error {
 func (w *writeLock) unlock() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.waiters) == 0 {
-		w.held, w.waiters = false, nil
+	x := w.head
+	if x == nil {
+		w.held = false
 		return
 	}
-	close(w.waiters[0])
-	w.waiters = w.waiters[1:]
+	if w.head = x.next; w.head == nil {
+		w.tail = nil
+	}
+	close(x.turn)
+}
+
+// removeLocked takes me out of the line; it reports false if the lock
+// passed to me already.
+func (w *writeLock) removeLocked(me *lockWaiter) bool {
+	var prev *lockWaiter
+	for x := w.head; x != nil; prev, x = x, x.next {
+		if x != me {
+			continue
+		}
+		if prev == nil {
+			w.head = x.next
+		} else {
+			prev.next = x.next
+		}
+		if w.tail == x {
+			w.tail = prev
+		}
+		return true
+	}
+	return false
 }

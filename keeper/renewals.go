@@ -54,9 +54,7 @@ type renewals struct {
 // renewStream is one LeaseKeepAlive stream and the keepalives waiting on it.
 type renewStream struct {
 	cancel context.CancelFunc
-	ready  chan struct{} // closed once the stream opened, or failed to
 	st     pb.Lease_LeaseKeepAliveClient
-	err    error // why it failed to open; set before ready closes
 
 	sendMu  sync.Mutex         // guards queue and sending
 	queue   []clientv3.LeaseID // to send
@@ -64,9 +62,17 @@ type renewStream struct {
 
 	// Guarded by renewals.mu.
 	line    map[clientv3.LeaseID][]*keepalive // by lease, oldest first
+	early   []unsent                          // put in line before the stream opened: run sends them
 	waiting int                               // requests in line not given up
+	up      bool                              // opened: requests put in line are sent at once
 	dead    bool                              // broke or ended: takes no request
 	left    bool                              // a newer stream took over: ends when nothing waits
+}
+
+// unsent is a request put in line before its stream opened.
+type unsent struct {
+	id clientv3.LeaseID
+	ka *keepalive
 }
 
 // keepalive is one request in a stream's line.
@@ -111,51 +117,34 @@ type call struct {
 	id   clientv3.LeaseID
 	done func(int64, error)
 
-	mu       sync.Mutex // guards s, ka, stop and canceled
+	mu       sync.Mutex // guards s, ka and canceled
 	s        *renewStream
 	ka       *keepalive
-	stop     chan struct{} // closed by cancel; made only for a wait on a stream's opening
 	canceled bool
 }
 
-// start puts the request in a stream's line and sends it once the stream
-// is open. retried says this is the one retry.
+// start puts the request in a stream's line and sends it, at once if the
+// stream is open; else the stream sends it once it is (run), so that
+// requests waiting for a stream take no goroutine each. retried says this
+// is the one retry.
 func (c *call) start(hedge, retried bool) {
 	ka := &keepalive{}
 	ka.done = func(rep keepaliveReply) { c.finish(ka, rep, retried) }
-	s, err := c.r.enqueue(c.id, hedge, ka)
+	s, now, err := c.r.enqueue(c.id, hedge, ka)
 	if err != nil {
 		c.done(0, err)
 		return
 	}
-	opened := s.opened()
 	c.mu.Lock()
 	c.s, c.ka = s, ka
 	canceled := c.canceled
-	if !opened && c.stop == nil {
-		c.stop = make(chan struct{})
-	}
-	stop := c.stop
 	c.mu.Unlock()
-	if canceled {
+	switch {
+	case canceled:
 		c.r.giveUp(s, c.id, ka)
-		return
-	}
-	if opened {
+	case now:
 		c.r.send(s, c.id, ka)
-		return
 	}
-	go func() {
-		select {
-		case <-s.ready:
-		case <-stop:
-			return // cancel gave it up
-		}
-		if s.err != nil {
-			return // fail answered it
-		}
-		c.r.send(s, c.id, ka)
-	}()
 }
 
 // finish hands the reply to ka to done, or retries once on a new stream
@@ -184,9 +173,6 @@ func (c *call) cancel() {
 		return
 	}
 	c.canceled = true
-	if c.stop != nil {
-		close(c.stop)
-	}
 	s, ka := c.s, c.ka
 	c.mu.Unlock()
 	if s != nil {
@@ -197,15 +183,16 @@ func (c *call) cancel() {
 // enqueue puts ka, a request for id, in the line of the current stream,
 // opening one if there is none, or if hedge and the current stream holds
 // an earlier request for id: then that stream is left. ka.fresh says the
-// stream was opened for it.
-func (r *renewals) enqueue(id clientv3.LeaseID, hedge bool, ka *keepalive) (*renewStream, error) {
+// stream was opened for it. now says the stream is open, and the caller
+// sends ka; otherwise the stream sends it once open.
+func (r *renewals) enqueue(id clientv3.LeaseID, hedge bool, ka *keepalive) (s *renewStream, now bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		return nil, context.Canceled
+		return nil, false, context.Canceled
 	}
-	s := r.cur
-	if s != nil && hedge && s.open() && len(s.line[id]) > 0 {
+	s = r.cur
+	if s != nil && hedge && s.up && !s.dead && len(s.line[id]) > 0 {
 		r.leaveLocked(s)
 		s = nil
 	}
@@ -215,7 +202,10 @@ func (r *renewals) enqueue(id clientv3.LeaseID, hedge bool, ka *keepalive) (*ren
 	}
 	s.line[id] = append(s.line[id], ka)
 	s.waiting++
-	return s, nil
+	if !s.up {
+		s.early = append(s.early, unsent{id, ka})
+	}
+	return s, s.up, nil
 }
 
 // sendGather is how long the first of the keepalives sent together waits
@@ -231,6 +221,12 @@ func (r *renewals) send(s *renewStream, id clientv3.LeaseID, ka *keepalive) {
 	r.mu.Lock()
 	ka.sent = true
 	r.mu.Unlock()
+	r.queue(s, id)
+}
+
+// queue queues a keepalive for id, marked sent, to go out on s with the
+// others gathered.
+func (r *renewals) queue(s *renewStream, id clientv3.LeaseID) {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	s.queue = append(s.queue, id)
@@ -263,29 +259,13 @@ func (r *renewals) flush(s *renewStream) {
 	}
 }
 
-// opened reports whether s opened, failed since or not.
-func (s *renewStream) opened() bool {
-	select {
-	case <-s.ready:
-		return s.err == nil
-	default:
-		return false
-	}
-}
-
-// open reports whether s opened and has not failed since; the caller holds
-// renewals.mu.
-func (s *renewStream) open() bool {
-	return s.opened() && !s.dead
-}
-
 // openLocked starts a new stream and makes it the current one.
 func (r *renewals) openLocked() *renewStream {
 	if r.cur != nil {
 		r.leaveLocked(r.cur)
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
-	s := &renewStream{cancel: cancel, ready: make(chan struct{}), line: map[clientv3.LeaseID][]*keepalive{}}
+	s := &renewStream{cancel: cancel, line: map[clientv3.LeaseID][]*keepalive{}}
 	r.cur = s
 	r.wg.Add(1)
 	go r.run(ctx, s)
@@ -301,11 +281,24 @@ func (r *renewals) run(ctx context.Context, s *renewStream) {
 	if !late.Stop() && err == nil {
 		err = context.DeadlineExceeded
 	}
-	s.st, s.err = st, err
-	close(s.ready)
 	if err != nil {
 		r.fail(s, err)
 		return
+	}
+	s.st = st
+	r.mu.Lock()
+	s.up = true
+	var early []clientv3.LeaseID
+	for _, u := range s.early {
+		if !u.ka.givenUp && !s.dead {
+			u.ka.sent = true
+			early = append(early, u.id)
+		}
+	}
+	s.early = nil
+	r.mu.Unlock()
+	for _, id := range early {
+		r.queue(s, id)
 	}
 	for {
 		resp, err := st.Recv()
@@ -390,6 +383,7 @@ func (r *renewals) fail(s *renewStream, err error) {
 		}
 	}
 	clear(s.line)
+	s.early = nil
 	s.waiting = 0
 	s.cancel()
 	r.mu.Unlock()

@@ -3,6 +3,7 @@ package keeper
 import (
 	"context"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -212,4 +213,54 @@ func TestRenewalsEndWithTheHub(t *testing.T) {
 	gotAfter, doneAfter := answers()
 	r.keepAliveAsync(9, false, doneAfter)
 	assert.Error(t, recvOrFail(t, gotAfter, "refusal after close").err, "a closed hub took a request")
+}
+
+// gatedLease holds the opening of every renewal stream until open closes.
+type gatedLease struct {
+	pb.LeaseClient
+	open chan struct{}
+}
+
+func (g gatedLease) LeaseKeepAlive(ctx context.Context, opts ...grpc.CallOption) (pb.Lease_LeaseKeepAliveClient, error) {
+	<-g.open
+	return g.LeaseClient.LeaseKeepAlive(ctx, opts...)
+}
+
+// TestRenewalsWaitForTheStreamWithoutGoroutines: keepalives asked while
+// the stream opens wait in its line, not each on a goroutine of its own,
+// and go out once it is open, in order; one given up meanwhile never does.
+func TestRenewalsWaitForTheStreamWithoutGoroutines(t *testing.T) {
+	f, cli := startFakeLeases(t, 1)
+	r := newRenewals(cli)
+	defer r.close()
+	gate := make(chan struct{})
+	r.lease = gatedLease{LeaseClient: r.lease, open: gate}
+
+	before := runtime.NumGoroutine()
+	got1, done1 := answers()
+	got3, done3 := answers()
+	r.keepAliveAsync(1, false, done1)
+	cancel2 := r.keepAliveAsync(2, false, func(int64, error) { t.Error("a request given up before it was sent was answered") })
+	r.keepAliveAsync(3, false, done3)
+	for range 10 {
+		r.keepAliveAsync(4, false, func(int64, error) {})
+	}
+	// The stream's own goroutine waits at the gate; the 13 requests wait
+	// in its line.
+	assert.LessOrEqual(t, runtime.NumGoroutine()-before, 2, "goroutines per request waiting for the stream")
+	cancel2()
+	close(gate)
+
+	first := recvOrFail(t, f.reqs, "first keepalive")
+	second := recvOrFail(t, f.reqs, "second keepalive")
+	assert.Equal(t, clientv3.LeaseID(1), first.id)
+	assert.Equal(t, clientv3.LeaseID(3), second.id, "the request given up went out")
+	first.reply(11)
+	second.reply(33)
+	assert.Equal(t, answer{ttl: 11}, recvOrFail(t, got1, "answer for lease 1"))
+	assert.Equal(t, answer{ttl: 33}, recvOrFail(t, got3, "answer for lease 3"))
+	for range 10 {
+		assert.Equal(t, clientv3.LeaseID(4), recvOrFail(t, f.reqs, "keepalive for lease 4").id)
+	}
+	assert.EqualValues(t, 1, f.streams.Load())
 }

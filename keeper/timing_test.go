@@ -201,10 +201,10 @@ func TestStateAfterPause(t *testing.T) {
 		k, rec := newTest(t, f, nil)
 		start := time.Now()
 		startHealthy(t, k, "svc/a")
-		l := k.loop
+		l := &k.loop
 		l.mu.Lock()
-		stopTimer(&l.sched.attemptT)
-		stopTimer(&l.sched.checkT)
+		l.k.hub.timers.stop(&l.sched.attempt)
+		l.k.hub.timers.stop(&l.sched.check)
 		l.mu.Unlock()
 		// Past the threshold (5s left of 9.75s), before D: degraded.
 		time.Sleep(5 * time.Second)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -31,53 +32,39 @@ const rewatchDelay = 20 * time.Millisecond
 // hub watches the keeper's keys and hands each change to its registry.
 // It has no goroutine of its own.
 type keyWatch struct {
-	cfg *Config
-	hub *watchHub
-	reg *registry
-	log *zap.Logger
+	k *Keeper // its registry, config and hub
 
-	mu sync.Mutex // guards on
-	on bool
-}
-
-func newKeyWatch(cfg *Config, hub *watchHub, log *zap.Logger) *keyWatch {
-	return &keyWatch{cfg: cfg, hub: hub, log: log}
+	on atomic.Bool // joined the hub's watch
 }
 
 // start joins the hub's watch, once, unless watching is off.
 func (w *keyWatch) start() {
-	if w.cfg.DisableWatch || !w.hub.b.watches() {
+	if w.k.cfg.DisableWatch || !w.k.hub.watch.b.watches() {
 		return
 	}
-	w.mu.Lock()
-	if w.on || w.reg.life.closed() {
-		w.mu.Unlock()
+	if w.k.life.closed() || !w.on.CompareAndSwap(false, true) {
 		return
 	}
-	w.on = true
-	w.mu.Unlock()
-	w.hub.join(w)
+	w.k.hub.watch.join(w)
 }
 
 // widen has the hub watch key too. The registry calls it with its lock
 // held.
 func (w *keyWatch) widen(key string) {
 	if w.watching() {
-		w.hub.add(w, key)
+		w.k.hub.watch.add(w, key)
 	}
 }
 
 // forget tells the hub that the keeper no longer has key.
 func (w *keyWatch) forget(key string) {
 	if w.watching() {
-		w.hub.remove(w, key)
+		w.k.hub.watch.remove(w, key)
 	}
 }
 
 func (w *keyWatch) watching() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.on
+	return w.on.Load()
 }
 
 // kick tells a watch that waits out its backoff after a break that etcd
@@ -85,28 +72,24 @@ func (w *keyWatch) watching() bool {
 // never blocks.
 func (w *keyWatch) kick() {
 	if w.watching() {
-		w.hub.kick()
+		w.k.hub.watch.kick()
 	}
 }
 
 // stop leaves the hub's watch; Close calls it.
 func (w *keyWatch) stop() {
-	w.mu.Lock()
-	on := w.on
-	w.on = false
-	w.mu.Unlock()
-	if on {
-		w.hub.leave(w)
+	if w.on.Swap(false) {
+		w.k.hub.watch.leave(w)
 	}
 }
 
 // reconcile hands one key as seen at rev to the keeper, unless it closed.
 func (w *keyWatch) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
-	if !w.reg.life.begin() {
+	if !w.k.life.begin() {
 		return
 	}
-	defer w.reg.life.end()
-	w.reg.reconcile(key, obs, rev)
+	defer w.k.life.end()
+	w.k.reg.reconcile(key, obs, rev)
 }
 
 // watchHub is the one watch of a client's keepers: it watches the smallest
@@ -121,8 +104,8 @@ type watchHub struct {
 	wake    chan struct{} // an attempt succeeded: a broken watch need not wait out its backoff
 
 	mu      sync.Mutex
-	keepers []*keyWatch            // joined, oldest first: the first one's config paces the watch
-	owners  map[string][]*keyWatch // each key watched, and the keepers that registered it
+	keepers []*keyWatch // joined, oldest first: the first one's config paces the watch
+	owners  owners      // each key watched, and the keepers that registered it
 	rng     [2]string
 	outside bool               // a key outside rng was added since rng was set
 	cancel  context.CancelFunc // ends the goroutine; nil while none runs
@@ -130,7 +113,7 @@ type watchHub struct {
 }
 
 func newWatchHub(b backend) *watchHub {
-	return &watchHub{b: b, rewatch: make(chan struct{}, 1), wake: make(chan struct{}, 1), owners: map[string][]*keyWatch{}}
+	return &watchHub{b: b, rewatch: make(chan struct{}, 1), wake: make(chan struct{}, 1), owners: owners{one: map[string]*keyWatch{}}}
 }
 
 // join adds w's keys to the watch, and starts the watch for the first
@@ -145,7 +128,7 @@ func (h *watchHub) join(w *keyWatch) {
 	}
 	h.mu.Unlock()
 	// Keys registered from now on come through widen, as w is on.
-	for _, key := range w.reg.allKeys() {
+	for _, key := range w.k.reg.allKeys() {
 		h.add(w, key)
 	}
 }
@@ -153,14 +136,12 @@ func (h *watchHub) join(w *keyWatch) {
 // leave removes w and its keys from the watch. The keys it deregistered
 // before are gone already (forget).
 func (h *watchHub) leave(w *keyWatch) {
-	keys := w.reg.allKeys()
+	keys := w.k.reg.allKeys()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.keepers = slices.DeleteFunc(h.keepers, func(x *keyWatch) bool { return x == w })
 	for _, key := range keys {
-		if i := slices.Index(h.owners[key], w); i >= 0 {
-			h.dropOwnerLocked(key, i)
-		}
+		h.owners.remove(key, w)
 	}
 }
 
@@ -168,11 +149,9 @@ func (h *watchHub) leave(w *keyWatch) {
 func (h *watchHub) add(w *keyWatch, key string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ws := h.owners[key]
-	if slices.Contains(ws, w) {
+	if !h.owners.add(key, w) {
 		return
 	}
-	h.owners[key] = append(ws, w)
 	if key >= h.rng[0] && key < h.rng[1] {
 		return
 	}
@@ -187,18 +166,7 @@ func (h *watchHub) add(w *keyWatch, key string) {
 func (h *watchHub) remove(w *keyWatch, key string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if i := slices.Index(h.owners[key], w); i >= 0 {
-		h.dropOwnerLocked(key, i)
-	}
-}
-
-func (h *watchHub) dropOwnerLocked(key string, i int) {
-	ws := slices.Delete(h.owners[key], i, i+1)
-	if len(ws) == 0 {
-		delete(h.owners, key)
-	} else {
-		h.owners[key] = ws
-	}
+	h.owners.remove(key, w)
 }
 
 func (h *watchHub) kick() {
@@ -234,7 +202,7 @@ func (h *watchHub) pace() (Config, *zap.Logger) {
 	if len(h.keepers) == 0 {
 		return DefaultConfig(), nopLogger
 	}
-	return *h.keepers[0].cfg, h.keepers[0].log
+	return h.keepers[0].k.cfg, h.keepers[0].k.logger()
 }
 
 // keyRange returns the smallest range [start, end) holding every key
@@ -242,7 +210,7 @@ func (h *watchHub) pace() (Config, *zap.Logger) {
 func (h *watchHub) keyRange() (start, end string, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for key := range h.owners {
+	for key := range h.owners.one {
 		if !ok || key < start {
 			start = key
 		}
@@ -266,7 +234,7 @@ func (h *watchHub) widened() bool {
 func (h *watchHub) ownersOf(key string) []*keyWatch {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return slices.Clone(h.owners[key])
+	return h.owners.of(key)
 }
 
 // run watches the keepers' keys until close: it reads them, has each
@@ -344,10 +312,10 @@ func (h *watchHub) once(ctx context.Context, start, end string) error {
 		key string
 		ws  []*keyWatch
 	}
-	all := make([]owned, 0, len(h.owners))
-	for key, ws := range h.owners {
+	all := make([]owned, 0, len(h.owners.one))
+	for key := range h.owners.one {
 		if key >= start && key < end {
-			all = append(all, owned{key, slices.Clone(ws)})
+			all = append(all, owned{key, h.owners.of(key)})
 		}
 	}
 	h.mu.Unlock()
@@ -394,4 +362,57 @@ func (h *watchHub) once(ctx context.Context, start, end string) error {
 			}
 		}
 	}
+}
+
+// owners maps each watched key to the keepers that registered it: its
+// first owner in one map, and further owners, where keepers share a key,
+// in a second. Most keys have one owner, which then costs one map entry.
+type owners struct {
+	one  map[string]*keyWatch
+	more map[string][]*keyWatch // the owners after the first; only keys in one
+}
+
+// add adds w as an owner of key; it reports false if w was one already.
+func (o *owners) add(key string, w *keyWatch) bool {
+	first, ok := o.one[key]
+	switch {
+	case !ok:
+		o.one[key] = w
+		return true
+	case first == w || slices.Contains(o.more[key], w):
+		return false
+	}
+	if o.more == nil {
+		o.more = map[string][]*keyWatch{}
+	}
+	o.more[key] = append(o.more[key], w)
+	return true
+}
+
+// remove drops w as an owner of key, if it is one.
+func (o *owners) remove(key string, w *keyWatch) {
+	rest := o.more[key]
+	if o.one[key] == w {
+		if len(rest) == 0 {
+			delete(o.one, key)
+			return
+		}
+		o.one[key], rest = rest[0], rest[1:]
+	} else if i := slices.Index(rest, w); i >= 0 {
+		rest = slices.Delete(rest, i, i+1)
+	}
+	if len(rest) == 0 {
+		delete(o.more, key)
+	} else {
+		o.more[key] = rest
+	}
+}
+
+// of returns the owners of key, in the order they were added.
+func (o *owners) of(key string) []*keyWatch {
+	first, ok := o.one[key]
+	if !ok {
+		return nil
+	}
+	return append([]*keyWatch{first}, o.more[key]...)
 }

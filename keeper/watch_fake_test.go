@@ -118,3 +118,31 @@ func TestFakeWatchCompactedWhileWatching(t *testing.T) {
 		mustClose(t, k)
 	})
 }
+
+// TestOwnersOfSharedKeys: a key registered by several keepers of one hub
+// has each of them as an owner, in the order they registered it, once
+// each; dropping the first owner hands the key to the next, and the key
+// leaves the index with its last owner.
+func TestOwnersOfSharedKeys(t *testing.T) {
+	o := owners{one: map[string]*keyWatch{}}
+	a, b, c := &keyWatch{}, &keyWatch{}, &keyWatch{}
+	assert.True(t, o.add("k", a))
+	assert.False(t, o.add("k", a), "an owner was added twice")
+	assert.True(t, o.add("k", b))
+	assert.True(t, o.add("k", c))
+	assert.False(t, o.add("k", c), "an owner was added twice")
+	assert.True(t, o.add("other", b))
+	assert.Equal(t, []*keyWatch{a, b, c}, o.of("k"))
+
+	o.remove("k", a)
+	assert.Equal(t, []*keyWatch{b, c}, o.of("k"))
+	o.remove("k", c)
+	assert.Equal(t, []*keyWatch{b}, o.of("k"))
+	assert.Empty(t, o.more, "a key with one owner left kept the others' list")
+	o.remove("k", a) // not an owner any more: nothing changes
+	assert.Equal(t, []*keyWatch{b}, o.of("k"))
+	o.remove("k", b)
+	assert.Nil(t, o.of("k"))
+	assert.Len(t, o.one, 1)
+	assert.Equal(t, []*keyWatch{b}, o.of("other"))
+}

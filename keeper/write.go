@@ -60,7 +60,7 @@ func (r *registry) writePending(v leaseView) error {
 			// Another holder had it: the keeper does not hold it either way,
 			// so the failed try does not fail the attempt. The retry timer
 			// tries again.
-			r.log.Debug("exclusive key held by another: try failed", zap.String("key", key), zap.Error(err))
+			r.k.logger().Debug("exclusive key held by another: try failed", zap.String("key", key), zap.Error(err))
 			r.mu.Lock()
 			r.scheduleRetryLocked(lkerrors.KindOf(err))
 			r.mu.Unlock()
@@ -69,7 +69,7 @@ func (r *registry) writePending(v leaseView) error {
 		}
 	}
 	var refused []refusal
-	for chunk := range slices.Chunk(batch, r.cfg.MaxTxnOps) {
+	for chunk := range slices.Chunk(batch, r.k.cfg.MaxTxnOps) {
 		ref, err := r.putChunk(v, chunk)
 		refused = append(refused, ref...)
 		if err != nil {
@@ -79,9 +79,24 @@ func (r *registry) writePending(v leaseView) error {
 	return r.hold(v.id, refused)
 }
 
+// pending reports whether writePending with lease id would write a key.
+func (r *registry) pending(id clientv3.LeaseID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lease != id {
+		return false
+	}
+	for _, rec := range r.keys.all() {
+		if rec.pending && !rec.held {
+			return true
+		}
+	}
+	return false
+}
+
 // writeOne writes key by its policy if it is still pending, in one RPC.
 func (r *registry) writeOne(v leaseView, key string) error {
-	if err := r.wmu.lock(r.life.ctx); err != nil {
+	if err := r.wmu.lockLife(&r.k.life); err != nil {
 		return r.classify(err)
 	}
 	defer r.wmu.unlock()
@@ -93,7 +108,7 @@ func (r *registry) writeOne(v leaseView, key string) error {
 	}
 	p, policy := kv{key, rec.value}, rec.policy
 	r.mu.Unlock()
-	ctx, cancel := boundCtx(r.life.ctx, v.tm.renewTimeout, v.deadline)
+	ctx, cancel := r.k.life.within(v.tm.renewTimeout, v.deadline)
 	defer cancel()
 	return r.writeKey(ctx, v.id, p, policy)
 }
@@ -127,13 +142,13 @@ func (r *registry) putChunk(v leaseView, chunk []string) ([]refusal, error) {
 // refused reports whether err is etcd refusing a write for good, and not
 // the keeper closing.
 func (r *registry) refused(err error) bool {
-	return permanent(err) && !r.life.closed()
+	return permanent(err) && !r.k.life.closed()
 }
 
 // put writes those of keys that are still pending, with their current
 // values, in one transaction, and records them.
 func (r *registry) put(v leaseView, keys []string) error {
-	if err := r.wmu.lock(r.life.ctx); err != nil {
+	if err := r.wmu.lockLife(&r.k.life); err != nil {
 		return r.classify(err)
 	}
 	defer r.wmu.unlock()
@@ -148,9 +163,9 @@ func (r *registry) put(v leaseView, keys []string) error {
 	if len(kvs) == 0 {
 		return nil
 	}
-	ctx, cancel := boundCtx(r.life.ctx, v.tm.renewTimeout, v.deadline)
+	ctx, cancel := r.k.life.within(v.tm.renewTimeout, v.deadline)
 	defer cancel()
-	res, err := r.b.put(ctx, v.id, kvs)
+	res, err := r.k.hub.b.put(ctx, v.id, kvs)
 	if err != nil {
 		return r.classify(err)
 	}
@@ -159,7 +174,7 @@ func (r *registry) put(v leaseView, keys []string) error {
 	now := time.Now()
 	for i, p := range kvs {
 		if _, healed := r.recordLocked(v.id, p, res.rev, res.create[i]); healed {
-			r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: r.keys.get(p.key).policy, Ours: true, Holder: v.id, Revision: res.rev, At: now})
+			r.k.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: r.keys.get(p.key).policy, Ours: true, Holder: v.id, Revision: res.rev, At: now})
 		}
 	}
 	return nil
@@ -191,7 +206,7 @@ func (r *registry) hold(id clientv3.LeaseID, refused []refusal) error {
 			continue
 		}
 		if rec.refused == nil {
-			r.disp.push(KeyEvent{Key: f.key, Change: Refused, Policy: rec.policy, Err: f.err, At: now})
+			r.k.disp.push(KeyEvent{Key: f.key, Change: Refused, Policy: rec.policy, Err: f.err, At: now})
 		}
 		rec.refused, rec.held = f.err, true
 	}
@@ -222,18 +237,18 @@ func (r *registry) recordLocked(id clientv3.LeaseID, p kv, rev, create int64) (o
 func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, policy Policy) error {
 	now := time.Now()
 	if policy != Exclusive {
-		res, err := r.b.put(ctx, id, []kv{p})
+		res, err := r.k.hub.b.put(ctx, id, []kv{p})
 		if err != nil {
 			return r.classify(err)
 		}
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if _, healed := r.recordLocked(id, p, res.rev, res.create[0]); healed {
-			r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: policy, Ours: true, Holder: id, Revision: res.rev, At: now})
+			r.k.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: policy, Ours: true, Holder: id, Revision: res.rev, At: now})
 		}
 		return nil
 	}
-	res, err := r.b.acquire(ctx, id, p)
+	res, err := r.k.hub.b.acquire(ctx, id, p)
 	if err != nil {
 		return r.classify(err)
 	}
@@ -249,7 +264,7 @@ func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, poli
 			rec.taken = nil
 			r.retryN = 0
 			if wasTaken || !held || healed {
-				r.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: Exclusive, Ours: true, Holder: id, Revision: res.rev, At: now})
+				r.k.disp.push(KeyEvent{Key: p.key, Change: Acquired, Policy: Exclusive, Ours: true, Holder: id, Revision: res.rev, At: now})
 			}
 		}
 		return nil
@@ -259,7 +274,7 @@ func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, poli
 		prev := rec.taken
 		rec.taken, rec.own = te, owned{}
 		if prev == nil || prev.Holder != te.Holder {
-			r.disp.push(KeyEvent{Key: p.key, Change: Taken, Policy: Exclusive, Holder: res.holder, Revision: res.rev, At: now})
+			r.k.disp.push(KeyEvent{Key: p.key, Change: Taken, Policy: Exclusive, Holder: res.holder, Revision: res.rev, At: now})
 		}
 		r.scheduleRetryLocked(lkerrors.KeyTaken)
 	}
@@ -267,5 +282,5 @@ func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, poli
 }
 
 func (r *registry) classify(err error) error {
-	return lkerrors.ClassifyConn(err, r.b.connState())
+	return lkerrors.ClassifyConn(err, r.k.hub.b.connState())
 }

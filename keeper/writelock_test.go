@@ -40,6 +40,7 @@ func TestWriteLockTurns(t *testing.T) {
 		require.NoError(t, w.lock(context.Background()), "the lock stayed with a waiter that gave up")
 		w.unlock()
 		assert.False(t, w.held)
-		assert.Nil(t, w.waiters, "an idle lock keeps its waiters' slice")
+		assert.Nil(t, w.head, "an idle lock keeps a waiter")
+		assert.Nil(t, w.tail, "an idle lock keeps a waiter")
 	})
 }
