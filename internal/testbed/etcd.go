@@ -269,10 +269,25 @@ func (c *Cluster) Close() {
 // CPU returns the user and system time the member's process has used,
 // read from /proc (Linux), or an error where it cannot be read.
 func (m *Member) CPU() (time.Duration, error) {
-	if m.cmd == nil || m.cmd.Process == nil {
+	pid := m.Pid()
+	if pid == 0 {
 		return 0, errors.New("testbed: member not running")
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", m.cmd.Process.Pid))
+	return ProcessCPU(pid)
+}
+
+// Pid returns the member's process ID, or 0 while it is not running.
+func (m *Member) Pid() int {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}
+
+// ProcessCPU returns the user and system time process pid has used, read
+// from /proc (Linux), or an error where it cannot be read.
+func ProcessCPU(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
 	}

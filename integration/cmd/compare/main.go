@@ -33,6 +33,13 @@ type options struct {
 	skipScale   bool
 	skipTimers  bool
 	skipSoak    bool
+
+	// A cost child (costIn): which holder, on which member, how many.
+	cost        string
+	costTarget  string
+	costPid     int
+	costClients int
+	costLeases  int
 }
 
 func main() {
@@ -51,7 +58,19 @@ func main() {
 	flag.DurationVar(&o.soakFor, "soak-for", 5*time.Minute, "how long the many keepers of figure 8 run")
 	flag.IntVar(&o.soakKeepers, "soak-keepers", 10000, "keepers in figure 8")
 	flag.BoolVar(&o.skipSoak, "skip-soak", false, "skip figure 8")
+	flag.StringVar(&o.cost, "cost", "", "internal: measure the cost of this holder (keepers, keepalives) and print it")
+	flag.StringVar(&o.costTarget, "cost-target", "", "internal: the member's client address, for -cost")
+	flag.IntVar(&o.costPid, "cost-pid", 0, "internal: the member's process ID, for -cost")
+	flag.IntVar(&o.costClients, "cost-clients", 1, "internal: clients, for -cost")
+	flag.IntVar(&o.costLeases, "cost-leases", 1, "internal: leases per client, for -cost")
 	flag.Parse()
+	if o.cost != "" {
+		if err := costChild(o); err != nil {
+			fmt.Fprintln(os.Stderr, "compare -cost:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "compare:", err)
 		os.Exit(1)

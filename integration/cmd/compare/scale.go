@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,7 +30,7 @@ type usage struct {
 	bytes      int64
 }
 
-func measure(p *testbed.Proxy, m *testbed.Member) usage {
+func measure(p *testbed.Proxy, serverPid int) usage {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -38,8 +41,8 @@ func measure(p *testbed.Proxy, m *testbed.Member) usage {
 	if p != nil {
 		u.bytes = p.Bytes()
 	}
-	if m != nil {
-		u.server, _ = m.CPU()
+	if serverPid != 0 {
+		u.server, _ = testbed.ProcessCPU(serverPid)
 	}
 	return u
 }
@@ -54,22 +57,22 @@ func scaleFigures(bin string, o options, r *report) error {
 	target := strings.TrimPrefix(m.ClientURL, "http://")
 
 	progress("renewal cost: %d keepers on one client for %s", o.leases, o.scaleFor)
-	kc, err := cost(target, m, 1, o.leases, o.scaleFor, keepers)
+	kc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepers")
 	if err != nil {
 		return err
 	}
 	progress("renewal cost: %d KeepAlive leases on one client for %s", o.leases, o.scaleFor)
-	ac, err := cost(target, m, 1, o.leases, o.scaleFor, keepAlives)
+	ac, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives")
 	if err != nil {
 		return err
 	}
 	progress("fleet cost: %d clients with one keeper each for %s", o.fleet, o.scaleFor)
-	kf, err := cost(target, m, o.fleet, 1, o.scaleFor, keepers)
+	kf, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepers")
 	if err != nil {
 		return err
 	}
 	progress("fleet cost: %d clients with one KeepAlive lease each for %s", o.fleet, o.scaleFor)
-	af, err := cost(target, m, o.fleet, 1, o.scaleFor, keepAlives)
+	af, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepalives")
 	if err != nil {
 		return err
 	}
@@ -80,11 +83,13 @@ func scaleFigures(bin string, o options, r *report) error {
 	}
 	header := []string{"client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)", "goroutine stacks (MiB)"}
 	r.add(fmt.Sprintf("## 4. Cost of renewing leases for %s\n\n", o.scaleFor) +
-		"TTL 10 s, one key per lease, side by side in one run against one etcd member. Client CPU is this " +
+		"TTL 10 s, one key per lease, side by side in one run against one etcd member, each row in a process of its own " +
+		"(so that none inherits what another left in the Go runtime). Client CPU is that " +
 		"process's user+system time and etcd CPU the member process's (from /proc); bytes are counted both " +
-		"ways in a proxy; goroutines, heap (in use after GC) and goroutine stacks are the increase over the idle clients. " +
+		"ways in a proxy; goroutines, heap (in use after GC) and goroutine stacks are the increase over the idle clients, " +
+		"measured after one lease of the same kind was held and stopped on them (what the process does once is not a lease's cost). " +
 		"The keepers watch their keys (the default); the `KeepAlive` variant drains each channel in a " +
-		"goroutine, as users do.\n\n" +
+		"goroutine and stops by canceling its context, as users do.\n\n" +
 		fmt.Sprintf("### %d leases on one client\n\n", o.leases) +
 		table(header, [][]string{row("leasekeeper", kc), row("Lease.KeepAlive", ac)}) +
 		fmt.Sprintf("\nTarget, client CPU, etcd CPU, bytes and heap no more than `KeepAlive`'s: client CPU %s, etcd CPU %s, bytes %s, heap %s.\n\n",
@@ -121,7 +126,7 @@ func scaleFigures(bin string, o options, r *report) error {
 		return err
 	}
 	r.add(fmt.Sprintf("## 6. Idle footprint of %d keepers on one client\n\n", o.keepers) +
-		"Renewals cost a timer, not a goroutine, and the keepers of one client share one watch of their " +
+		"Renewals cost an alarm in the hub's timers, not a goroutine, and the keepers of one client share one watch of their " +
 		"keys: an idle keeper has no goroutine, with its key watched (the default) or not.\n\n" +
 		table([]string{"per keeper", "value", "target"}, [][]string{
 			{"goroutines, DisableWatch", fmt.Sprintf("%.4f", g), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(g < 0.01))},
@@ -227,9 +232,50 @@ func keepAlives(cli *clientv3.Client, prefix string, n int) (func(), error) {
 	return stop, nil
 }
 
+// holders are the holders a cost child runs, by name.
+var holders = map[string]holder{"keepers": keepers, "keepalives": keepAlives}
+
+// costIn runs cost in a process of its own (this command again, with
+// -cost), so that no phase inherits what another left in the runtime: the
+// goroutine descriptors the runtime keeps for reuse, once allocated, would
+// otherwise be free for the phase after the one that made them, and its
+// heap would look smaller than it is.
+func costIn(target string, m *testbed.Member, clients, n int, d time.Duration, kind string) (usage, error) {
+	cmd := exec.Command(os.Args[0], "-cost", kind, "-cost-target", target, "-cost-pid", strconv.Itoa(m.Pid()),
+		"-cost-clients", strconv.Itoa(clients), "-cost-leases", strconv.Itoa(n), "-scale-for", d.String())
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return usage{}, fmt.Errorf("cost of %d %s on %d clients: %w", n, kind, clients, err)
+	}
+	var u usage
+	var cpu, server int64
+	if _, err := fmt.Sscan(string(out), &cpu, &server, &u.goroutines, &u.heap, &u.stacks, &u.bytes); err != nil {
+		return usage{}, fmt.Errorf("cost of %d %s: reading %q: %w", n, kind, out, err)
+	}
+	u.cpu, u.server = time.Duration(cpu), time.Duration(server)
+	return u, nil
+}
+
+// costChild is the process costIn runs: it prints cost's figures on
+// stdout.
+func costChild(o options) error {
+	start, ok := holders[o.cost]
+	if !ok {
+		return fmt.Errorf("no holder %q", o.cost)
+	}
+	u, err := cost(o.costTarget, o.costPid, o.costClients, o.costLeases, o.scaleFor, start)
+	if err != nil {
+		return err
+	}
+	fmt.Println(int64(u.cpu), int64(u.server), u.goroutines, u.heap, u.stacks, u.bytes)
+	return nil
+}
+
 // cost measures clients clients, each with n leases held by start, for d,
-// through one counting proxy in front of target (the member m).
-func cost(target string, m *testbed.Member, clients, n int, d time.Duration, start holder) (usage, error) {
+// through one counting proxy in front of target (the member process
+// serverPid).
+func cost(target string, serverPid, clients, n int, d time.Duration, start holder) (usage, error) {
 	p, err := testbed.NewProxy(target)
 	if err != nil {
 		return usage{}, err
@@ -251,7 +297,18 @@ func cost(target string, m *testbed.Member, clients, n int, d time.Duration, sta
 			return usage{}, err
 		}
 	}
-	idle := measure(p, m)
+	// One lease held and stopped first on the first client, so that what
+	// the process does once (protobuf's tables of the messages it sends
+	// for the first time, gRPC's first stream of a kind) is not counted as
+	// the leases' cost.
+	stop, err := start(clis[0], "cost/warm-up/", 1)
+	if stop != nil {
+		stop()
+	}
+	if err != nil {
+		return usage{}, err
+	}
+	idle := measure(p, serverPid)
 	var stops []func()
 	defer func() {
 		for _, stop := range stops {
@@ -265,7 +322,7 @@ func cost(target string, m *testbed.Member, clients, n int, d time.Duration, sta
 			return usage{}, err
 		}
 	}
-	return window(p, m, idle, d), nil
+	return window(p, serverPid, idle, d), nil
 }
 
 // settle is how long the setup settles before a window: more than the
@@ -275,11 +332,11 @@ const settle = 5 * time.Second
 
 // window measures the cost of d of steady state, after the setup settled:
 // CPU and bytes over d, goroutines and heap above idle at its end.
-func window(p *testbed.Proxy, m *testbed.Member, idle usage, d time.Duration) usage {
+func window(p *testbed.Proxy, serverPid int, idle usage, d time.Duration) usage {
 	time.Sleep(settle)
-	start := measure(p, m)
+	start := measure(p, serverPid)
 	time.Sleep(d)
-	end := measure(p, m)
+	end := measure(p, serverPid)
 	return usage{
 		cpu:        end.cpu - start.cpu,
 		server:     end.server - start.server,
@@ -387,14 +444,14 @@ func footprint(target string, o options, watch bool) (float64, float64, error) {
 	if _, err := cli.Get(context.Background(), "warm-up"); err != nil {
 		return 0, 0, err
 	}
-	idle := measure(nil, nil)
+	idle := measure(nil, 0)
 	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/", watch, nil)
 	defer closeKeepers(ks)
 	if err != nil {
 		return 0, 0, err
 	}
 	time.Sleep(time.Second) // let the callback dispatchers finish
-	u := measure(nil, nil)
+	u := measure(nil, 0)
 	n := float64(o.keepers)
 	return float64(u.goroutines-idle.goroutines) / n, float64(u.heap-min(u.heap, idle.heap)) / n, nil
 }

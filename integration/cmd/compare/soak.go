@@ -104,9 +104,9 @@ func soakFigure(bin string, o options, r *report) error {
 	time.Sleep(settle)
 	progress("many keepers: %d keepers for %s", o.soakKeepers, o.soakFor)
 	s.measuring.Store(true)
-	before := measure(nil, m)
+	before := measure(nil, m.Pid())
 	time.Sleep(o.soakFor)
-	after := measure(nil, m)
+	after := measure(nil, m.Pid())
 	s.measuring.Store(false)
 	healthy := 0
 	for _, k := range ks {
