@@ -8,7 +8,7 @@ import (
 // hub is the transport the keepers of one etcd client share: the backend
 // over the client, whose renewals of every lease go on one long-lived
 // stream (renewals.go), and one watch for the keys of all of them
-// (keywatch.go). keeper.New joins the client's hub, creating it for the
+// (watch.go). keeper.New joins the client's hub, creating it for the
 // first keeper; Close leaves it, and the last keeper to leave ends its
 // stream and watch. So the cluster serves one renewal stream and one watch
 // per client, as for etcd's own KeepAlive, however many keepers the client
