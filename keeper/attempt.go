@@ -420,7 +420,7 @@ func (l *leaseLoop) scheduleRetryLocked(kind lkerrors.Kind) {
 		return
 	}
 	d := l.retryDelayLocked(kind, time.Now())
-	if at, ok := l.k.hub.timers.when(&l.sched.attempt); !ok || time.Until(at) > d {
+	if at, ok := l.k.hub.timers.When(&l.sched.attempt); !ok || time.Until(at) > d {
 		l.scheduleLocked(d)
 	}
 }
@@ -430,7 +430,7 @@ func (l *leaseLoop) scheduleLocked(d time.Duration) {
 	if l.k.life.closed() {
 		return
 	}
-	l.k.hub.timers.set(&l.sched.attempt, time.Now().Add(d))
+	l.k.hub.timers.Set(&l.sched.attempt, time.Now().Add(d))
 }
 
 // failureLogEvery is how often an outage repeats its warning.

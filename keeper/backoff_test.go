@@ -76,7 +76,7 @@ func BenchmarkScheduleRenewal(b *testing.B) {
 	for b.Loop() {
 		l.scheduleLocked(time.Hour)
 	}
-	l.k.hub.timers.stop(&l.sched.attempt)
+	l.k.hub.timers.Stop(&l.sched.attempt)
 	l.mu.Unlock()
 }
 

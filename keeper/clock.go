@@ -52,7 +52,7 @@ func (l *leaseLoop) checkTimeLocked(now time.Time) {
 		l.stepLocked(statemachine.DeadlineReached, withLast(ErrDeadline, l.fails.last), l.lease.deadline)
 		// Timers that fired late (a paused process) may have left no
 		// attempt behind: recovery starts now.
-		if !l.k.hub.timers.pending(&l.sched.attempt) && !l.running && l.recoveringLocked() {
+		if !l.k.hub.timers.Pending(&l.sched.attempt) && !l.running && l.recoveringLocked() {
 			l.scheduleLocked(0)
 		}
 	case st == statemachine.Healthy && !now.Before(l.lease.deadline.Add(-l.timingLocked().threshold)):
@@ -66,14 +66,14 @@ func (l *leaseLoop) checkTimeLocked(now time.Time) {
 func (l *leaseLoop) rearmCheckLocked(now time.Time) {
 	st := l.m.State()
 	if l.k.life.closed() || l.lease.id == 0 || l.lease.gone || (st != statemachine.Healthy && st != statemachine.Degraded) {
-		l.k.hub.timers.stop(&l.sched.check)
+		l.k.hub.timers.Stop(&l.sched.check)
 		return
 	}
 	at := l.lease.deadline
 	if low := l.lease.deadline.Add(-l.timingLocked().threshold); st == statemachine.Healthy && now.Before(low) {
 		at = low
 	}
-	l.k.hub.timers.set(&l.sched.check, at)
+	l.k.hub.timers.Set(&l.sched.check, at)
 }
 
 // onCheck is the check alarm's function.
@@ -85,7 +85,7 @@ func (l *leaseLoop) onCheck() {
 	}
 	now := time.Now()
 	l.checkTimeLocked(now)
-	if !l.k.hub.timers.pending(&l.sched.check) {
+	if !l.k.hub.timers.Pending(&l.sched.check) {
 		l.rearmCheckLocked(now)
 	}
 }

@@ -39,7 +39,7 @@ func (l *leaseLoop) watchConnLocked() {
 		if l.conn == w {
 			l.conn = nil
 		}
-		if ready && !l.k.life.closed() && !l.running && l.k.hub.timers.pending(&l.sched.attempt) {
+		if ready && !l.k.life.closed() && !l.running && l.k.hub.timers.Pending(&l.sched.attempt) {
 			l.k.logger().Debug("connection ready: attempting now")
 			l.scheduleLocked(0)
 		}

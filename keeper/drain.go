@@ -64,6 +64,6 @@ func (k *Keeper) Drain(ctx context.Context, delay time.Duration, stop func()) er
 func (l *leaseLoop) drain() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.k.hub.timers.stop(&l.sched.check)
+	l.k.hub.timers.Stop(&l.sched.check)
 	l.stepLocked(statemachine.Drain, nil, time.Now())
 }

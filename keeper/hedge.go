@@ -8,6 +8,7 @@ import (
 	"time"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/internal/alarm"
 )
 
 // keepAlive renews lease a.id and calls done once with the TTL and the
@@ -50,8 +51,8 @@ func (l *leaseLoop) keepAlive(a attempt, done func(keepAliveResult)) {
 	k.most = int(a.timeout/(k.every/2)) + 2
 	k.first.err = context.DeadlineExceeded
 	k.nextAt = now.Add(jittered(k.every, a.live))
-	k.tick.r = k
-	l.k.hub.timers.set(&k.tick, earlier(k.nextAt, k.end))
+	k.tick.On(k)
+	l.k.hub.timers.Set(&k.tick, earlier(k.nextAt, k.end))
 	k.stopLife = l.k.life.afterClose(k.onClose)
 	k.mu.Lock()
 	req := k.addLocked()
@@ -83,7 +84,7 @@ type keepAliveRun struct {
 	l        *leaseLoop
 	a        attempt
 	done     func(keepAliveResult)
-	tick     alarm // the next fresh keepalive, or the end
+	tick     alarm.Alarm // the next fresh keepalive, or the end
 	stopLife func() bool
 
 	mu           sync.Mutex
@@ -154,8 +155,8 @@ func (k *keepAliveRun) onReply(r keepAliveReply) {
 	k.finishLocked(cancels)
 }
 
-// ring is the alarm's: a fresh keepalive is due, or the attempt's end.
-func (k *keepAliveRun) ring() {
+// Ring is the alarm's: a fresh keepalive is due, or the attempt's end.
+func (k *keepAliveRun) Ring() {
 	k.mu.Lock()
 	if k.over {
 		k.mu.Unlock()
@@ -178,7 +179,7 @@ func (k *keepAliveRun) ring() {
 		}
 	}
 	if len(k.reqs) > 0 {
-		k.l.k.hub.timers.set(&k.tick, earlier(k.nextAt, k.end))
+		k.l.k.hub.timers.Set(&k.tick, earlier(k.nextAt, k.end))
 	}
 	k.finishLocked(cancels)
 	if fresh != nil {
@@ -230,7 +231,7 @@ func (k *keepAliveRun) finishLocked(cancels []func()) {
 	if !end {
 		return
 	}
-	k.l.k.hub.timers.stop(&k.tick)
+	k.l.k.hub.timers.Stop(&k.tick)
 	k.stopLife()
 	f := k.first
 	if f.err != nil {

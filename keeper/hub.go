@@ -3,6 +3,8 @@ package keeper
 import (
 	"context"
 	"sync"
+
+	"github.com/leasekeeper/leasekeeper/internal/alarm"
 )
 
 // hub is the transport the keepers of one etcd client share: the backend
@@ -12,14 +14,14 @@ import (
 // first keeper; Close leaves it, and the last keeper to leave ends its
 // stream and watch. So the cluster serves one renewal stream and one watch
 // per client, as for etcd's own KeepAlive, however many keepers the client
-// has. The keepers' timers run off one runtime timer too (alarms.go): an
+// has. The keepers' timers run off one runtime timer too (internal/alarm): an
 // idle keeper costs two alarms in its own state, not a goroutine.
 type hub struct {
 	key    any // the client, or the tests' fake backend
 	b      backend
 	watch  *watchHub
-	timers alarms // the keepers' timers
-	refs   int    // keepers joined; guarded by hubs.mu
+	timers alarm.Set // the keepers' timers
+	refs   int       // keepers joined; guarded by hubs.mu
 }
 
 // hubs holds the hub of every client in use.
@@ -58,6 +60,6 @@ func (h *hub) leave(ctx context.Context) error {
 	}
 	err := h.watch.close(ctx)
 	h.b.close()
-	h.timers.close()
+	h.timers.Close()
 	return err
 }

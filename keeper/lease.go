@@ -8,6 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
+	"github.com/leasekeeper/leasekeeper/internal/alarm"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -46,10 +47,10 @@ type lease struct {
 
 // schedule is when the loop acts next: the alarm of the next attempt, and
 // the alarm that moves the state at the degrade threshold and at D. Both
-// are in the hub's timers (alarms.go).
+// are in the hub's timers (internal/alarm).
 type schedule struct {
-	attempt alarm // rings fire
-	check   alarm // rings onCheck
+	attempt alarm.Alarm // rings fire
+	check   alarm.Alarm // rings onCheck
 }
 
 // failures are the failed attempts since the last success: how many, the
@@ -76,7 +77,8 @@ func (l *leaseLoop) init(k *Keeper) error {
 		return err
 	}
 	l.k, l.m = k, *m
-	l.sched.attempt.r, l.sched.check.r = (*attemptAlarm)(l), (*checkAlarm)(l)
+	l.sched.attempt.On((*attemptAlarm)(l))
+	l.sched.check.On((*checkAlarm)(l))
 	return nil
 }
 
@@ -88,8 +90,8 @@ type (
 	checkAlarm   leaseLoop
 )
 
-func (a *attemptAlarm) ring() { (*leaseLoop)(a).fire() }
-func (c *checkAlarm) ring()   { (*leaseLoop)(c).onCheck() }
+func (a *attemptAlarm) Ring() { (*leaseLoop)(a).fire() }
+func (c *checkAlarm) Ring()   { (*leaseLoop)(c).onCheck() }
 
 // view returns the lease as it stands at now; after Close, none.
 func (l *leaseLoop) view(now time.Time) leaseView {
@@ -164,7 +166,7 @@ func (l *leaseLoop) start(ctx context.Context) error {
 				lastErr = lkerrors.ClassifyConn(ctx.Err(), l.k.hub.b.connState())
 			}
 			if l.k.cfg.DisableRecovery && l.m.State() != statemachine.Healthy {
-				l.k.hub.timers.stop(&l.sched.attempt)
+				l.k.hub.timers.Stop(&l.sched.attempt)
 			}
 			return lastErr
 		}
@@ -176,8 +178,8 @@ func (l *leaseLoop) start(ctx context.Context) error {
 func (l *leaseLoop) close() clientv3.LeaseID {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.k.hub.timers.stop(&l.sched.attempt)
-	l.k.hub.timers.stop(&l.sched.check)
+	l.k.hub.timers.Stop(&l.sched.attempt)
+	l.k.hub.timers.Stop(&l.sched.check)
 	l.stopConnWatchLocked()
 	l.stepLocked(statemachine.Close, nil, time.Now())
 	if l.lease.gone {

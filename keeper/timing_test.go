@@ -203,8 +203,8 @@ func TestStateAfterPause(t *testing.T) {
 		startHealthy(t, k, "svc/a")
 		l := &k.loop
 		l.mu.Lock()
-		l.k.hub.timers.stop(&l.sched.attempt)
-		l.k.hub.timers.stop(&l.sched.check)
+		l.k.hub.timers.Stop(&l.sched.attempt)
+		l.k.hub.timers.Stop(&l.sched.check)
 		l.mu.Unlock()
 		// Past the threshold (5s left of 9.75s), before D: degraded.
 		time.Sleep(5 * time.Second)

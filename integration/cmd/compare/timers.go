@@ -9,13 +9,19 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/leasekeeper/leasekeeper/internal/alarm"
 )
 
 // timerFigure schedules o.timers renewals due over one to eleven seconds
 // (100,000 a second for a million, the rate of a million 30 s leases), as
-// time.AfterFunc timers (the keeper's design) and as entries of a heap that
-// one goroutine polls with a 10 ms ticker, and reports lateness and memory.
+// alarms of one alarm.Set (the keeper's design: one runtime timer over a
+// heap, per client), as time.AfterFunc timers, and as entries of a heap
+// that one goroutine polls with a 10 ms ticker, and reports lateness and
+// memory.
 func timerFigure(o options, r *report) {
+	progress("scheduling: %d alarms of one alarm.Set", o.timers)
+	sLate, sMem := alarmSet(o.timers)
 	progress("scheduling: %d AfterFunc timers", o.timers)
 	aLate, aMem := afterFuncTimers(o.timers)
 	progress("scheduling: a ticker loop over %d entries", o.timers)
@@ -27,9 +33,10 @@ func timerFigure(o options, r *report) {
 	}
 	r.add(fmt.Sprintf("## 7. Scheduling %d pending renewals\n\n", o.timers) +
 		"Each renewal is due at a random time one to eleven seconds ahead. Lateness is fire time minus due time; " +
-		"memory is the heap in use per pending renewal.\n\n" +
+		"memory is the heap in use per pending renewal, with what each design keeps to note its lateness.\n\n" +
 		table([]string{"design", "lateness p50", "lateness p99", "bytes per renewal"}, [][]string{
-			row("time.AfterFunc per renewal (the keeper)", aLate, aMem),
+			row("one runtime timer over a heap, internal/alarm (the keeper)", sLate, sMem),
+			row("time.AfterFunc per renewal", aLate, aMem),
 			row("one goroutine, 10 ms ticker over a heap", tLate, tMem),
 		}))
 }
@@ -66,6 +73,40 @@ func afterFuncTimers(n int) ([]time.Duration, float64) {
 	mem := float64(heapInUse()-min(heapInUse(), before)) / float64(n)
 	wg.Wait()
 	runtime.KeepAlive(timers)
+	return late, mem
+}
+
+// timedRing is one pending renewal of alarmSet: its alarm, and what it
+// notes when it rings.
+type timedRing struct {
+	a    alarm.Alarm
+	at   time.Time
+	late *time.Duration
+	wg   *sync.WaitGroup
+}
+
+func (r *timedRing) Ring() {
+	*r.late = time.Since(r.at)
+	r.wg.Done()
+}
+
+func alarmSet(n int) ([]time.Duration, float64) {
+	due := dueTimes(n)
+	late := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	wg.Add(n)
+	before := heapInUse()
+	var s alarm.Set
+	defer s.Close()
+	rings := make([]timedRing, n)
+	for i := range rings {
+		r := &rings[i]
+		r.at, r.late, r.wg = time.Now().Add(due[i]), &late[i], &wg
+		r.a.On(r)
+		s.Set(&r.a, r.at)
+	}
+	mem := float64(heapInUse()-min(heapInUse(), before)) / float64(n)
+	wg.Wait()
 	return late, mem
 }
 

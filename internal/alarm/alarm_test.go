@@ -1,4 +1,4 @@
-package keeper
+package alarm
 
 import (
 	"sync"
@@ -20,7 +20,7 @@ type ringLog struct {
 	t0   time.Time
 }
 
-func (r ringLog) ring() {
+func (r ringLog) Ring() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	*r.log = append(*r.log, r.name)
@@ -33,25 +33,25 @@ func (r ringLog) ring() {
 // ring one after the other on one goroutine.
 func TestAlarmsRingInOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var s alarms
-		defer s.close()
+		var s Set
+		defer s.Close()
 		var mu sync.Mutex
 		var log []string
 		var at []time.Duration
 		t0 := time.Now()
-		mk := func(name string) *alarm {
-			return &alarm{r: ringLog{name: name, mu: &mu, log: &log, at: &at, t0: t0}}
+		mk := func(name string) *Alarm {
+			return &Alarm{r: ringLog{name: name, mu: &mu, log: &log, at: &at, t0: t0}}
 		}
 		a, b, c, d, e := mk("a"), mk("b"), mk("c"), mk("d"), mk("e")
-		s.set(c, t0.Add(3*time.Second))
-		s.set(a, t0.Add(1*time.Second))
-		s.set(b, t0.Add(5*time.Second))
-		s.set(d, t0.Add(2*time.Second))
-		s.set(e, t0.Add(2*time.Second))
-		s.set(b, t0.Add(2500*time.Millisecond)) // moved earlier while pending
-		assert.True(t, s.stop(d), "a pending alarm was not stopped")
-		assert.False(t, s.stop(d), "a stopped alarm was stopped again")
-		when, ok := s.when(c)
+		s.Set(c, t0.Add(3*time.Second))
+		s.Set(a, t0.Add(1*time.Second))
+		s.Set(b, t0.Add(5*time.Second))
+		s.Set(d, t0.Add(2*time.Second))
+		s.Set(e, t0.Add(2*time.Second))
+		s.Set(b, t0.Add(2500*time.Millisecond)) // moved earlier while pending
+		assert.True(t, s.Stop(d), "a pending alarm was not stopped")
+		assert.False(t, s.Stop(d), "a stopped alarm was stopped again")
+		when, ok := s.When(c)
 		assert.True(t, ok)
 		assert.Equal(t, t0.Add(3*time.Second), when)
 
@@ -61,21 +61,21 @@ func TestAlarmsRingInOrder(t *testing.T) {
 		assert.Equal(t, []string{"a", "e", "b", "c"}, log)
 		assert.Equal(t, []time.Duration{time.Second, 2 * time.Second, 2500 * time.Millisecond, 3 * time.Second}, at)
 		mu.Unlock()
-		for _, x := range []*alarm{a, b, c, d, e} {
-			assert.False(t, s.pending(x), "an alarm that rang is still set")
+		for _, x := range []*Alarm{a, b, c, d, e} {
+			assert.False(t, s.Pending(x), "an alarm that rang is still set")
 		}
 		assert.Empty(t, s.heap)
 
 		// Set from its own ring, an alarm rings again; one set in the past
 		// rings at once.
-		var again alarm
+		var again Alarm
 		var n atomic.Int32
-		again.r = ringFunc(func() {
+		again.On(ringFunc(func() {
 			if n.Add(1) < 3 {
-				s.set(&again, time.Now().Add(time.Second))
+				s.Set(&again, time.Now().Add(time.Second))
 			}
-		})
-		s.set(&again, time.Now().Add(-time.Second))
+		}))
+		s.Set(&again, time.Now().Add(-time.Second))
 		synctest.Wait()
 		require.EqualValues(t, 1, n.Load(), "an alarm set in the past did not ring at once")
 		time.Sleep(5 * time.Second)
@@ -86,4 +86,4 @@ func TestAlarmsRingInOrder(t *testing.T) {
 
 type ringFunc func()
 
-func (f ringFunc) ring() { f() }
+func (f ringFunc) Ring() { f() }

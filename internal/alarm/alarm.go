@@ -1,41 +1,47 @@
-package keeper
+// Package alarm runs many timers off one runtime timer: the timers of
+// every keeper on one etcd client (when each keeper's next attempt is due,
+// when its state moves at the degrade threshold or at its deadline, when
+// an attempt's next keepalive goes out).
+package alarm
 
 import (
 	"sync"
 	"time"
 )
 
-// alarms runs the timers of every keeper on one hub (when each keeper's
-// next attempt is due, when its state moves at the degrade threshold or at
-// D, when an attempt's next keepalive goes out) off one runtime timer, on
-// one goroutine at a time. Keepers renew together on the renewal grid: with
-// a runtime timer each, a thousand keepers due at one point would start a
-// thousand goroutines at once, whose descriptors the runtime then keeps for
-// good, and a thousand timers in the heap besides. Here they cost an alarm
-// each in the keeper, and a slot in one heap while set.
+// Set runs its alarms off one runtime timer, on one goroutine at a time.
+// Keepers renew together on the renewal grid: with a runtime timer each, a
+// thousand keepers due at one point would start a thousand goroutines at
+// once, whose descriptors the runtime then keeps for good, and a thousand
+// timers in the heap besides. In a Set they cost an Alarm each, in the
+// keeper, and a slot in one heap while set. Its zero value is ready.
 //
-// An alarm rings on the goroutine of the runtime timer, one after
-// the other with every alarm due at the same time: it must not block.
-type alarms struct {
+// An alarm rings on the goroutine of the runtime timer, one after the
+// other with every alarm due at the same time: its Ringer must not block.
+type Set struct {
 	mu    sync.Mutex
-	heap  []*alarm    // by at, earliest first
+	heap  []*Alarm    // by at, earliest first
 	t     *time.Timer // fires at armed, for heap[0]
 	armed time.Time   // zero while t is stopped or firing
 	base  time.Time   // what the alarms' times count from: the first set
 }
 
-// alarm is one timer in alarms: r rings at at, unless stopped first.
-type alarm struct {
-	r  ringer
-	at time.Duration // since the alarms' base: 8 bytes in the keeper, not a time.Time's 24
+// Alarm is one timer in a Set: its Ringer rings at its time, unless it
+// is stopped first. Its zero value, given a Ringer with On, is ready.
+type Alarm struct {
+	r  Ringer
+	at time.Duration // since the Set's base: 8 bytes, not a time.Time's 24
 	i  int           // index in the heap plus one; 0 while not set
 }
 
-// ringer is what an alarm calls.
-type ringer interface{ ring() }
+// Ringer is what an Alarm calls.
+type Ringer interface{ Ring() }
 
-// set makes a ring at at, whether or not it was set.
-func (s *alarms) set(a *alarm, at time.Time) {
+// On makes r what a rings; a must not be set.
+func (a *Alarm) On(r Ringer) { a.r = r }
+
+// Set makes a ring at at, whether or not it was set.
+func (s *Set) Set(a *Alarm, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.base.IsZero() {
@@ -52,8 +58,8 @@ func (s *alarms) set(a *alarm, at time.Time) {
 	s.armLocked()
 }
 
-// stop unsets a; it reports whether a was set.
-func (s *alarms) stop(a *alarm) bool {
+// Stop unsets a; it reports whether a was set.
+func (s *Set) Stop(a *Alarm) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if a.i == 0 {
@@ -63,22 +69,22 @@ func (s *alarms) stop(a *alarm) bool {
 	return true
 }
 
-// pending reports whether a is set.
-func (s *alarms) pending(a *alarm) bool {
+// Pending reports whether a is set.
+func (s *Set) Pending(a *Alarm) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return a.i != 0
 }
 
-// when returns when a rings, and whether it is set.
-func (s *alarms) when(a *alarm) (time.Time, bool) {
+// When returns when a rings, and whether it is set.
+func (s *Set) When(a *Alarm) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.base.Add(a.at), a.i != 0
 }
 
-// close stops the runtime timer; every alarm must be stopped already.
-func (s *alarms) close() {
+// Close stops the runtime timer; every alarm must be stopped already.
+func (s *Set) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.t != nil {
@@ -89,11 +95,11 @@ func (s *alarms) close() {
 
 // fire is the runtime timer's function: it takes every alarm due and runs
 // them in order.
-func (s *alarms) fire() {
+func (s *Set) fire() {
 	s.mu.Lock()
 	s.armed = time.Time{}
 	now := time.Since(s.base)
-	var due []*alarm
+	var due []*Alarm
 	for len(s.heap) > 0 && s.heap[0].at <= now {
 		a := s.heap[0]
 		s.removeLocked(a)
@@ -102,13 +108,13 @@ func (s *alarms) fire() {
 	s.armLocked()
 	s.mu.Unlock()
 	for _, a := range due {
-		a.r.ring()
+		a.r.Ring()
 	}
 }
 
 // armLocked makes the runtime timer fire when the earliest alarm is due,
 // unless it already fires no later.
-func (s *alarms) armLocked() {
+func (s *Set) armLocked() {
 	if len(s.heap) == 0 {
 		return
 	}
@@ -124,7 +130,7 @@ func (s *alarms) armLocked() {
 	s.t.Reset(time.Until(at))
 }
 
-func (s *alarms) removeLocked(a *alarm) {
+func (s *Set) removeLocked(a *Alarm) {
 	i, last := a.i-1, len(s.heap)-1
 	if i != last {
 		s.swap(i, last)
@@ -137,16 +143,16 @@ func (s *alarms) removeLocked(a *alarm) {
 	}
 }
 
-func (s *alarms) less(i, j int) bool { return s.heap[i].at < s.heap[j].at }
+func (s *Set) less(i, j int) bool { return s.heap[i].at < s.heap[j].at }
 
-func (s *alarms) swap(i, j int) {
+func (s *Set) swap(i, j int) {
 	s.heap[i], s.heap[j] = s.heap[j], s.heap[i]
 	s.heap[i].i, s.heap[j].i = i+1, j+1
 }
 
 // up moves the alarm at i towards the root while it is due sooner than
 // its parent; it reports whether it moved.
-func (s *alarms) up(i int) bool {
+func (s *Set) up(i int) bool {
 	moved := false
 	for i > 0 {
 		p := (i - 1) / 2
@@ -159,7 +165,7 @@ func (s *alarms) up(i int) bool {
 	return moved
 }
 
-func (s *alarms) down(i int) {
+func (s *Set) down(i int) {
 	n := len(s.heap)
 	for {
 		c := 2*i + 1
