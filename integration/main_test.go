@@ -17,6 +17,8 @@ var (
 	etcdBin, leasekeeperBin, greeterBin string
 	// moduleRoot is the repository root, where docker-compose.yml is.
 	moduleRoot string
+	// etcdVersion is the version etcdBin reports.
+	etcdVersion string
 )
 
 func TestMain(m *testing.M) {
@@ -33,6 +35,10 @@ func run(m *testing.M) int {
 	moduleRoot = root
 	if etcdBin, err = testbed.BuildEtcd(root); err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if etcdVersion, err = testbed.EtcdVersion(etcdBin); err != nil {
+		fmt.Fprintln(os.Stderr, "etcd --version:", err)
 		return 1
 	}
 	dir, err := os.MkdirTemp("", "leasekeeper-it")

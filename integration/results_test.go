@@ -46,6 +46,9 @@ func printResults(w io.Writer) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
 	discoveryMu.Lock()
+	if len(discoveryResults) > 0 || len(results) > 0 {
+		fmt.Fprintf(w, "against etcd %s processes\n\n", etcdVersion)
+	}
 	if len(discoveryResults) > 0 {
 		fmt.Fprintln(w, "| discovery scenario | calls | failed | note |")
 		fmt.Fprintln(w, "|---|---|---|---|")

@@ -21,21 +21,35 @@ import (
 	"github.com/leasekeeper/leasekeeper/internal/freeport"
 )
 
+// EtcdEnv names the environment variable that picks the etcd the tests
+// run: unset, the version go.mod names; "3.5", the v3.5 line, built from
+// the module of its own in integration/etcd35.
+const EtcdEnv = "LEASEKEEPER_ETCD"
+
 // BuildEtcd builds etcd's server from go.etcd.io/etcd/server/v3/etcdmain at
-// the version go.mod names and returns the binary's path. The binary is
-// cached in the user cache directory under a name derived from go.sum, so
-// later runs reuse it; Go's build cache makes a rebuild cheap as well.
+// the version go.mod names (or the one EtcdEnv picks) and returns the
+// binary's path. The binary is cached in the user cache directory under a
+// name derived from the go.sum it is built with, so later runs reuse it;
+// Go's build cache makes a rebuild cheap as well.
 func BuildEtcd(moduleRoot string) (string, error) {
-	sum, err := os.ReadFile(filepath.Join(moduleRoot, "go.sum"))
+	dir, pkg := moduleRoot, "./integration/cmd/etcd"
+	switch v := os.Getenv(EtcdEnv); v {
+	case "":
+	case "3.5":
+		dir, pkg = filepath.Join(moduleRoot, "integration", "etcd35"), "."
+	default:
+		return "", fmt.Errorf("%s=%q: want unset or 3.5", EtcdEnv, v)
+	}
+	sum, err := os.ReadFile(filepath.Join(dir, "go.sum"))
 	if err != nil {
 		return "", err
 	}
 	h := sha256.Sum256(sum)
-	dir, err := os.UserCacheDir()
+	cache, err := os.UserCacheDir()
 	if err != nil {
-		dir = os.TempDir()
+		cache = os.TempDir()
 	}
-	bin := filepath.Join(dir, "leasekeeper", "etcd-"+hex.EncodeToString(h[:8]))
+	bin := filepath.Join(cache, "leasekeeper", "etcd-"+hex.EncodeToString(h[:8]))
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
@@ -43,13 +57,27 @@ func BuildEtcd(moduleRoot string) (string, error) {
 		return "", err
 	}
 	tmp := fmt.Sprintf("%s.%d", bin, os.Getpid())
-	cmd := exec.Command("go", "build", "-o", tmp, "./integration/cmd/etcd")
-	cmd.Dir = moduleRoot
+	cmd := exec.Command("go", "build", "-o", tmp, pkg)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build etcd: %w\n%s", err, out)
 	}
 	return bin, os.Rename(tmp, bin)
+}
+
+// EtcdVersion returns the version the etcd binary bin reports.
+func EtcdVersion(bin string) (string, error) {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return "", err
+	}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "etcd Version: "); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("no version in %q", out)
 }
 
 // ShortReconnect makes a client retry a lost connection within a second
