@@ -15,16 +15,16 @@ import (
 // methods are safe for concurrent use, and callbacks and observers may call
 // any of them, Close included.
 //
-// A Keeper is a façade over four parts, each with its own lock or none,
-// held in the Keeper itself (one allocation, not one per part: a thousand
-// keepers on a client are a thousand objects, not ten thousand small ones
-// spread over the heap among the garbage of their start):
+// A Keeper is a façade over four parts, each with its own lock or none:
 // the hub it shares with the other keepers on its client (hub.go: one
 // renewal stream in renewals.go, one key watch in watch.go), the lease loop
 // (lease.go: the lease, its deadline, attempts and the state machine), the
 // registry (registry.go: the keys and their writes) and the dispatcher
 // (dispatch.go: callbacks and observers). The registry's lock is taken
-// before the loop's and the hub's, the dispatcher's last.
+// before the loop's and the hub's, the dispatcher's last. The last three
+// parts live in the Keeper itself: a keeper is one allocation, not one per
+// part, so a thousand keepers on a client are a thousand objects, not ten
+// thousand small ones spread over the heap among the garbage of their start.
 type Keeper struct {
 	hub   *hub
 	cfg   Config // shared by the parts, never changed
