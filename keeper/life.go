@@ -20,11 +20,11 @@ import (
 // them at Close by AfterFunc instead.
 type life struct {
 	mu    sync.Mutex
-	n     int
+	n     int32         // work in flight
+	ended bool          // Close was called
 	idle  chan struct{} // closed when n drops to zero; nil while nobody waits
 	done  chan struct{} // closed at Close; made when first asked for
 	after afterList     // called at Close
-	ended bool          // Close was called
 }
 
 // ctx returns the life as a context.

@@ -66,6 +66,11 @@ func scaleFigures(bin string, o options, r *report) error {
 	if err != nil {
 		return err
 	}
+	progress("renewal cost: %d KeepAlive leases on contexts never canceled, on one client for %s", o.leases, o.scaleFor)
+	tc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives-uncanceled")
+	if err != nil {
+		return err
+	}
 	progress("fleet cost: %d clients with one keeper each for %s", o.fleet, o.scaleFor)
 	kf, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepers")
 	if err != nil {
@@ -91,9 +96,15 @@ func scaleFigures(bin string, o options, r *report) error {
 		"The keepers watch their keys (the default); the `KeepAlive` variant drains each channel in a " +
 		"goroutine and stops by canceling its context, as users do.\n\n" +
 		fmt.Sprintf("### %d leases on one client\n\n", o.leases) +
-		table(header, [][]string{row("leasekeeper", kc), row("Lease.KeepAlive", ac)}) +
-		fmt.Sprintf("\nTarget, client CPU, etcd CPU, bytes and heap no more than `KeepAlive`'s: client CPU %s, etcd CPU %s, bytes %s, heap %s.\n\n",
+		table(header, [][]string{row("leasekeeper", kc), row("Lease.KeepAlive", ac), row("Lease.KeepAlive, context never canceled", tc)}) +
+		fmt.Sprintf("\nTarget, client CPU, etcd CPU, bytes and heap no more than `KeepAlive`'s (the second row): "+
+			"client CPU %s, etcd CPU %s, bytes %s, heap %s.\n\n",
 			verdict(kc.cpu <= ac.cpu), verdict(kc.server <= ac.server), verdict(kc.bytes <= ac.bytes), verdict(kc.heap <= ac.heap)) +
+		fmt.Sprintf("A `KeepAlive` on a context that is never canceled (the third row) can be stopped only by revoking the lease "+
+			"or closing the client, and costs etcd's client one goroutine per lease less, the one that would close it with "+
+			"its context: beside it the keepers' client CPU is %s, etcd CPU %s, bytes %s and heap %s.\n\n",
+			compared(kc.cpu.Seconds(), tc.cpu.Seconds(), "s"), compared(kc.server.Seconds(), tc.server.Seconds(), "s"),
+			compared(float64(kc.bytes)/1024, float64(tc.bytes)/1024, "KiB"), compared(float64(kc.heap)/(1<<20), float64(tc.heap)/(1<<20), "MiB")) +
 		heapNote(kc, ac) +
 		fmt.Sprintf("### A fleet: %d clients with one lease each\n\n", o.fleet) +
 		table(header, [][]string{row("leasekeeper", kf), row("Lease.KeepAlive", af)}) +
@@ -233,7 +244,7 @@ func keepAlives(cli *clientv3.Client, prefix string, n int) (func(), error) {
 }
 
 // holders are the holders a cost child runs, by name.
-var holders = map[string]holder{"keepers": keepers, "keepalives": keepAlives}
+var holders = map[string]holder{"keepers": keepers, "keepalives": keepAlives, "keepalives-uncanceled": keepAlivesUncanceled}
 
 // costIn runs cost in a process of its own (this command again, with
 // -cost), so that no phase inherits what another left in the runtime: the
@@ -270,6 +281,40 @@ func costChild(o options) error {
 	}
 	fmt.Println(int64(u.cpu), int64(u.server), u.goroutines, u.heap, u.stacks, u.bytes)
 	return nil
+}
+
+// keepAlivesUncanceled holds n leases as keepAlives does, but each
+// KeepAlive on a context that is never canceled: etcd's client then runs
+// no goroutine of its own per lease to close it, and the leases end only
+// when they are revoked (at stop).
+func keepAlivesUncanceled(cli *clientv3.Client, prefix string, n int) (func(), error) {
+	var ids []clientv3.LeaseID
+	stop := func() {
+		for _, id := range ids {
+			rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, _ = cli.Revoke(rctx, id)
+			rcancel()
+		}
+	}
+	for i := range n {
+		g, err := cli.Grant(context.Background(), 10)
+		if err != nil {
+			return stop, err
+		}
+		ids = append(ids, g.ID)
+		if _, err := cli.Put(context.Background(), fmt.Sprintf("%ska/%06d", prefix, i), "v", clientv3.WithLease(g.ID)); err != nil {
+			return stop, err
+		}
+		ch, err := cli.KeepAlive(context.Background(), g.ID)
+		if err != nil {
+			return stop, err
+		}
+		go func() {
+			for range ch {
+			}
+		}()
+	}
+	return stop, nil
 }
 
 // cost measures clients clients, each with n leases held by start, for d,
@@ -456,14 +501,23 @@ func footprint(target string, o options, watch bool) (float64, float64, error) {
 	return float64(u.goroutines-idle.goroutines) / n, float64(u.heap-min(u.heap, idle.heap)) / n, nil
 }
 
+// compared says how a figure of the keepers' compares with another's.
+func compared(ours, theirs float64, unit string) string {
+	rel := "more than"
+	if ours <= theirs {
+		rel = "no more than"
+	}
+	return fmt.Sprintf("%s its (%.2f against %.2f %s)", rel, ours, theirs, unit)
+}
+
 // heapNote says why the keepers' heap is larger than KeepAlive's, when it
 // is.
 func heapNote(kc, ac usage) string {
 	if kc.heap <= ac.heap {
 		return ""
 	}
-	return "Heap: each keeper keeps its own state in the heap (its lease loop with D and the state machine, " +
-		"its registry of keys, its dispatcher, two timers; figure 6 gives the bytes per idle keeper), where " +
-		"the cost of a `KeepAlive` lease is mostly its two goroutines, whose stacks are outside the heap " +
-		"(the last column). The heap target is not met yet.\n\n"
+	return "Heap: each keeper keeps its own state in the heap (one object with its lease, its deadline, its state " +
+		"machine, its first key and its callbacks' queue; figure 6 gives the bytes per idle keeper), where " +
+		"the cost of a `KeepAlive` lease is mostly its goroutines, whose stacks are outside the heap " +
+		"(the last column). The heap target is not met.\n\n"
 }
