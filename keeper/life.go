@@ -100,7 +100,16 @@ func (l *life) wait(ctx context.Context) error {
 // bound returns ctx, ended also when the keeper closes, so that no call
 // made for a caller outlives Close.
 func (l *life) bound(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
+	return l.tie(context.WithCancel(ctx))
+}
+
+// tie makes ctx, which cancel ends, end also when the life does, at once
+// if it has, and returns it with the cancel that also undoes the tie.
+func (l *life) tie(ctx context.Context, cancel context.CancelFunc) (context.Context, context.CancelFunc) {
+	if l.closed() {
+		cancel()
+		return ctx, cancel
+	}
 	stop := l.afterClose(cancel)
 	return ctx, func() {
 		stop()
@@ -116,16 +125,7 @@ func (l *life) afterClose(f func()) (stop func() bool) { return lifeCtx{l}.After
 // set, still ahead and sooner, or at Close. It is not derived from the
 // life's context, whose Done channel a keeper then never needs to make.
 func (l *life) within(timeout time.Duration, limit time.Time) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithDeadline(context.Background(), attemptEnd(time.Now(), timeout, limit))
-	if l.closed() {
-		cancel()
-		return ctx, cancel
-	}
-	stop := l.afterClose(cancel)
-	return ctx, func() {
-		stop()
-		cancel()
-	}
+	return l.tie(context.WithDeadline(context.Background(), attemptEnd(time.Now(), timeout, limit)))
 }
 
 // lifeCtx is a life as a context.Context. Its AfterFunc is what

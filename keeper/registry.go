@@ -46,6 +46,10 @@ type record struct {
 	fight   fight          // restores of it that another writer undid
 }
 
+// toWrite reports whether the key waits to be written with the registry's
+// lease: pending, and not held back after a refusal.
+func (rec *record) toWrite() bool { return rec.pending && !rec.held }
+
 // owned is what the keeper knows of a key it wrote: the lease, the
 // revision of its last write and the key's create revision. For a
 // report-only key another writer changed, lease is 0 and seen (or gone, for
@@ -317,15 +321,8 @@ func (w *writeLock) lockLife(l *life) error {
 		w.mu.Unlock()
 		return nil
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stop := l.afterClose(cancel)
-	defer func() {
-		stop()
-		cancel()
-	}()
-	if l.closed() {
-		cancel()
-	}
+	ctx, cancel := l.bound(context.Background())
+	defer cancel()
 	return w.waitLocked(ctx)
 }
 

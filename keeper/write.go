@@ -41,7 +41,7 @@ func (r *registry) writePending(v leaseView) error {
 	}
 	for key, rec := range r.keys.all() {
 		switch {
-		case !rec.pending || rec.held:
+		case !rec.toWrite():
 		case rec.policy == Exclusive:
 			exclusive = append(exclusive, key)
 			taken[key] = rec.taken != nil
@@ -87,7 +87,7 @@ func (r *registry) pending(id clientv3.LeaseID) bool {
 		return false
 	}
 	for _, rec := range r.keys.all() {
-		if rec.pending && !rec.held {
+		if rec.toWrite() {
 			return true
 		}
 	}
@@ -155,7 +155,7 @@ func (r *registry) put(v leaseView, keys []string) error {
 	r.mu.Lock()
 	kvs := make([]kv, 0, len(keys))
 	for _, key := range keys {
-		if rec := r.keys.get(key); rec != nil && rec.pending && !rec.held && r.lease == v.id {
+		if rec := r.keys.get(key); rec != nil && rec.toWrite() && r.lease == v.id {
 			kvs = append(kvs, kv{key, rec.value})
 		}
 	}
