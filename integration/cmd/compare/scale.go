@@ -207,13 +207,22 @@ func keepers(cli *clientv3.Client, prefix string, n int) (func(), error) {
 
 func keepAlives(cli *clientv3.Client, prefix string, n int) (func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
+	return holdKeepAlives(ctx, cancel, cli, prefix, n)
+}
+
+// holdKeepAlives grants n leases of TTL 10 s on cli, puts a key with
+// each, and keeps each alive with KeepAlive on ctx, draining its channel in
+// a goroutine. stop cancels ctx, if cancel is set, and waits for those
+// goroutines; then it revokes the leases, as a service that shuts down
+// cleanly does, so that none expires during the next phase's window.
+func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv3.Client, prefix string, n int) (func(), error) {
 	var wg sync.WaitGroup
 	var ids []clientv3.LeaseID
-	// Stop as a service that shuts down cleanly does: revoke, so that no
-	// lease of this phase expires during the next one's window.
 	stop := func() {
-		cancel()
-		wg.Wait()
+		if cancel != nil {
+			cancel()
+			wg.Wait()
+		}
 		for _, id := range ids {
 			rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
 			_, _ = cli.Revoke(rctx, id)
@@ -288,33 +297,7 @@ func costChild(o options) error {
 // no goroutine of its own per lease to close it, and the leases end only
 // when they are revoked (at stop).
 func keepAlivesUncanceled(cli *clientv3.Client, prefix string, n int) (func(), error) {
-	var ids []clientv3.LeaseID
-	stop := func() {
-		for _, id := range ids {
-			rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, _ = cli.Revoke(rctx, id)
-			rcancel()
-		}
-	}
-	for i := range n {
-		g, err := cli.Grant(context.Background(), 10)
-		if err != nil {
-			return stop, err
-		}
-		ids = append(ids, g.ID)
-		if _, err := cli.Put(context.Background(), fmt.Sprintf("%ska/%06d", prefix, i), "v", clientv3.WithLease(g.ID)); err != nil {
-			return stop, err
-		}
-		ch, err := cli.KeepAlive(context.Background(), g.ID)
-		if err != nil {
-			return stop, err
-		}
-		go func() {
-			for range ch {
-			}
-		}()
-	}
-	return stop, nil
+	return holdKeepAlives(context.Background(), nil, cli, prefix, n)
 }
 
 // cost measures clients clients, each with n leases held by start, for d,
