@@ -171,9 +171,9 @@ func (b BackoffConfig) validate() error {
 	switch {
 	case b.BaseDelay <= 0:
 		return fmt.Errorf("keeper: backoff base delay must be positive, got %s", b.BaseDelay)
-	case b.Multiplier < 1:
+	case !(b.Multiplier >= 1): // NaN too
 		return fmt.Errorf("keeper: backoff multiplier must be at least 1, got %g", b.Multiplier)
-	case b.Jitter < 0 || b.Jitter >= 1:
+	case !(b.Jitter >= 0 && b.Jitter < 1): // NaN too
 		return fmt.Errorf("keeper: backoff jitter must be in [0, 1), got %g", b.Jitter)
 	case b.MaxDelay < b.BaseDelay:
 		return fmt.Errorf("keeper: backoff max delay (%s) must not be less than the base delay (%s)", b.MaxDelay, b.BaseDelay)

@@ -1,6 +1,7 @@
 package keeper
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,8 @@ func TestValidate(t *testing.T) {
 		{"zero base delay", func(c *Config) { c.Backoff.BaseDelay = 0 }, "base delay must be positive, got 0s"},
 		{"multiplier below one", func(c *Config) { c.Backoff.Multiplier = 0.5 }, "multiplier must be at least 1, got 0.5"},
 		{"jitter one", func(c *Config) { c.Backoff.Jitter = 1 }, "jitter must be in [0, 1), got 1"},
+		{"jitter NaN", func(c *Config) { c.Backoff.Jitter = math.NaN() }, "jitter must be in [0, 1), got NaN"},
+		{"multiplier NaN", func(c *Config) { c.Backoff.Multiplier = math.NaN() }, "multiplier must be at least 1, got NaN"},
 		{"cap below base", func(c *Config) { c.Backoff.MaxDelay = 10 * time.Millisecond }, "max delay (10ms) must not be less than the base delay (100ms)"},
 	}
 	for _, tc := range tests {
