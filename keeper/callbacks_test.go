@@ -264,7 +264,7 @@ func TestReportsNobodyHearsAreDropped(t *testing.T) {
 		for r, want := range tc.want {
 			cfg := DefaultConfig()
 			tc.cfg(&cfg)
-			k := &Keeper{cfg: cfg}
+			k := &Keeper{cfg: &cfg}
 			k.disp.init(k)
 			assert.Equal(t, want, r.heard(&k.disp), "%s: %#v", tc.name, r)
 			k.disp.push(r)

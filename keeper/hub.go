@@ -3,6 +3,9 @@ package keeper
 import (
 	"context"
 	"sync"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/leasekeeper/leasekeeper/internal/alarm"
 )
@@ -22,6 +25,101 @@ type hub struct {
 	watch  *watchHub
 	timers alarm.Set // the keepers' timers
 	refs   int       // keepers joined; guarded by hubs.mu
+
+	// configs are the configs keepers of the hub share, guarded by hubs.mu:
+	// keepers configured alike, without callbacks or observers, point at one
+	// copy rather than carry one each.
+	configs configSet
+}
+
+// sharedConfig is a config shared by refs keepers of a hub.
+type sharedConfig struct {
+	key  configKey
+	cfg  Config
+	refs int
+}
+
+// configSet holds the configs the keepers of a hub share: the first one
+// alone, so that a hub whose keepers are configured alike (or that has one
+// keeper) makes no map, and the others in a map.
+type configSet struct {
+	one  *sharedConfig
+	more map[configKey]*sharedConfig
+}
+
+// join returns the shared copy of cfg, whose key is ck, adding it if the
+// set has none.
+func (s *configSet) join(ck configKey, cfg *Config) *Config {
+	sc := s.one
+	if sc == nil || sc.key != ck {
+		sc = s.more[ck]
+	}
+	if sc == nil {
+		sc = &sharedConfig{key: ck, cfg: *cfg}
+		if s.one == nil {
+			s.one = sc
+		} else {
+			if s.more == nil {
+				s.more = make(map[configKey]*sharedConfig)
+			}
+			s.more[ck] = sc
+		}
+	}
+	sc.refs++
+	return &sc.cfg
+}
+
+// leave drops one hold on the shared config of key ck, and forgets it
+// with its last.
+func (s *configSet) leave(ck configKey) {
+	if s.one != nil && s.one.key == ck {
+		if s.one.refs--; s.one.refs == 0 {
+			s.one = nil
+		}
+		return
+	}
+	if sc := s.more[ck]; sc != nil {
+		if sc.refs--; sc.refs == 0 {
+			delete(s.more, ck)
+		}
+	}
+}
+
+// len returns how many configs the set holds.
+func (s *configSet) len() int {
+	n := len(s.more)
+	if s.one != nil {
+		n++
+	}
+	return n
+}
+
+// configKey is what identifies a Config without callbacks or observers:
+// every other field of it. TestConfigKeyHasEveryField keeps the two in
+// step.
+type configKey struct {
+	TTL              time.Duration
+	RenewTimeout     time.Duration
+	Margin           time.Duration
+	DegradeAfter     int
+	DegradeThreshold time.Duration
+	Backoff          BackoffConfig
+	DisableRecovery  bool
+	DisableWatch     bool
+	MaxTxnOps        int
+	Logger           *zap.Logger
+}
+
+// keyOf returns cfg's key, and false if cfg has callbacks or observers,
+// which are not compared and so never shared.
+func keyOf(cfg *Config) (configKey, bool) {
+	cb := cfg.Callbacks
+	if len(cfg.Observers) > 0 || cb.OnTransition != nil || cb.OnStopWrites != nil || cb.OnResumeWrites != nil ||
+		cb.OnLost != nil || cb.OnKeyEvent != nil {
+		return configKey{}, false
+	}
+	return configKey{cfg.TTL, cfg.RenewTimeout, cfg.Margin, cfg.DegradeAfter, cfg.DegradeThreshold, cfg.Backoff,
+		cfg.DisableRecovery, cfg.DisableWatch, cfg.MaxTxnOps, cfg.Logger}, true
 }
 
 // hubs holds the hub of every client in use.
@@ -31,8 +129,10 @@ var hubs = struct {
 }{m: map[any]*hub{}}
 
 // joinHub returns the hub for key, creating it over the backend that
-// newBackend returns if no keeper uses key yet.
-func joinHub(key any, newBackend func() backend) *hub {
+// newBackend returns if no keeper uses key yet, and the config the joining
+// keeper is to keep: a copy of cfg, shared with the keepers of the hub
+// configured alike where it can be.
+func joinHub(key any, newBackend func() backend, cfg *Config) (*hub, *Config) {
 	hubs.Lock()
 	defer hubs.Unlock()
 	h := hubs.m[key]
@@ -42,13 +142,22 @@ func joinHub(key any, newBackend func() backend) *hub {
 		hubs.m[key] = h
 	}
 	h.refs++
-	return h
+	ck, ok := keyOf(cfg)
+	if !ok {
+		own := *cfg
+		return h, &own
+	}
+	return h, h.configs.join(ck, cfg)
 }
 
-// leave drops one keeper's hold on h. The last one out ends the hub's
-// watch and renewal stream, and waits, within ctx, for their goroutines.
-func (h *hub) leave(ctx context.Context) error {
+// leave drops the hold on h of one keeper, configured by cfg (what joinHub
+// returned). The last one out ends the hub's watch and renewal stream, and
+// waits, within ctx, for their goroutines.
+func (h *hub) leave(ctx context.Context, cfg *Config) error {
 	hubs.Lock()
+	if ck, ok := keyOf(cfg); ok {
+		h.configs.leave(ck)
+	}
 	h.refs--
 	last := h.refs == 0
 	if last {

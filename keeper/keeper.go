@@ -25,9 +25,13 @@ import (
 // parts live in the Keeper itself: a keeper is one allocation, not one per
 // part, so a thousand keepers on a client are a thousand objects, not ten
 // thousand small ones spread over the heap among the garbage of their start.
+// Its Config is the hub's, shared with the keepers configured alike
+// (joinHub), and the first key's record is in the registry: a keeper of
+// one key is 568 bytes, which with the runtime's header of objects over
+// 512 bytes fills the 576-byte size class exactly (TestKeeperSize).
 type Keeper struct {
 	hub   *hub
-	cfg   Config // shared by the parts, never changed
+	cfg   *Config // shared by the parts, never changed; shared with the hub's keepers configured alike
 	life  life
 	disp  dispatcher
 	loop  leaseLoop
@@ -70,11 +74,11 @@ func newKeeperOn(key any, newBackend func() backend, cfg Config) (*Keeper, error
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := joinHub(key, newBackend)
-	k := &Keeper{hub: h, cfg: cfg}
+	h, shared := joinHub(key, newBackend, &cfg)
+	k := &Keeper{hub: h, cfg: shared}
 	k.disp.init(k)
 	if err := k.loop.init(k); err != nil {
-		_ = h.leave(context.Background())
+		_ = h.leave(context.Background(), shared)
 		return nil, err
 	}
 	k.reg.k, k.watch.k = k, k
@@ -221,7 +225,7 @@ func (k *Keeper) Close(ctx context.Context) error {
 		}
 		err = lkerrors.ClassifyConn(err, k.hub.b.connState())
 	}
-	if herr := k.hub.leave(ctx); err == nil && herr != nil {
+	if herr := k.hub.leave(ctx, k.cfg); err == nil && herr != nil {
 		err = lkerrors.Classify(herr)
 	}
 	k.disp.wait(ctx)

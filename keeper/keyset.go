@@ -2,22 +2,17 @@ package keeper
 
 import "iter"
 
-// smallKeys is how many keys a keySet holds in a slice before it moves them
-// to a map: most keepers register one key or a few, and a map costs a
-// few hundred bytes even for one.
-const smallKeys = 8
-
-// keySet maps the registered keys to their records: in a slice while there
-// are few, searched in order, and in a map beyond smallKeys. The first key
-// and its record live in the set itself, which lives in the keeper's own
-// allocation (parts): a keeper of one key allocates nothing more for it.
+// keySet maps the registered keys to their records: the only key in the
+// set itself while there is one, and every key in a map once there were
+// two. The first key and its record live in the set, which lives in the
+// keeper's own allocation (parts): a keeper of one key allocates nothing
+// more for it.
 type keySet struct {
-	few  []keyEntry
-	many map[string]*record
+	one  keyEntry           // the only key, while many is nil; rec is nil while the set is empty
+	many map[string]*record // every key, once the set held two
 
-	one       [1]keyEntry // few's array while it holds one key
-	first     record      // the first record newRecord returns
-	firstUsed bool        // never reused, so no record outlives its key's entry under another key
+	first     record // the first record newRecord returns
+	firstUsed bool   // never reused, so no record outlives its key's entry under another key
 }
 
 // newRecord returns a zero record for a key about to be set.
@@ -38,68 +33,46 @@ func (s *keySet) get(key string) *record {
 	if s.many != nil {
 		return s.many[key]
 	}
-	for _, e := range s.few {
-		if e.key == key {
-			return e.rec
-		}
+	if s.one.rec != nil && s.one.key == key {
+		return s.one.rec
 	}
 	return nil
 }
 
 func (s *keySet) set(key string, rec *record) {
-	if s.many != nil {
+	switch {
+	case s.many != nil:
 		s.many[key] = rec
-		return
+	case s.one.rec == nil || s.one.key == key:
+		s.one = keyEntry{key, rec}
+	default:
+		s.many = map[string]*record{s.one.key: s.one.rec, key: rec}
+		s.one = keyEntry{}
 	}
-	for i, e := range s.few {
-		if e.key == key {
-			s.few[i].rec = rec
-			return
-		}
-	}
-	if len(s.few) < smallKeys {
-		if s.few == nil {
-			s.few = s.one[:0]
-		}
-		s.few = append(s.few, keyEntry{key, rec})
-		return
-	}
-	s.many = make(map[string]*record, 2*smallKeys)
-	for _, e := range s.few {
-		s.many[e.key] = e.rec
-	}
-	s.many[key] = rec
-	s.few = nil
 }
 
 func (s *keySet) del(key string) {
-	if s.many != nil {
+	switch {
+	case s.many != nil:
 		delete(s.many, key)
-		return
-	}
-	for i, e := range s.few {
-		if e.key == key {
-			s.few = append(s.few[:i], s.few[i+1:]...)
-			s.few = s.few[:len(s.few):len(s.few)]
-			if len(s.few) == 0 {
-				s.few = nil
-			}
-			return
-		}
+	case s.one.rec != nil && s.one.key == key:
+		s.one = keyEntry{}
 	}
 }
 
 func (s *keySet) len() int {
-	if s.many != nil {
+	switch {
+	case s.many != nil:
 		return len(s.many)
+	case s.one.rec != nil:
+		return 1
 	}
-	return len(s.few)
+	return 0
 }
 
 // clear empties the set.
 func (s *keySet) clear() {
-	clear(s.one[:])
-	s.few, s.many = nil, nil
+	s.one, s.many = keyEntry{}, nil
 }
 
 // all yields every key and its record. The set must not change meanwhile.
@@ -113,10 +86,8 @@ func (s *keySet) all() iter.Seq2[string, *record] {
 			}
 			return
 		}
-		for _, e := range s.few {
-			if !yield(e.key, e.rec) {
-				return
-			}
+		if s.one.rec != nil {
+			yield(s.one.key, s.one.rec)
 		}
 	}
 }

@@ -69,11 +69,11 @@ func (r *registry) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
 // held; it releases mu while it writes.
 func (r *registry) restoreLocked(v leaseView, key string, rec *record, ev KeyEvent) {
 	f := rec.fight
-	if ev.At.Sub(f.last) > r.k.cfg.Backoff.MaxDelay {
+	if time.Duration(ev.At.UnixNano()-f.last) > r.k.cfg.Backoff.MaxDelay {
 		f.n = 0
 	}
 	f.n++
-	f.last = ev.At
+	f.last = ev.At.UnixNano()
 	rec.fight, rec.pending, rec.own = f, true, owned{}
 	if f.n > 1 {
 		r.k.disp.push(ev)

@@ -66,7 +66,7 @@ type owned struct {
 // so that two writers restoring one key against each other back off.
 type fight struct {
 	n    int
-	last time.Time
+	last int64 // when it was last undone, in Unix nanoseconds
 }
 
 // kv is one registered key and its value.

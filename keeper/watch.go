@@ -202,7 +202,7 @@ func (h *watchHub) pace() (Config, *zap.Logger) {
 	if len(h.keepers) == 0 {
 		return DefaultConfig(), nopLogger
 	}
-	return h.keepers[0].k.cfg, h.keepers[0].k.logger()
+	return *h.keepers[0].k.cfg, h.keepers[0].k.logger()
 }
 
 // keyRange returns the smallest range [start, end) holding every key
