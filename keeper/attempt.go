@@ -149,20 +149,25 @@ func (a attempt) pastDeadline() bool {
 
 // renewAsync renews the held lease, then writes any key not yet written
 // with it, and completes the attempt. The keepalive's reply completes it
-// on the goroutine that received it, unless keys are to be written: the
-// writes go on a goroutine of their own.
-func (l *leaseLoop) renewAsync(a attempt) {
-	l.keepAlive(a, func(ka keepAliveResult) {
-		r := l.renewed(a, ka)
-		if r.err != nil || !l.k.reg.pending(a.id) {
-			l.complete(a, "renew", r)
-			return
-		}
-		go func() {
-			r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
-			l.complete(a, "renew", r)
-		}()
-	})
+// on the goroutine that received it (renewDone), unless keys are to be
+// written: the writes go on a goroutine of their own.
+func (l *leaseLoop) renewAsync(a attempt) { l.keepAlive(a, nil) }
+
+// renewDone takes in what renewal a's keepalives came to, for renewAsync.
+func (l *leaseLoop) renewDone(a attempt, ka keepAliveResult) {
+	r := l.renewed(a, ka)
+	if r.err != nil || !l.k.reg.pending(a.id) {
+		l.complete(a, "renew", r)
+		return
+	}
+	go l.writeThenComplete(a, r)
+}
+
+// writeThenComplete writes the keys pending after renewal a, then completes
+// it.
+func (l *leaseLoop) writeThenComplete(a attempt, r result) {
+	r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+	l.complete(a, "renew", r)
 }
 
 // renewBeside renews a lease whose D has passed: it may be gone on the

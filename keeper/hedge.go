@@ -11,14 +11,14 @@ import (
 	"github.com/leasekeeper/leasekeeper/internal/alarm"
 )
 
-// keepAlive renews lease a.id and calls done once with the TTL and the
-// send time of the request that succeeded. The first success wins, as does
-// the server's word that the lease is gone; every request ends at the
-// attempt's deadline, and done is called once none is in flight. It never
-// blocks: the replies, the attempt's alarm and Close drive it, and done
-// runs on the goroutine of the event that ended it (or in keepAlive, if
-// the backend fails the first request at once), so done must not block
-// either.
+// keepAlive renews lease a.id and gives once the TTL and the send time of
+// the request that succeeded: to wait, which must have room for it, or, if
+// wait is nil, to renewDone, which must not block. The first success wins,
+// as does the server's word that the lease is gone; every request ends at
+// the attempt's deadline, and the result is given once none is in flight.
+// It never blocks: the replies, the attempt's alarm and Close drive it,
+// and the result is given on the goroutine of the event that ended it (or
+// in keepAlive, if the backend fails the first request at once).
 //
 // While no keepalive was answered, a fresh one goes out on a new stream
 // (the hub leaves the one the first waits on, renewals.go), which the
@@ -34,8 +34,8 @@ import (
 // fraction of a second, whatever member its requests wait on. An error that
 // comes back while nothing else is in flight ends the attempt: it goes
 // back to the backoff, so that errors that return at once cannot spin.
-func (l *leaseLoop) keepAlive(a attempt, done func(keepAliveResult)) {
-	k := &keepAliveRun{l: l, a: a, done: done}
+func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
+	k := &keepAliveRun{l: l, a: a, wait: wait}
 	now := time.Now()
 	k.end = attemptEnd(now, a.timeout, a.deadline)
 	// With a live lease: a fresh keepalive every third of the renew
@@ -53,7 +53,9 @@ func (l *leaseLoop) keepAlive(a attempt, done func(keepAliveResult)) {
 	k.nextAt = now.Add(jittered(k.every, a.live))
 	k.tick.On(k)
 	l.k.hub.timers.Set(&k.tick, earlier(k.nextAt, k.end))
-	k.stopLife = l.k.life.afterClose(k.onClose)
+	if !l.k.life.onClose(&k.closing, k) {
+		go k.onClose()
+	}
 	k.mu.Lock()
 	req := k.addLocked()
 	k.mu.Unlock()
@@ -73,19 +75,19 @@ type keepAliveResult struct {
 // keepAliveWait is keepAlive for a caller that waits for the result.
 func (l *leaseLoop) keepAliveWait(a attempt) keepAliveResult {
 	ch := make(chan keepAliveResult, 1)
-	l.keepAlive(a, func(r keepAliveResult) { ch <- r })
+	l.keepAlive(a, ch)
 	return <-ch
 }
 
 // keepAliveRun is one attempt's keepalives in flight. Its events (a reply,
 // its alarm, Close) come on other goroutines; each takes mu, and the one
-// that leaves nothing in flight calls done.
+// that leaves nothing in flight gives the result.
 type keepAliveRun struct {
-	l        *leaseLoop
-	a        attempt
-	done     func(keepAliveResult)
-	tick     alarm.Alarm // the next fresh keepalive, or the end
-	stopLife func() bool
+	l       *leaseLoop
+	a       attempt
+	wait    chan<- keepAliveResult // nil: renewDone takes the result
+	tick    alarm.Alarm            // the next fresh keepalive, or the end
+	closing afterEntry             // ends it at Close
 
 	mu           sync.Mutex
 	reqs         []*keepAliveReq // in flight, oldest first
@@ -93,7 +95,10 @@ type keepAliveRun struct {
 	every, stuck time.Duration
 	nextAt, end  time.Time
 	first        keepAliveReply // the reply that decides: a success, or else the first
-	over         bool           // done was called or is about to be
+	over         bool           // the result was given or is about to be
+
+	req0  keepAliveReq     // the first request, which most renewals send alone
+	reqs0 [1]*keepAliveReq // reqs' first array
 }
 
 type keepAliveReq struct {
@@ -113,7 +118,13 @@ type keepAliveReply struct {
 
 // addLocked puts one keepalive more in flight; send sends it.
 func (k *keepAliveRun) addLocked() *keepAliveReq {
-	req := &keepAliveReq{sent: time.Now(), hedge: k.n > 0}
+	var req *keepAliveReq
+	if k.n == 0 {
+		req, k.reqs = &k.req0, k.reqs0[:0]
+	} else {
+		req = new(keepAliveReq)
+	}
+	*req = keepAliveReq{sent: time.Now(), hedge: k.n > 0}
 	k.reqs = append(k.reqs, req)
 	k.n++
 	return req
@@ -232,13 +243,17 @@ func (k *keepAliveRun) finishLocked(cancels []func()) {
 		return
 	}
 	k.l.k.hub.timers.Stop(&k.tick)
-	k.stopLife()
+	k.l.k.life.removeOnClose(&k.closing)
 	f := k.first
-	if f.err != nil {
-		k.done(keepAliveResult{err: f.err})
+	r := keepAliveResult{err: f.err}
+	if f.err == nil {
+		r = keepAliveResult{ttl: f.ttl, sent: f.req.sent, rtt: f.at.Sub(f.req.sent)}
+	}
+	if k.wait != nil {
+		k.wait <- r
 		return
 	}
-	k.done(keepAliveResult{ttl: f.ttl, sent: f.req.sent, rtt: f.at.Sub(f.req.sent)})
+	k.l.renewDone(k.a, r)
 }
 
 func callAll(fs []func()) {

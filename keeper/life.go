@@ -69,10 +69,10 @@ func (l *life) close() bool {
 	} else {
 		close(l.done)
 	}
-	fs := l.after.take()
+	cs := l.after.take()
 	l.mu.Unlock()
-	for _, f := range fs {
-		f()
+	for _, c := range cs {
+		c.onClose()
 	}
 	return true
 }
@@ -162,7 +162,8 @@ func (c lifeCtx) AfterFunc(f func()) (stop func() bool) {
 		go f()
 		return func() bool { return false }
 	}
-	e := l.after.add(f)
+	e := &afterEntry{c: afterFunc(f)}
+	l.after.add(e)
 	return func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -170,23 +171,54 @@ func (c lifeCtx) AfterFunc(f func()) (stop func() bool) {
 	}
 }
 
-// afterList is a list of functions, each entry allocated while it is in
-// the list only.
+// onClose has c's onClose called once the life ends, through e, which the
+// caller keeps (in an object it allocates anyway, so that this allocates
+// nothing); removeOnClose(e) undoes it. It returns false, and does
+// nothing, if the life has ended.
+func (l *life) onClose(e *afterEntry, c closer) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return false
+	}
+	e.c = c
+	l.after.add(e)
+	return true
+}
+
+// removeOnClose undoes onClose, and reports whether it did before the
+// life ended.
+func (l *life) removeOnClose(e *afterEntry) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.after.remove(e)
+}
+
+// closer is what a life calls at its end.
+type closer interface{ onClose() }
+
+// afterFunc is a function as a closer; a func fits in an interface without
+// an allocation.
+type afterFunc func()
+
+func (f afterFunc) onClose() { f() }
+
+// afterList is a list of closers, each entry in the list only while it is
+// to be called.
 type afterList struct{ head *afterEntry }
 
 type afterEntry struct {
-	f          func()
+	c          closer
 	prev, next *afterEntry
 	in         bool
 }
 
-func (a *afterList) add(f func()) *afterEntry {
-	e := &afterEntry{f: f, next: a.head, in: true}
+func (a *afterList) add(e *afterEntry) {
+	e.next, e.in = a.head, true
 	if a.head != nil {
 		a.head.prev = e
 	}
 	a.head = e
-	return e
 }
 
 func (a *afterList) remove(e *afterEntry) bool {
@@ -206,13 +238,13 @@ func (a *afterList) remove(e *afterEntry) bool {
 	return true
 }
 
-// take empties the list and returns its functions.
-func (a *afterList) take() []func() {
-	var fs []func()
+// take empties the list and returns its closers.
+func (a *afterList) take() []closer {
+	var cs []closer
 	for e := a.head; e != nil; e = e.next {
 		e.in = false
-		fs = append(fs, e.f)
+		cs = append(cs, e.c)
 	}
 	a.head = nil
-	return fs
+	return cs
 }
