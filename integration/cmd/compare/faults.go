@@ -83,7 +83,7 @@ func faultFigures(bin string, o options, r *report) error {
 	var runs []faultRun
 	for i := range o.runs {
 		progress("fault run %d/%d", i+1, o.runs)
-		fr, err := oneFault(c, o.ttl, i)
+		fr, err := oneFault(c, o.ttl, i, o.runs)
 		if err != nil {
 			return err
 		}
@@ -114,7 +114,13 @@ func newClient(endpoints []string, opts ...grpc.DialOption) (*clientv3.Client, e
 	return clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(), DialOptions: opts})
 }
 
-func oneFault(c *testbed.Cluster, ttl time.Duration, run int) (faultRun, error) {
+// oneFault runs fault run number run of runs: the partition starts at a
+// random point of the run-th of runs equal parts of the keeper's renewal
+// cycle (stratified sampling), so that the runs cover the whole cycle and
+// the median of the first signal is not left to the luck of the draw (with
+// 7 points drawn from the whole cycle, one run in six would put the median
+// past the third quarter of the cycle).
+func oneFault(c *testbed.Cluster, ttl time.Duration, run, runs int) (faultRun, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	proxy := c.Members[0].Proxy
@@ -228,8 +234,12 @@ func oneFault(c *testbed.Cluster, ttl time.Duration, run int) (faultRun, error) 
 		m.set("keepalive closed")
 	}()
 
-	// Partition at a random point of the renewal cycle.
-	time.Sleep(ttl + time.Duration(rand.Int64N(int64(ttl/3))))
+	// Partition at a random point of the run-th part of the renewal cycle.
+	last, cycle, err := renewalCycle(k, 4*ttl)
+	if err != nil {
+		return faultRun{}, err
+	}
+	time.Sleep(time.Until(last.Add(time.Duration((float64(run) + rand.Float64()) / float64(runs) * float64(cycle)))))
 	t0 := time.Now()
 	proxy.Stall()
 	m.wait([]string{"failed", "session done", "keepalive closed", "deleted " + kKey, "deleted " + sKey, "deleted " + aKey}, t0, 4*ttl)
@@ -248,6 +258,29 @@ func oneFault(c *testbed.Cluster, ttl time.Duration, run int) (faultRun, error) 
 		loopRecovery:    m.since("session back", t1),
 	}
 	return fr, nil
+}
+
+// renewalCycle waits for three renewals of k in a row, seen as its
+// deadline moving, and returns when the last was seen and the time since
+// the one before: the phase of k's renewal cycle, to within the poll and a
+// round trip.
+func renewalCycle(k *keeper.Keeper, limit time.Duration) (last time.Time, cycle time.Duration, err error) {
+	end := time.Now().Add(limit)
+	var seen []time.Time
+	d := k.Deadline()
+	for len(seen) < 3 {
+		if time.Now().After(end) {
+			return time.Time{}, 0, fmt.Errorf("the keeper renewed %d times in %s", len(seen), limit)
+		}
+		time.Sleep(2 * time.Millisecond)
+		if nd := k.Deadline(); !nd.Equal(d) {
+			d = nd
+			seen = append(seen, time.Now())
+		}
+	}
+	// The first renewals after Start join the keepers' renewal grid: the gap
+	// before the first seen may be shorter than the cycle.
+	return seen[2], seen[2].Sub(seen[1]), nil
 }
 
 func faultSections(runs []faultRun, ttl time.Duration) string {

@@ -22,7 +22,7 @@ func (r *report) write(w io.Writer, machine string) {
 	fmt.Fprintf(w, "Regenerate with `go run ./integration/cmd/compare -out BENCHMARKS.md` (about %s here).\n",
 		time.Since(r.started).Round(time.Second))
 	fmt.Fprintf(w, "Measured %s on %s, against etcd v3.7.3 processes on loopback.\n", r.started.Format("2006-01-02"), machine)
-	fmt.Fprintf(w, "Fault runs: %d, lease TTL %s, faults started at random points of the renewal cycle.\n\n", r.o.runs, r.o.ttl)
+	fmt.Fprintf(w, "Fault runs: %d, lease TTL %s, faults started at random points of the keeper's renewal cycle, run i of n in the i-th n-th of it.\n\n", r.o.runs, r.o.ttl)
 	for _, s := range r.sections {
 		fmt.Fprintln(w, s)
 	}
