@@ -155,20 +155,12 @@ func (c lifeCtx) Err() error {
 // AfterFunc calls f once the life ends, at once (on a goroutine of its own)
 // if it has; stop undoes that if f was not called yet.
 func (c lifeCtx) AfterFunc(f func()) (stop func() bool) {
-	l := c.l
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ended {
+	e := &afterEntry{}
+	if !c.l.onClose(e, afterFunc(f)) {
 		go f()
 		return func() bool { return false }
 	}
-	e := &afterEntry{c: afterFunc(f)}
-	l.after.add(e)
-	return func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return l.after.remove(e)
-	}
+	return func() bool { return c.l.removeOnClose(e) }
 }
 
 // onClose has c's onClose called once the life ends, through e, which the
