@@ -47,13 +47,18 @@ type configSet struct {
 	more map[configKey]*sharedConfig
 }
 
+// find returns the shared config of key ck, or nil.
+func (s *configSet) find(ck configKey) *sharedConfig {
+	if s.one != nil && s.one.key == ck {
+		return s.one
+	}
+	return s.more[ck]
+}
+
 // join returns the shared copy of cfg, whose key is ck, adding it if the
 // set has none.
 func (s *configSet) join(ck configKey, cfg *Config) *Config {
-	sc := s.one
-	if sc == nil || sc.key != ck {
-		sc = s.more[ck]
-	}
+	sc := s.find(ck)
 	if sc == nil {
 		sc = &sharedConfig{key: ck, cfg: *cfg}
 		if s.one == nil {
@@ -72,16 +77,17 @@ func (s *configSet) join(ck configKey, cfg *Config) *Config {
 // leave drops one hold on the shared config of key ck, and forgets it
 // with its last.
 func (s *configSet) leave(ck configKey) {
-	if s.one != nil && s.one.key == ck {
-		if s.one.refs--; s.one.refs == 0 {
-			s.one = nil
-		}
+	sc := s.find(ck)
+	if sc == nil {
 		return
 	}
-	if sc := s.more[ck]; sc != nil {
-		if sc.refs--; sc.refs == 0 {
-			delete(s.more, ck)
-		}
+	if sc.refs--; sc.refs > 0 {
+		return
+	}
+	if sc == s.one {
+		s.one = nil
+	} else {
+		delete(s.more, ck)
 	}
 }
 
