@@ -64,6 +64,7 @@ type subject struct {
 	// deletion before it is a revoke, not an expiry: the server cannot have
 	// expired a lease the keeper renewed less than a TTL ago.
 	deadlineAt time.Time
+	deletions  []time.Time // every DELETE of one of its keys the observer saw
 }
 
 // newScenario starts a cluster of n members and the two keepers on it.
@@ -196,6 +197,7 @@ func (s *scenario) watch(wch clientv3.WatchChan, prefix string) {
 			}
 			now, d := time.Now(), sub.k.Deadline()
 			sub.mu.Lock()
+			sub.deletions = append(sub.deletions, now)
 			if sub.deletedAt.IsZero() {
 				sub.deletedAt, sub.deadlineAt = now, d
 			}

@@ -15,9 +15,10 @@ import (
 
 // timing is the part of the configuration that derives from the granted TTL.
 type timing struct {
-	renewTimeout time.Duration
-	margin       time.Duration
-	threshold    time.Duration
+	renewTimeout time.Duration // bounds a renewal attempt
+	margin       time.Duration // taken off the server's earliest expiry for D
+	threshold    time.Duration // the degrade threshold
+	call         time.Duration // bounds a unary call: a grant, a write
 }
 
 // timingFor returns the timing for a lease granted with ttl; zero means the
@@ -40,6 +41,7 @@ func (c *Config) timingFor(ttl time.Duration) timing {
 	if tm.threshold == 0 {
 		tm.threshold = ttl / 2
 	}
+	tm.call = tm.renewTimeout
 	return tm
 }
 
@@ -57,6 +59,9 @@ type attempt struct {
 	wait    time.Duration
 	timeout time.Duration
 	rtt     time.Duration // the usual round trip of a keepalive, 0 before the first
+	hedge   time.Duration // how long a keepalive waits before a fresh one goes another way; 0: never
+	held    bool          // the path holds keepalives: every one goes on the stream in use
+	clean   bool          // no attempt failed since the last success: a grant's round trip is the path's
 }
 
 // result is what one attempt did.
@@ -90,7 +95,15 @@ func (l *leaseLoop) fire() {
 	l.checkTimeLocked(now)
 	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
 		tm: l.timingLocked(), live: l.liveLocked(now)}
-	a.timeout, a.rtt = a.tm.renewTimeout, l.rtt
+	a.timeout, a.rtt, a.held, a.clean = a.tm.renewTimeout, l.path.ka.srtt, l.path.held(), l.fails.n == 0
+	if a.live && !a.held {
+		// Leave room for a second attempt before the degrade threshold.
+		a.timeout = min(a.timeout, max(l.baseTimingLocked().renewTimeout, a.deadline.Add(-a.tm.threshold).Sub(now)/2))
+	}
+	a.hedge = l.path.hedgeAfter(a.timeout)
+	if a.renew {
+		l.path.asking(now)
+	}
 	if !a.live {
 		// No live lease to protect: instead of waiting out the backoff idle,
 		// leave the request outstanding for it. A member that answers again
@@ -202,21 +215,51 @@ func (l *leaseLoop) renewBeside(a attempt) result {
 // do.
 func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	if ka.err != nil {
-		return result{id: a.id, err: l.classify(ka.err)}
+		err := l.classify(ka.err)
+		if lkerrors.KindOf(err) == lkerrors.Timeout && a.live {
+			l.mu.Lock()
+			l.path.timedOut(a.timeout)
+			l.mu.Unlock()
+		}
+		return result{id: a.id, err: err}
 	}
 	r := result{id: a.id, ttl: time.Duration(ka.ttl) * time.Second, sent: ka.sent}
-	// The server reset the lease no earlier than when the request was sent,
-	// so its expiry is no earlier than sent+ttl.
-	r.deadline = ka.sent.Add(r.ttl - l.k.cfg.timingFor(r.ttl).margin)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// Smoothed as TCP does, over about the last eight renewals.
-	l.rtt += (ka.rtt - l.rtt) / 8
+	r.deadline = l.deadlineLocked(ka.sent, r.ttl)
+	if l.lease.id == a.id {
+		base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
+		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.lease.ttl, base, b)
+	}
 	if l.lease.id == a.id && !l.lease.gone && r.deadline.After(l.lease.deadline) {
-		l.lease.ttl, l.lease.deadline = r.ttl, r.deadline
+		l.lease.deadline = r.deadline
 		l.rearmCheckLocked(time.Now())
 	}
 	return r
+}
+
+// lateReply takes in the reply to a keepalive for lease id sent at sent,
+// given up before it came at at, with the TTL the server reset the lease
+// to: the renewal happened, so D moves as for any other while the lease is
+// alive, the path learns how late it answered, and a Healthy keeper's
+// failures in a row start again, since the renewals they timed out on did
+// not fail. The state moves with the next attempt.
+func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if l.k.life.closed() || l.lease.id != id || !l.liveLocked(now) {
+		return
+	}
+	base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
+	l.path.answered(sent, at, false, l.lease.ttl, base, b)
+	if d := l.deadlineLocked(sent, time.Duration(ttl)*time.Second); d.After(l.lease.deadline) {
+		l.lease.deadline = d
+		l.rearmCheckLocked(now)
+	}
+	if l.m.State() == statemachine.Healthy {
+		l.fails.n = 0
+	}
 }
 
 // regrant grants a new lease and writes every key with it. The old lease
@@ -230,6 +273,9 @@ func (l *leaseLoop) regrant(a attempt) result {
 	if err != nil {
 		return result{granted: true, err: l.classify(err)}
 	}
+	// A grant that waited out an outage says how long the outage was,
+	// not how long the path's legs take.
+	l.k.hub.calls.take(sent, a.clean)
 	return l.adopt(a, id, ttl, sent)
 }
 
@@ -237,6 +283,8 @@ func (l *leaseLoop) regrant(a attempt) result {
 // keeper's, and writes every key with it.
 func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.Time) result {
 	r := result{granted: true, id: id, ttl: time.Duration(ttl) * time.Second, sent: sent}
+	// The server made the lease when it took the grant in, after sent:
+	// nothing on any path answers a grant but the server.
 	r.deadline = sent.Add(r.ttl - l.k.cfg.timingFor(r.ttl).margin)
 
 	// The registry takes the new lease before anyone can see it held, so
@@ -252,6 +300,9 @@ func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.T
 		return result{granted: true, err: lkerrors.Classify(context.Canceled)}
 	}
 	l.lease = lease{id: id, ttl: r.ttl, deadline: r.deadline}
+	// The new lease is renewed on the path's schedule from now on: a path
+	// that holds keepalives starts a schedule for it at its first one.
+	l.path.last, l.path.asked, l.path.thr = time.Now(), time.Time{}, 0
 	tm := l.timingLocked()
 	l.mu.Unlock()
 	l.k.logger().Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(a.id)), zap.Duration("ttl", r.ttl))
@@ -311,7 +362,9 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 	}
 	now := time.Now()
 	if r.ttl > 0 && r.id == l.lease.id {
-		l.lease.ttl, l.lease.deadline = r.ttl, r.deadline
+		// A reply's TTL sets D; the timing stays the granted TTL's, which
+		// a proxy's reply of the time left after an outage is not.
+		l.lease.ttl, l.lease.deadline = max(l.lease.ttl, r.ttl), r.deadline
 	}
 	if r.err == nil {
 		l.fails = failures{}
@@ -332,7 +385,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		l.k.watch.kick()
 		// Count the renewal interval from when the server reset the lease
 		// (the send time), so round trips do not eat into the time left.
-		l.scheduleLocked(max(renewalDue(r.sent, l.lease.ttl, l.timingLocked()).Sub(now), 0))
+		l.scheduleLocked(max(l.nextDueLocked(r.sent).Sub(now), 0))
 		l.rearmCheckLocked(now)
 		return
 	}

@@ -10,19 +10,38 @@
 // # Timing model
 //
 // When a renewal sent at local monotonic time s succeeds with TTL t, the
-// server cannot expire the lease before s+t. The keeper's local deadline is
-// D = s + t - Margin: the send time, never the receive time. A renewal is
-// due t/3 after the send time of the last successful one, then waits for
-// the next point of a grid the keepers of the process share (see
-// Transport), but never past the latest point that leaves a whole
-// RenewTimeout before the degrade threshold: 0.375 t with the defaults,
-// where a keeper on the grid renews. Each attempt has its own deadline
-// (RenewTimeout, never past D), so an attempt stuck on a silent member is
-// abandoned, and while a keepalive has no reply a fresh one goes out every
-// third of RenewTimeout on a new stream, which the client's balancer sends
-// to the next member (two in flight at most): one silent member of three
-// does not even degrade the keeper. Failed attempts are retried with exponential backoff
-// and jitter, shortened so that a last attempt still fits before D.
+// server cannot expire the lease before s+t-b, where b bounds one leg of
+// the path (through etcd's gRPC proxy a reply may carry a renewal the
+// proxy sent upstream just before the keepalive reached it): the longest
+// recent round trip of a unary call, which goes all the way to etcd on
+// every path. The keeper's local deadline is D = s + t - b - Margin: the
+// send time, never the receive time (deadlineLocked says why it holds on
+// every path). A renewal is due t/3 after the send time of the last
+// successful one, then waits for the next point of a grid the keepers of
+// the process share (see Transport), but never past the latest point that
+// leaves a whole renew timeout before the degrade threshold: 0.375 t with
+// the defaults, where a keeper on the grid renews. Each attempt has its
+// own deadline (the renew timeout, never past D), so an attempt stuck on a
+// silent member is abandoned, and while a keepalive has no reply a fresh
+// one goes out every third of the renew timeout on a new stream, which the
+// client's balancer sends to the next member (two in flight at most): one
+// silent member of three does not even degrade the keeper. Failed attempts
+// are retried with exponential backoff and jitter, shortened so that a
+// last attempt still fits before D.
+//
+// The keeper learns its path as TCP learns a round trip (path.go): the
+// renew timeout is the latency its keepalives show (srtt + 4×rttvar, at
+// least RenewTimeout), so a far link is no timeout, and a path whose
+// replies come late as a rule is not hedged. A path that holds keepalives
+// and answers them on a schedule of its own, as etcd's gRPC proxy does, is
+// told by its replies: the keeper learns the schedule and sends each
+// keepalive just before the next answer, sends no more than the proxy's
+// own renewals answer, and never hedges. Where the path cannot renew the
+// lease more often, the degrade threshold of the cycle is lowered to what
+// the path leaves (never below RenewTimeout); a reply later than the path
+// has shown is a fault. A reply to a keepalive given up at its timeout
+// still renews the lease. Nothing of this is configured, and nothing is
+// told by address or name.
 //
 // # Transport
 //

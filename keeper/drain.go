@@ -51,7 +51,7 @@ func (k *Keeper) Drain(ctx context.Context, delay time.Duration, stop func()) er
 	if stop != nil {
 		stop()
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), k.loop.view(time.Now()).tm.renewTimeout)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), k.loop.view(time.Now()).tm.call)
 	defer cancel()
 	if cerr := k.Close(cctx); err == nil {
 		err = cerr

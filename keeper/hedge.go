@@ -44,13 +44,21 @@ func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
 	// round trip, whichever is longer: until then a slow link may still
 	// answer it, and giving it up for a fresh one would only start the
 	// wait over.
-	k.every, k.stuck = a.tm.renewTimeout/3, a.timeout
-	if !a.live {
+	k.every, k.stuck = a.hedge, a.timeout
+	if !a.live && !a.held {
 		k.every, k.stuck = l.k.cfg.Backoff.BaseDelay, max(a.tm.renewTimeout, 2*a.rtt)
 	}
-	k.most = int(a.timeout/(k.every/2)) + 2
 	k.first.err = context.DeadlineExceeded
-	k.nextAt = now.Add(jittered(k.every, a.live))
+	k.nextAt = k.end
+	if k.every <= 0 {
+		// Where replies come late as a rule, or the path holds
+		// keepalives, a fresh one on a new stream is answered no sooner
+		// than the first (path.go): one request waits.
+		k.every = 0
+	} else {
+		k.most = int(a.timeout/(k.every/2)) + 2
+		k.nextAt = now.Add(jittered(k.every, a.live))
+	}
 	k.tick.On(k)
 	l.k.hub.timers.Set(&k.tick, earlier(k.nextAt, k.end))
 	if !l.k.life.onClose(&k.closing, k) {
@@ -66,10 +74,11 @@ func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
 // send time of the request that succeeded, and its round trip; or the
 // error.
 type keepAliveResult struct {
-	ttl  int64
-	sent time.Time
-	rtt  time.Duration
-	err  error
+	ttl   int64
+	sent  time.Time
+	rtt   time.Duration
+	first bool // the attempt's first request succeeded: its round trip is a sample
+	err   error
 }
 
 // keepAliveWait is keepAlive for a caller that waits for the result.
@@ -148,8 +157,15 @@ func (k *keepAliveRun) send(req *keepAliveReq) {
 func (k *keepAliveRun) onReply(r keepAliveReply) {
 	k.mu.Lock()
 	if r.req.answered || r.req.givenUp {
+		late := !r.req.answered && r.err == nil && r.ttl > 0
+		r.req.answered = true
 		k.mu.Unlock()
-		return // given up for a fresher one
+		if late {
+			// Given up at its timeout, or for a fresher one, and answered
+			// after all.
+			k.l.lateReply(k.a.id, r.req.sent, r.ttl, r.at)
+		}
+		return
 	}
 	r.req.answered = true
 	k.reqs = slices.DeleteFunc(k.reqs, func(q *keepAliveReq) bool { return q == r.req })
@@ -179,7 +195,7 @@ func (k *keepAliveRun) Ring() {
 	switch {
 	case !now.Before(k.end):
 		cancels = k.decidedLocked()
-	case !now.Before(k.nextAt):
+	case !now.Before(k.nextAt) && k.every > 0:
 		k.nextAt = now.Add(jittered(k.every, k.a.live))
 		for len(k.reqs) > 0 && now.Sub(k.reqs[0].sent) >= k.stuck {
 			cancels = append(cancels, k.giveUpLocked(k.reqs[0]))
@@ -247,7 +263,7 @@ func (k *keepAliveRun) finishLocked(cancels []func()) {
 	f := k.first
 	r := keepAliveResult{err: f.err}
 	if f.err == nil {
-		r = keepAliveResult{ttl: f.ttl, sent: f.req.sent, rtt: f.at.Sub(f.req.sent)}
+		r = keepAliveResult{ttl: f.ttl, sent: f.req.sent, rtt: f.at.Sub(f.req.sent), first: f.req == &k.req0}
 	}
 	if k.wait != nil {
 		k.wait <- r

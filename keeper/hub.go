@@ -23,8 +23,9 @@ type hub struct {
 	key    any // the client, or the tests' fake backend
 	b      backend
 	watch  *watchHub
-	timers alarm.Set // the keepers' timers
-	refs   int       // keepers joined; guarded by hubs.mu
+	timers alarm.Set  // the keepers' timers
+	calls  callTiming // the round trips of unary calls (rtt.go)
+	refs   int        // keepers joined; guarded by hubs.mu
 
 	// configs are the configs keepers of the hub share, guarded by hubs.mu:
 	// keepers configured alike, without callbacks or observers, point at one

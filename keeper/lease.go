@@ -30,7 +30,7 @@ type leaseLoop struct {
 	running  bool // an attempt runs
 	sched    schedule
 	fails    failures
-	rtt      time.Duration // smoothed round trip of the keepalives answered
+	path     pathState     // what the keeper learned of its path (path.go)
 	conn     *connWatch    // the connection watch running, if any
 	progress chan struct{} // closed after the next attempt or transition, for Start; nil while nobody waits
 }
@@ -110,10 +110,58 @@ func (l *leaseLoop) liveLocked(now time.Time) bool {
 	return l.lease.id != 0 && !l.lease.gone && now.Before(l.lease.deadline)
 }
 
-// timingLocked returns the timing for the lease held, or for the TTL asked
-// before the first grant.
-func (l *leaseLoop) timingLocked() timing {
+// baseTimingLocked returns the configured timing for the lease held, or
+// for the TTL asked before the first grant.
+func (l *leaseLoop) baseTimingLocked() timing {
 	return l.k.cfg.timingFor(l.lease.ttl)
+}
+
+// timingLocked returns the timing in force: the configured one, as the path
+// the keeper learned changes it (path.go). The margin holds b, the bound on
+// the path's legs; an attempt is bounded by the latency the path shows; a
+// unary call by the round trips unary calls showed; the degrade threshold
+// is the cycle's.
+func (l *leaseLoop) timingLocked() timing {
+	tm := l.baseTimingLocked()
+	b := l.k.hub.calls.leg()
+	tm.renewTimeout = l.path.attemptTimeout(tm, b)
+	tm.call = max(tm.call, l.k.hub.calls.timeout())
+	tm.margin += b
+	if l.path.thr > 0 {
+		tm.threshold = l.path.thr
+	}
+	return tm
+}
+
+// deadlineLocked returns D for a keepalive sent at sent whose reply says the
+// server reset the lease to ttl.
+//
+// Why D is never later than the server's expiry, on every path: straight
+// to a member, the server resets the lease when it takes the keepalive in,
+// after sent, so the lease lives at least until sent+ttl. Through etcd's
+// gRPC proxy, the reply comes from the proxy's own keepalive upstream,
+// which may have been on its way before the keeper's reached the proxy:
+// the proxy answers every keepalive that reached it before the upstream
+// reply did. That reply left the server at most one leg's time d before it
+// reached the proxy, and the keeper's keepalive reached the proxy before
+// that, so after sent: the server reset the lease after sent-d, and the
+// lease lives at least until sent+ttl-d. A unary call (a grant, a write, a
+// time to live) goes all the way to the server on every path, the
+// proxy's leg included, so its round trip bounds d: b is taken
+// off with the margin, which absorbs the clocks' drift. b is the longest
+// recent round trip (callTiming.leg). A reply with a TTL
+// of 0 or less says the lease is gone, and sets no D (renewals.go).
+func (l *leaseLoop) deadlineLocked(sent time.Time, ttl time.Duration) time.Time {
+	return sent.Add(ttl - l.k.cfg.timingFor(ttl).margin - l.k.hub.calls.leg())
+}
+
+// nextDueLocked returns when the renewal after the one whose keepalive was
+// sent at sent is due, and sets the cycle's degrade threshold (path.go).
+func (l *leaseLoop) nextDueLocked(sent time.Time) time.Time {
+	base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
+	tm := l.timingLocked()
+	tm.threshold = base.threshold
+	return l.path.next(sent, l.lease.ttl, tm, base, b, l.lease.deadline)
 }
 
 // start schedules the first attempt and waits until the keeper is Healthy,

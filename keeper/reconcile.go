@@ -117,7 +117,7 @@ func (r *registry) exclusiveLocked(v leaseView, key string, rec *record, obs *mv
 // held; it releases mu while it writes.
 func (r *registry) writeBackLocked(v leaseView, p kv, policy Policy) error {
 	r.mu.Unlock()
-	ctx, cancel := r.k.life.within(v.tm.renewTimeout, v.deadline)
+	ctx, cancel := r.k.life.within(v.tm.call, v.deadline)
 	err := r.writeKey(ctx, v.id, p, policy)
 	cancel()
 	if err != nil {

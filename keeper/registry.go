@@ -102,7 +102,7 @@ func (r *registry) register(ctx context.Context, key, value string, policy Polic
 	if !v.live {
 		return nil
 	}
-	wctx, wcancel := boundCtx(ctx, v.tm.renewTimeout, v.deadline)
+	wctx, wcancel := boundCtx(ctx, v.tm.call, v.deadline)
 	err = r.writeKey(wctx, v.id, kv{key, value}, policy)
 	wcancel()
 
@@ -190,7 +190,7 @@ func (r *registry) withdraw(ctx context.Context) error {
 // del deletes key if it is still attached to lease id, within the renew
 // timeout of v, and classifies the error.
 func (r *registry) del(ctx context.Context, v leaseView, id clientv3.LeaseID, key string) error {
-	ctx, cancel := context.WithTimeout(ctx, v.tm.renewTimeout)
+	ctx, cancel := context.WithTimeout(ctx, v.tm.call)
 	defer cancel()
 	return lkerrors.ClassifyConn(r.k.hub.b.del(ctx, id, key), r.k.hub.b.connState())
 }

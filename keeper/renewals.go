@@ -77,7 +77,7 @@ type unsent struct {
 
 // keepalive is one request in a stream's line.
 type keepalive struct {
-	done    func(keepaliveReply) // called once, without the lock held, unless given up
+	done    func(keepaliveReply) // called once, without the lock held; given up, only with its reply
 	fresh   bool                 // its stream was opened for it
 	sent    bool
 	givenUp bool
@@ -97,8 +97,9 @@ func newRenewals(cli *clientv3.Client) *renewals {
 // keepAliveAsync sends a keepalive for id and calls done once with the TTL
 // the server reset it to or the error, from the goroutine that received
 // the reply; it never blocks, and done must not either. cancel gives the
-// request up: after it, done is called at most once more, and only if the
-// reply was being handed over already. hedge says that an earlier request
+// request up: after it, done is called at most once more, with the reply if
+// it comes (the renewal it carries happened, late), never with the error of
+// a stream that broke. hedge says that an earlier request
 // for id, in the same attempt, went unanswered for too long: the stream it
 // waits on is left for a new one.
 //
@@ -325,15 +326,14 @@ func (r *renewals) deliver(s *renewStream, resp *pb.LeaseKeepAliveResponse) {
 	} else {
 		s.line[id] = q[1:]
 	}
-	answer := !ka.givenUp
-	if answer {
+	if !ka.givenUp {
 		s.waiting--
 		r.endIfLeftLocked(s)
 	}
 	r.mu.Unlock()
-	if answer {
-		ka.done(keepaliveReply{ttl: resp.TTL})
-	}
+	// A request given up still gets its reply, late: the renewal it
+	// carries happened, and says how late the path answers.
+	ka.done(keepaliveReply{ttl: resp.TTL})
 }
 
 // giveUp takes ka out of s's line, or, if it was sent, leaves it there

@@ -108,7 +108,7 @@ func (r *registry) writeOne(v leaseView, key string) error {
 	}
 	p, policy := kv{key, rec.value}, rec.policy
 	r.mu.Unlock()
-	ctx, cancel := r.k.life.within(v.tm.renewTimeout, v.deadline)
+	ctx, cancel := r.k.life.within(v.tm.call, v.deadline)
 	defer cancel()
 	return r.writeKey(ctx, v.id, p, policy)
 }
@@ -163,12 +163,14 @@ func (r *registry) put(v leaseView, keys []string) error {
 	if len(kvs) == 0 {
 		return nil
 	}
-	ctx, cancel := r.k.life.within(v.tm.renewTimeout, v.deadline)
+	ctx, cancel := r.k.life.within(v.tm.call, v.deadline)
 	defer cancel()
+	sent := time.Now()
 	res, err := r.k.hub.b.put(ctx, v.id, kvs)
 	if err != nil {
 		return r.classify(err)
 	}
+	r.k.hub.calls.sample(sent)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
@@ -241,6 +243,7 @@ func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, poli
 		if err != nil {
 			return r.classify(err)
 		}
+		r.k.hub.calls.sample(now)
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if _, healed := r.recordLocked(id, p, res.rev, res.create[0]); healed {
@@ -252,6 +255,7 @@ func (r *registry) writeKey(ctx context.Context, id clientv3.LeaseID, p kv, poli
 	if err != nil {
 		return r.classify(err)
 	}
+	r.k.hub.calls.sample(now)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rec := r.keys.get(p.key)

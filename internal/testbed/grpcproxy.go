@@ -1,0 +1,106 @@
+package testbed
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/leasekeeper/leasekeeper/internal/freeport"
+)
+
+// GRPCProxy is etcd's own gRPC proxy (`etcd grpc-proxy start`), run from
+// the same binary as the members, in front of upstream endpoints. Fleets
+// run it to coalesce watches and lease keepalives: it answers a client's
+// keepalives from one lease keepalive of its own per lease, on its own
+// schedule, and forwards the other lease calls upstream.
+type GRPCProxy struct {
+	URL      string // the proxy's client URL
+	bin      string
+	args     []string
+	log      string
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	upstream []string
+}
+
+// StartGRPCProxy starts a gRPC proxy of the etcd binary bin in front of
+// upstream (client URLs), logging to log, and waits until it serves.
+func StartGRPCProxy(bin, log string, upstream []string) (*GRPCProxy, error) {
+	ports, err := freeport.Get(1)
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	hosts := make([]string, len(upstream))
+	for i, u := range upstream {
+		hosts[i] = strings.TrimPrefix(u, "http://")
+	}
+	p := &GRPCProxy{URL: "http://" + addr, bin: bin, log: log, upstream: upstream,
+		args: []string{"grpc-proxy", "start", "--endpoints", strings.Join(hosts, ","), "--listen-addr", addr}}
+	if err := p.start(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *GRPCProxy) start() error {
+	p.cmd = exec.Command(p.bin, p.args...)
+	log, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Close() }()
+	p.cmd.Stdout, p.cmd.Stderr = log, log
+	if err := p.cmd.Start(); err != nil {
+		return fmt.Errorf("start grpc-proxy: %w", err)
+	}
+	p.exited = make(chan struct{})
+	go reapProcess(p.cmd, p.exited)
+	if err := WaitServing([]string{p.URL}, time.Now().Add(30*time.Second)); err != nil {
+		p.Kill()
+		return fmt.Errorf("grpc-proxy: %w", err)
+	}
+	return nil
+}
+
+// reapProcess waits for cmd to exit and closes exited.
+func reapProcess(cmd *exec.Cmd, exited chan struct{}) {
+	_ = cmd.Wait()
+	close(exited)
+}
+
+// Kill kills the proxy with SIGKILL and waits for it to exit.
+func (p *GRPCProxy) Kill() {
+	if p.cmd == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+	p.cmd = nil
+}
+
+// Restart kills the proxy and starts it again on the same address.
+func (p *GRPCProxy) Restart() error {
+	p.Kill()
+	return p.start()
+}
+
+// Pid returns the proxy's process ID, or 0 while it is not running.
+func (p *GRPCProxy) Pid() int {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// CPU returns the user and system time the proxy has used.
+func (p *GRPCProxy) CPU() (time.Duration, error) {
+	if p.Pid() == 0 {
+		return 0, errors.New("testbed: grpc-proxy not running")
+	}
+	return ProcessCPU(p.Pid())
+}

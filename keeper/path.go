@@ -1,0 +1,254 @@
+package keeper
+
+import (
+	"time"
+)
+
+// The path's part of the lease loop: what the keeper learns of how its
+// path to etcd answers, and the timing it takes from that. Two kinds of
+// path answer keepalives differently, and the keeper tells them apart by
+// what it sees, never by address or name:
+//
+//   - A path that answers at once (straight to a member, near or far):
+//     every keepalive is answered a round trip after it was sent. The
+//     keeper renews a third of the TTL or so after the last renewal, on
+//     the renewal grid (renewalDue), and bounds each attempt by the
+//     latency its replies showed (an rttEstimator, floored at the
+//     configured RenewTimeout), so a far link is not a timeout.
+//   - A path that holds keepalives and answers them on a schedule of its
+//     own, as etcd's gRPC proxy does: it renews each lease upstream with a
+//     keepalive of its own, a third of the TTL after its last answer on a
+//     500 ms tick, and answers every keepalive waiting for that lease when
+//     the answer comes, in a burst. A keepalive sent just after an answer
+//     waits a whole period, and proves only that the server renewed the
+//     lease after it was sent, a period ago. So the keeper learns the
+//     period between the answers and sends its keepalive a lead before
+//     the next one is due: it is answered at once, by a renewal the server
+//     made just after it was sent, and no more keepalives go than the
+//     proxy's own renewals answer.
+//
+// A renewal is held when its reply came later than the path's unary calls
+// (which go all the way to etcd) plus holdSlack, counted from the first
+// attempt since the last reply: the path waited before answering. Held
+// renewals count up and prompt ones down, and heldAfter put the keeper in
+// held mode (a keepalive that happens to be sent just before a held path's
+// answer is answered promptly too). In held mode a reply sooner than
+// holdSlack, which the lead of twice holdSlack rules out on a held path,
+// counts towards leaving it; leaveAfter in a row take the keeper out.
+// Replies to keepalives given up at their timeout still count (lateReply):
+// they say how late the path answers, and renew the lease.
+//
+// In both, the degrade threshold in force for a renewal cycle is the
+// configured one, lowered where the path cannot do better: to the time the
+// deadline D leaves once the next renewal is answered as late as the path
+// answers it (never below RenewTimeout). A late reply on a path whose
+// replies are always late is not a fault; a reply later than that is, and
+// the keeper is Degraded. Against a path that holds keepalives the keeper
+// never hedges: a second stream joins the wait for the same answer.
+
+// pathState is what one keeper learned of its path. Guarded by
+// leaseLoop.mu.
+type pathState struct {
+	ka     rttEstimator  // latency of the first keepalive of each attempt, when answered
+	holds  uint8         // held replies in a row, outside held mode
+	prompt uint8         // prompt replies in a row, in held mode
+	period time.Duration // in held mode, the shortest time between the path's answers; zero outside it
+	most   time.Duration // in held mode, the longest
+	seen   uint8         // periods seen in held mode, up to trustAfter
+	last   time.Time     // when the last keepalive was answered
+	asked  time.Time     // when the first attempt since then began; zero before it
+	thr    time.Duration // the degrade threshold for the cycle under way; zero: the configured one
+}
+
+const (
+	heldAfter  = 2  // held renewals, less prompt ones, that put the keeper in held mode
+	leaveAfter = 8  // prompt replies in a row that take it out
+	trustAfter = 16 // periods seen before the longest seen alone bounds the next
+)
+
+// holdSlack is how much longer than the path's unary calls a keepalive may
+// take before it counts as held: half the configured renew timeout, at
+// least 20 ms.
+func holdSlack(base timing) time.Duration {
+	return max(base.renewTimeout/2, 20*time.Millisecond)
+}
+
+// held reports whether the keeper renews on the schedule of a path that
+// holds keepalives.
+func (p *pathState) held() bool { return p.period > 0 }
+
+// lead is how long before the path's next answer the keeper sends its
+// keepalive, in held mode: twice holdSlack, so that the keepalive is there
+// before the answer even when the path's schedule drifts. It need not
+// reach the proxy before the proxy's own keepalive goes upstream: one that
+// comes while that is on its way gets its answer, a renewal up to one leg
+// older, which D allows for (deadlineLocked). A reply that comes sooner
+// than holdSlack was not held, and counts towards leaving held mode.
+func (p *pathState) lead(base timing, _ time.Duration) time.Duration {
+	return 2 * holdSlack(base)
+}
+
+// asking records that a renewal attempt begins at now.
+func (p *pathState) asking(now time.Time) {
+	if p.asked.IsZero() {
+		p.asked = now
+	}
+}
+
+// answered takes in a keepalive sent at sent and answered at at, on a path
+// whose unary calls take up to b, for a lease of ttl. first says the reply
+// answered the first keepalive of its attempt: only then is its latency a
+// sample (Karn's rule). Whether the path held the renewal counts from the
+// first attempt since the last answer: attempts that timed out on a path
+// that answers late, and a fresh keepalive on another stream answered at
+// once, say nothing of how long the path waited to answer.
+func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, base timing, b time.Duration) {
+	if first {
+		p.ka.sample(at.Sub(sent))
+	}
+	asked := p.asked
+	if asked.IsZero() || asked.After(sent) {
+		asked = sent
+	}
+	p.asked = time.Time{}
+	held := at.Sub(asked) > b+holdSlack(base)
+	gap, hadLast := at.Sub(p.last), !p.last.IsZero()
+	if hadLast && gap < holdSlack(base) {
+		// Another reply of the same answer: a path that holds keepalives
+		// answers every one waiting, given up or not, at once.
+		return
+	}
+	p.last = at
+	switch {
+	case !p.held() && !held:
+		// A keepalive sent just before a held path's answer is answered at
+		// once too: a prompt reply takes back one held, not all.
+		if p.holds > 0 {
+			p.holds--
+		}
+	case !p.held():
+		if p.holds++; p.holds >= heldAfter && hadLast {
+			p.period = answerPeriod(gap, 0, ttl)
+			p.most, p.prompt, p.seen = p.period, 0, 0
+		}
+	case at.Sub(asked) <= holdSlack(base):
+		// Answered sooner than the lead before the answer it was sent
+		// for: nothing held it.
+		if p.prompt++; p.prompt >= leaveAfter {
+			p.period, p.most, p.holds = 0, 0, 0
+		}
+	default:
+		p.prompt = 0
+		if at.Sub(sent) < gap/2 && gap >= p.period*7/4 {
+			// The keepalive came after the answer it was sent for and
+			// waited for the next: the gap is two periods. (Had it waited
+			// half the gap or more, no answer can have come between: the
+			// gap is one period, however far off the estimate was.)
+			return
+		}
+		if p.seen < trustAfter {
+			p.seen++
+		}
+		// One period: the path answers between period and most after its
+		// last answer (etcd's gRPC proxy, whose 500 ms tick drifts against
+		// its renewal, alternates, and may answer at the later one only
+		// once in many). Each bound follows a new extreme at once and
+		// drifts back slowly, most the slowest.
+		gap = answerPeriod(gap, 0, ttl)
+		if gap < p.period {
+			p.period = gap
+		} else {
+			p.period += (gap - p.period) / 8
+		}
+		if gap > p.most {
+			p.most = gap
+		} else {
+			p.most += (gap - p.most) / 64
+		}
+	}
+}
+
+// answerPeriod is the path's period, given that gap is a whole number of
+// periods near guess (or, with no guess, up to two), bounded to between an
+// eighth and half the TTL: a path that answers less often than twice a TTL
+// keeps no lease.
+func answerPeriod(gap, guess, ttl time.Duration) time.Duration {
+	if guess > 0 {
+		if k := (gap + guess/2) / guess; k > 1 {
+			gap /= k
+		}
+	}
+	for gap > ttl/2 {
+		gap /= 2
+	}
+	return max(gap, ttl/8)
+}
+
+// latest is how long after its last answer a path that holds keepalives
+// answers next at the latest: the longest period seen, and until the path
+// showed trustAfter periods, at least half a period more than the
+// shortest.
+func (p *pathState) latest() time.Duration {
+	if p.seen < trustAfter {
+		return max(p.most, p.period*3/2)
+	}
+	return p.most
+}
+
+// timedOut takes in a renewal attempt that got no reply within timeout: its
+// reply, if it comes, takes longer. Karn's rule leaves such attempts out,
+// and TCP backs its timer off instead; here the timeout counts as a sample,
+// so that a path whose replies often come later than the timeout does not
+// look fast by the replies that came in time alone.
+func (p *pathState) timedOut(timeout time.Duration) {
+	p.ka.sample(timeout)
+}
+
+// hedgeAfter is how long a keepalive waits for its reply before a fresh
+// one goes on a new stream, with a live lease: a third of the attempt's
+// timeout, or the latency the path's replies show, whichever is longer.
+// Zero means never: where the path's replies as a rule come later than
+// that (a far link, a path that holds keepalives), a second stream is
+// answered no sooner than the first, and against etcd's gRPC proxy it
+// only joins the wait for the proxy's next renewal.
+func (p *pathState) hedgeAfter(timeout time.Duration) time.Duration {
+	after := max(timeout/3, p.ka.srtt+2*p.ka.rttvar)
+	if p.held() || p.ka.n > 0 && p.ka.bound() >= after {
+		// Replies come late on this path as a rule: a second stream
+		// would be answered no sooner.
+		return 0
+	}
+	return after
+}
+
+// attemptTimeout bounds a renewal: on a path that answers at once, the
+// latency its replies show, at least the configured renew timeout; on a
+// path that holds keepalives, its period and the lead, so that a keepalive
+// that just missed an answer is not taken for lost. The attempt never runs
+// past D either.
+func (p *pathState) attemptTimeout(base timing, b time.Duration) time.Duration {
+	if p.held() {
+		return p.latest() + p.lead(base, b) + holdSlack(base)
+	}
+	return max(base.renewTimeout, p.ka.bound())
+}
+
+// next returns when the renewal after one whose keepalive was sent at sent
+// is due, and sets the degrade threshold for the cycle: tm is the timing in
+// force (its margin holds b, its renew timeout the attempt's bound), base
+// the configured one, d the new deadline D.
+func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b time.Duration, d time.Time) time.Time {
+	var due, answer time.Time // when the next renewal goes, and when it is answered at the latest
+	if p.held() {
+		due = p.last.Add(p.period - p.lead(base, b))
+		answer = p.last.Add(p.latest() + holdSlack(base))
+	} else {
+		due = renewalDue(sent, ttl, tm)
+		answer = due.Add(tm.renewTimeout)
+	}
+	p.thr = 0
+	if left := d.Sub(answer); left < base.threshold {
+		p.thr = max(left, base.renewTimeout)
+	}
+	return due
+}

@@ -1,0 +1,198 @@
+package keeper
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// proxyFake is the fake etcd behind a fake of etcd's gRPC proxy, which
+// answers keepalives as the real one does (server/proxy/grpcproxy/lease.go):
+// it renews each lease upstream with a keepalive of its own, the first on
+// the next 500 ms tick of its lessor after a keepalive for the lease
+// arrives, each next one on the first tick a third of the TTL after the
+// last answer, and answers every keepalive that waits for the lease when an
+// answer comes, in a burst. A keepalive that arrives while the proxy's own
+// is on its way upstream gets that answer: a renewal the server made before
+// the keepalive was sent. While the link to etcd is stalled the proxy says
+// nothing; once it is back, a lease that expired meanwhile is answered
+// with a TTL of -1. Unary calls go straight to the fake etcd, taking the
+// upstream round trip.
+type proxyFake struct {
+	*fakeBackend
+	up time.Duration // round trip between the proxy and etcd
+
+	mu      sync.Mutex
+	loops   map[clientv3.LeaseID]*proxyLoop
+	stall   bool
+	healed  chan struct{} // closed when a stall ends
+	hedges  int           // keepalives asked to go another way
+	sent    int           // keepalives the proxy got
+	renewed int           // keepalives the proxy sent upstream
+	closed  bool
+}
+
+// proxyLoop is the proxy's keepalive of one lease and the keepalives
+// waiting for its answer.
+type proxyLoop struct {
+	waiting []*proxyCall
+	next    *time.Timer
+}
+
+type proxyCall struct {
+	done     func(int64, error)
+	canceled bool
+}
+
+// proxyTick is the proxy's lessor tick.
+const proxyTick = 500 * time.Millisecond
+
+func newProxyFake(up time.Duration) *proxyFake {
+	f := newFake()
+	f.latency = up
+	p := &proxyFake{fakeBackend: f, up: up, loops: map[clientv3.LeaseID]*proxyLoop{}, healed: make(chan struct{})}
+	close(p.healed)
+	return p
+}
+
+// nextTick returns the first tick of the proxy's lessor at or after t.
+func nextTick(t time.Time) time.Time {
+	if rem := t.UnixNano() % int64(proxyTick); rem != 0 {
+		t = t.Add(proxyTick - time.Duration(rem))
+	}
+	return t
+}
+
+func (p *proxyFake) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) func() {
+	c := &proxyCall{done: done}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent++
+	if hedge {
+		p.hedges++
+	}
+	if p.closed {
+		go done(0, context.Canceled)
+		return func() {}
+	}
+	l := p.loops[id]
+	if l == nil {
+		l = &proxyLoop{}
+		p.loops[id] = l
+		p.scheduleLocked(id, l, nextTick(time.Now()))
+	}
+	l.waiting = append(l.waiting, c)
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		c.canceled = true
+	}
+}
+
+// scheduleLocked makes the proxy renew lease id upstream at at.
+func (p *proxyFake) scheduleLocked(id clientv3.LeaseID, l *proxyLoop, at time.Time) {
+	l.next = time.AfterFunc(time.Until(at), func() { p.renew(id, l) })
+}
+
+// renew sends the proxy's own keepalive for id upstream: the server resets
+// the lease half a round trip later, and the answer comes back after the
+// whole one, for every keepalive that arrived by then.
+func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
+	p.mu.Lock()
+	healed := p.healed
+	p.renewed++
+	p.mu.Unlock()
+	<-healed
+	time.Sleep(p.up / 2)
+	f := p.fakeBackend
+	f.mu.Lock()
+	f.expireLocked(time.Now())
+	ttl := int64(-1)
+	if fl, ok := f.leases[id]; ok {
+		fl.expires = time.Now().Add(time.Duration(fl.ttl) * time.Second)
+		ttl = fl.ttl
+	}
+	f.mu.Unlock()
+	time.Sleep(p.up - p.up/2)
+
+	p.mu.Lock()
+	waiting := l.waiting
+	l.waiting = nil
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	if ttl > 0 {
+		p.scheduleLocked(id, l, nextTick(time.Now().Add(time.Duration(ttl)*time.Second/3)))
+	} else {
+		delete(p.loops, id) // the proxy's lessor lets an expired lease go
+	}
+	p.mu.Unlock()
+	for _, c := range waiting {
+		if ttl <= 0 {
+			// As the real backend says it (renewals.go).
+			c.done(0, rpctypes.ErrLeaseNotFound)
+		} else {
+			c.done(ttl, nil)
+		}
+	}
+}
+
+// setUpstreamStalled stalls or heals the link between the proxy and etcd.
+func (p *proxyFake) setUpstreamStalled(stall bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stall == stall {
+		return
+	}
+	p.stall = stall
+	if stall {
+		p.healed = make(chan struct{})
+	} else {
+		close(p.healed)
+	}
+	p.fakeBackend.setStalled(stall)
+}
+
+// counts returns the keepalives the proxy got, how many of them were
+// hedges, and the keepalives it sent upstream.
+func (p *proxyFake) counts() (sent, hedges, renewed int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent, p.hedges, p.renewed
+}
+
+// expiry returns when the server expires lease id, and false if it holds
+// no such lease.
+func (p *proxyFake) expiry(id clientv3.LeaseID) (time.Time, bool) {
+	f := p.fakeBackend
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expireLocked(time.Now())
+	l, ok := f.leases[id]
+	if !ok {
+		return time.Time{}, false
+	}
+	return l.expires, true
+}
+
+// close stops the proxy's timers; the test's keepers must be closed.
+func (p *proxyFake) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for id, l := range p.loops {
+		l.next.Stop()
+		for _, c := range l.waiting {
+			go c.done(0, context.Canceled)
+		}
+		delete(p.loops, id)
+	}
+	if p.stall {
+		p.stall = false
+		close(p.healed)
+	}
+}

@@ -1,0 +1,150 @@
+package keeper
+
+import (
+	"fmt"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/leasekeeper/leasekeeper/statemachine"
+)
+
+// watchDeadline checks, every 10 ms of fake time until stop closes, that
+// k's deadline D is no later than the server's expiry of its lease, and
+// returns how many checks found it later.
+func watchDeadline(p *proxyFake, k *Keeper, stop <-chan struct{}) <-chan int {
+	out := make(chan int, 1)
+	go func() {
+		late := 0
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				out <- late
+				return
+			case <-tick.C:
+			}
+			d := k.Deadline()
+			exp, ok := p.expiry(k.LeaseID())
+			if ok && !d.IsZero() && d.After(exp) {
+				late++
+			}
+		}
+	}()
+	return out
+}
+
+// newProxyTest returns a keeper of ttl behind p, and a recorder of its
+// transitions.
+func newProxyTest(t *testing.T, p *proxyFake, ttl time.Duration) (*Keeper, *recorder) {
+	t.Helper()
+	rec := &recorder{}
+	cfg := DefaultConfig()
+	cfg.TTL = ttl
+	cfg.Callbacks.OnTransition = rec.record
+	k, err := newKeeper(p, cfg)
+	require.NoError(t, err)
+	return k, rec
+}
+
+// episodes counts the times the keeper left Healthy after since.
+func episodes(rec *recorder, since time.Time) int {
+	n := 0
+	for _, t := range rec.transitions() {
+		if t.From == statemachine.Healthy && t.At.After(since) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestProxySteady: behind a gRPC proxy, whose answers come on its own
+// schedule, the keeper learns the schedule within a few renewals and then
+// stays Healthy, sends no hedge and no more keepalives than the proxy
+// renews the lease upstream; and its D never passes the server's expiry,
+// also when the link between the proxy and etcd is slow and keepalives are
+// answered by renewals made before they were sent. (With a round trip of
+// TTL/6 between the proxy and etcd, at a TTL of 3s, the server itself has
+// the lease renewed only a second before it would expire: the keeper may
+// be Degraded there, never late.)
+func TestProxySteady(t *testing.T) {
+	for _, tc := range []struct {
+		ttl, up time.Duration
+		steady  bool // 0 episodes, no more keepalives than renewals
+	}{
+		{3 * time.Second, time.Millisecond, true},
+		{3 * time.Second, 500 * time.Millisecond, false},
+		{5 * time.Second, time.Millisecond, true},
+		{10 * time.Second, time.Millisecond, true},
+		{10 * time.Second, 500 * time.Millisecond, true},
+		{30 * time.Second, time.Millisecond, true},
+		{60 * time.Second, time.Millisecond, true},
+	} {
+		t.Run(fmt.Sprintf("ttl %v upstream %v", tc.ttl, tc.up), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := newProxyFake(tc.up)
+				k, rec := newProxyTest(t, p, tc.ttl)
+				stop := make(chan struct{})
+				late := watchDeadline(p, k, stop)
+				startHealthy(t, k, "svc/a")
+				time.Sleep(3 * tc.ttl)
+				learned := time.Now()
+				sent0, hedges0, renewed0 := p.counts()
+				time.Sleep(10 * tc.ttl)
+				synctest.Wait()
+				sent, hedges, renewed := p.counts()
+				close(stop)
+				assert.Zero(t, <-late, "checks that found D later than the server's expiry")
+				assert.Equal(t, hedges0, hedges, "hedges sent through the proxy once learned")
+				if tc.steady {
+					assert.Zero(t, episodes(rec, learned), "episodes in 10 TTLs once learned: %v", rec.path())
+					assert.Equal(t, statemachine.Healthy, k.State())
+					assert.LessOrEqual(t, sent-sent0, renewed-renewed0+1, "keepalives sent, against the proxy's own renewals (one may straddle the window's edge)")
+				}
+				mustClose(t, k)
+				p.close()
+				time.Sleep(time.Second)
+			})
+		})
+	}
+}
+
+// TestProxyUpstreamStall: when the link between the proxy and etcd stalls
+// for two TTLs the proxy goes silent; the keeper is Failed before the
+// server's expiry, and Healthy again within one proxy period of the link
+// coming back, on a new lease (the proxy answers the old one with TTL -1).
+func TestProxyUpstreamStall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 3 * time.Second
+		p := newProxyFake(time.Millisecond)
+		k, rec := newProxyTest(t, p, ttl)
+		startHealthy(t, k, "svc/a")
+		time.Sleep(3 * ttl)
+		old := k.LeaseID()
+		expiry, ok := p.expiry(old)
+		require.True(t, ok)
+		stallAt := time.Now()
+		p.setUpstreamStalled(true)
+		time.Sleep(2 * ttl)
+		failedAt := rec.at(statemachine.Failed)
+		require.False(t, failedAt.IsZero(), "not failed during a %v stall: %v", 2*ttl, rec.path())
+		assert.True(t, failedAt.Before(expiry), "failed at %v, the server's expiry at %v", failedAt.Sub(stallAt), expiry.Sub(stallAt))
+		healAt := time.Now()
+		p.setUpstreamStalled(false)
+		time.Sleep(ttl/3 + proxyTick)
+		synctest.Wait()
+		assert.Equal(t, statemachine.Healthy, k.State(), "state one proxy period after the link came back: %v", rec.path())
+		assert.NotEqual(t, old, k.LeaseID(), "the lease the server expired is still held")
+		v, ok := p.get("svc/a")
+		assert.True(t, ok && v.lease == k.LeaseID(), "key after healing: %+v, %v", v, ok)
+		time.Sleep(3 * ttl)
+		assert.Zero(t, episodes(rec, healAt.Add(ttl/3+proxyTick)), "episodes after healing: %v", rec.path())
+		mustClose(t, k)
+		p.close()
+		time.Sleep(time.Second)
+	})
+}
