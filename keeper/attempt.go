@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -99,6 +100,9 @@ func (l *leaseLoop) fire() {
 	if a.live && !a.held {
 		// Leave room for a second attempt before the degrade threshold.
 		a.timeout = min(a.timeout, max(l.baseTimingLocked().renewTimeout, a.deadline.Add(-a.tm.threshold).Sub(now)/2))
+	}
+	if !a.renew {
+		a.timeout = max(a.timeout, a.tm.call)
 	}
 	a.hedge = l.path.hedgeAfter(a.timeout)
 	if a.renew {
@@ -226,8 +230,9 @@ func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	r := result{id: a.id, ttl: time.Duration(ka.ttl) * time.Second, sent: ka.sent}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r.deadline = l.deadlineLocked(ka.sent, r.ttl)
+	r.deadline = l.deadlineLocked(ka.sent, ka.sent.Add(ka.rtt), r.ttl)
 	if l.lease.id == a.id {
+		l.path.proved = ka.sent
 		base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
 		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.lease.ttl, base, b)
 	}
@@ -248,18 +253,50 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	if l.k.life.closed() || l.lease.id != id || !l.liveLocked(now) {
+	if l.k.life.closed() || l.lease.id != id || !l.liveLocked(now) || sent.Before(l.path.proved) {
+		// Older than the renewal D rests on (a member that held it
+		// through a stall, say): it moves nothing and tells nothing of
+		// the path as it is.
 		return
 	}
 	base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
+	d := l.deadlineLocked(sent, at, time.Duration(ttl)*time.Second)
+	l.path.proved = sent
 	l.path.answered(sent, at, false, l.lease.ttl, base, b)
-	if d := l.deadlineLocked(sent, time.Duration(ttl)*time.Second); d.After(l.lease.deadline) {
+	if d.After(l.lease.deadline) {
 		l.lease.deadline = d
 		l.rearmCheckLocked(now)
 	}
 	if l.m.State() == statemachine.Healthy {
 		l.fails.n = 0
 	}
+}
+
+// probe asks the server how long lease id has left, on a goroutine of its
+// own, for the round trip alone: it goes all the way to etcd, through a
+// gRPC proxy too, so it keeps b, the bound on a leg of the path, in step
+// with a leg that became slower since the last unary call. A lease the
+// server does not know any more is lost, as for any other call.
+func (l *leaseLoop) probe(id clientv3.LeaseID) {
+	if !l.k.life.begin() {
+		return
+	}
+	tm := l.timingLocked()
+	go func() {
+		defer l.k.life.end()
+		// Bounded as a renewal of the path: a slower leg is what it is for.
+		ctx, cancel := l.attemptCtx(max(tm.call, tm.renewTimeout), time.Time{})
+		defer cancel()
+		sent := time.Now()
+		ttl, err := l.k.hub.b.timeToLive(ctx, id)
+		if err != nil {
+			return
+		}
+		l.k.hub.calls.sample(sent)
+		if ttl < 0 {
+			l.writeFailed(id, rpctypes.ErrLeaseNotFound)
+		}
+	}()
 }
 
 // regrant grants a new lease and writes every key with it. The old lease
@@ -302,7 +339,7 @@ func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.T
 	l.lease = lease{id: id, ttl: r.ttl, deadline: r.deadline}
 	// The new lease is renewed on the path's schedule from now on: a path
 	// that holds keepalives starts a schedule for it at its first one.
-	l.path.last, l.path.asked, l.path.thr = time.Now(), time.Time{}, 0
+	l.path.last, l.path.asked, l.path.thr, l.path.fresh = time.Now(), time.Time{}, 0, true
 	tm := l.timingLocked()
 	l.mu.Unlock()
 	l.k.logger().Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(a.id)), zap.Duration("ttl", r.ttl))
@@ -386,6 +423,9 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		// Count the renewal interval from when the server reset the lease
 		// (the send time), so round trips do not eat into the time left.
 		l.scheduleLocked(max(l.nextDueLocked(r.sent).Sub(now), 0))
+		if !r.granted && l.path.probeDue() {
+			l.probe(r.id)
+		}
 		l.rearmCheckLocked(now)
 		return
 	}

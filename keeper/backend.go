@@ -40,6 +40,10 @@ type backend interface {
 	// after it. hedge says an earlier request of the same attempt went
 	// unanswered too long: this one goes another way.
 	keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(ttl int64, err error)) (cancel func())
+	// timeToLive asks the server how long lease id has left, in whole
+	// seconds rounded down; a lease it does not know has -1. It goes to
+	// the server on every path, through a gRPC proxy too.
+	timeToLive(ctx context.Context, id clientv3.LeaseID) (int64, error)
 	// revoke revokes lease id, deleting its keys.
 	revoke(ctx context.Context, id clientv3.LeaseID) error
 	// put writes kvs attached to lease id in one transaction.
@@ -102,6 +106,14 @@ func (b *clientBackend) keepAliveAsync(id clientv3.LeaseID, hedge bool, done fun
 
 // close ends the renewal stream.
 func (b *clientBackend) close() { b.renewals.close() }
+
+func (b *clientBackend) timeToLive(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	r, err := b.lease.LeaseTimeToLive(ctx, &pb.LeaseTimeToLiveRequest{ID: int64(id)})
+	if err != nil {
+		return 0, err
+	}
+	return r.TTL, nil
+}
 
 func (b *clientBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
 	_, err := b.cli.Revoke(ctx, id)

@@ -213,6 +213,18 @@ func (f *fakeBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (i
 	return l.ttl, nil
 }
 
+func (f *fakeBackend) timeToLive(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	if err := f.call(ctx, "ttl"); err != nil {
+		return 0, err
+	}
+	defer f.mu.Unlock()
+	l, ok := f.leases[id]
+	if !ok {
+		return -1, nil
+	}
+	return int64(time.Until(l.expires) / time.Second), nil
+}
+
 func (f *fakeBackend) revoke(ctx context.Context, id clientv3.LeaseID) error {
 	if err := f.call(ctx, "revoke"); err != nil {
 		return err

@@ -151,8 +151,27 @@ func (l *leaseLoop) timingLocked() timing {
 // off with the margin, which absorbs the clocks' drift. b is the longest
 // recent round trip (callTiming.leg). A reply with a TTL
 // of 0 or less says the lease is gone, and sets no D (renewals.go).
-func (l *leaseLoop) deadlineLocked(sent time.Time, ttl time.Duration) time.Time {
-	return sent.Add(ttl - l.k.cfg.timingFor(ttl).margin - l.k.hub.calls.leg())
+//
+// A leg bounded by b holds only while the path carries bytes: a reply the
+// proxy's own keepalive got back after a stall of its link to etcd was
+// made by the server before the stall, however late the keeper's keepalive
+// was sent, since it answers every keepalive waiting. So a reply that came
+// later than the path answers after the oldest keepalive waiting for it
+// (the first of the attempts since the last answer) is dated by the path's
+// previous answer instead, if that is earlier: the proxy sends its keepalive upstream only
+// after its previous one was answered (etcd's lessor sends the next a
+// third of the TTL after an answer), and that answer reached the keeper at
+// most b after it reached the proxy.
+func (l *leaseLoop) deadlineLocked(sent, at time.Time, ttl time.Duration) time.Time {
+	b := l.k.hub.calls.leg()
+	oldest := sent
+	if a := l.path.asked; !a.IsZero() && a.Before(sent) {
+		oldest = a
+	}
+	if at.Sub(oldest) > l.path.waitBound(l.baseTimingLocked(), b) && !l.path.last.IsZero() && l.path.last.Before(sent) {
+		sent = l.path.last
+	}
+	return sent.Add(ttl - l.k.cfg.timingFor(ttl).margin - b)
 }
 
 // nextDueLocked returns when the renewal after the one whose keepalive was

@@ -58,13 +58,34 @@ type pathState struct {
 	last   time.Time     // when the last keepalive was answered
 	asked  time.Time     // when the first attempt since then began; zero before it
 	thr    time.Duration // the degrade threshold for the cycle under way; zero: the configured one
+	probes uint8         // renewals in held mode since the last probe
+	proved time.Time     // when the keepalive that D rests on was sent
+	fresh  bool          // the lease was just granted: no keepalive of it answered yet
 }
 
 const (
-	heldAfter  = 2  // held renewals, less prompt ones, that put the keeper in held mode
+	heldAfter  = 1  // held renewals, less prompt ones, that put the keeper in held mode
 	leaveAfter = 8  // prompt replies in a row that take it out
 	trustAfter = 16 // periods seen before the longest seen alone bounds the next
+	probeEvery = 8  // renewals in held mode between two probes of the path's legs
 )
+
+// probeDue reports whether a renewal just done should be followed by a
+// probe of the path's legs (leaseLoop.probe): in held mode, every
+// probeEvery renewals. Only there can a reply carry a renewal older than
+// its keepalive, and only there does b, which the unary calls set, need to
+// follow a leg that became slower since the last one.
+func (p *pathState) probeDue() bool {
+	if !p.held() {
+		p.probes = 0
+		return false
+	}
+	if p.probes++; p.probes < probeEvery {
+		return false
+	}
+	p.probes = 0
+	return true
+}
 
 // holdSlack is how much longer than the path's unary calls a keepalive may
 // take before it counts as held: half the configured renew timeout, at
@@ -113,6 +134,13 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 	p.asked = time.Time{}
 	held := at.Sub(asked) > b+holdSlack(base)
 	gap, hadLast := at.Sub(p.last), !p.last.IsZero()
+	if p.fresh {
+		// The first answer for a new lease: a path that holds keepalives
+		// starts the lease's schedule with it, so the time since the grant
+		// is no period.
+		p.fresh, p.last, p.asked = false, at, time.Time{}
+		return
+	}
 	if hadLast && gap < holdSlack(base) {
 		// Another reply of the same answer: a path that holds keepalives
 		// answers every one waiting, given up or not, at once.
@@ -204,6 +232,13 @@ func (p *pathState) timedOut(timeout time.Duration) {
 	p.ka.sample(timeout)
 }
 
+// waitBound is how long the path normally takes to answer a keepalive: a
+// held path's longest period and the lead, else the latency its replies
+// show; at least the configured renew timeout.
+func (p *pathState) waitBound(base timing, b time.Duration) time.Duration {
+	return max(p.attemptTimeout(base, b), base.renewTimeout)
+}
+
 // hedgeAfter is how long a keepalive waits for its reply before a fresh
 // one goes on a new stream, with a live lease: a third of the attempt's
 // timeout, or the latency the path's replies show, whichever is longer.
@@ -239,10 +274,19 @@ func (p *pathState) attemptTimeout(base timing, b time.Duration) time.Duration {
 // the configured one, d the new deadline D.
 func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b time.Duration, d time.Time) time.Time {
 	var due, answer time.Time // when the next renewal goes, and when it is answered at the latest
-	if p.held() {
+	switch {
+	case p.fresh || p.ka.n == 0:
+		// No keepalive of the lease answered yet: the path may answer far
+		// later than it answers a grant (a gRPC proxy answers the first
+		// on its own tick, and starts the lease's schedule with it).
+		// Renew half way to the degrade threshold, so that a late first
+		// answer is no fault.
+		due = earlier(renewalDue(sent, ttl, tm), sent.Add((d.Sub(sent)-base.threshold)/2))
+		answer = due.Add(tm.renewTimeout)
+	case p.held():
 		due = p.last.Add(p.period - p.lead(base, b))
 		answer = p.last.Add(p.latest() + holdSlack(base))
-	} else {
+	default:
 		due = renewalDue(sent, ttl, tm)
 		answer = due.Add(tm.renewTimeout)
 	}

@@ -18,8 +18,9 @@ import (
 // answer comes, in a burst. A keepalive that arrives while the proxy's own
 // is on its way upstream gets that answer: a renewal the server made before
 // the keepalive was sent. While the link to etcd is stalled the proxy says
-// nothing; once it is back, a lease that expired meanwhile is answered
-// with a TTL of -1. Unary calls go straight to the fake etcd, taking the
+// nothing; once it is back, an answer the stall held comes first (a
+// renewal the server made before the stall), and a lease that expired
+// meanwhile is answered with a TTL of -1. Unary calls go straight to the fake etcd, taking the
 // upstream round trip.
 type proxyFake struct {
 	*fakeBackend
@@ -30,6 +31,7 @@ type proxyFake struct {
 	stall   bool
 	healed  chan struct{} // closed when a stall ends
 	hedges  int           // keepalives asked to go another way
+	cutNext bool          // stall the link as soon as the server made its next renewal
 	sent    int           // keepalives the proxy got
 	renewed int           // keepalives the proxy sent upstream
 	closed  bool
@@ -102,11 +104,11 @@ func (p *proxyFake) scheduleLocked(id clientv3.LeaseID, l *proxyLoop, at time.Ti
 // whole one, for every keepalive that arrived by then.
 func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
 	p.mu.Lock()
-	healed := p.healed
+	healed, up := p.healed, p.up
 	p.renewed++
 	p.mu.Unlock()
 	<-healed
-	time.Sleep(p.up / 2)
+	time.Sleep(up / 2)
 	f := p.fakeBackend
 	f.mu.Lock()
 	f.expireLocked(time.Now())
@@ -116,7 +118,21 @@ func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
 		ttl = fl.ttl
 	}
 	f.mu.Unlock()
-	time.Sleep(p.up - p.up/2)
+	p.mu.Lock()
+	if p.cutNext {
+		p.cutNext = false
+		p.mu.Unlock()
+		p.setUpstreamStalled(true)
+		p.mu.Lock()
+	}
+	p.mu.Unlock()
+	time.Sleep(up - up/2)
+	// A stall that began meanwhile holds the answer too: it reaches the
+	// proxy once the link is back, carrying a renewal made before.
+	p.mu.Lock()
+	healed = p.healed
+	p.mu.Unlock()
+	<-healed
 
 	p.mu.Lock()
 	waiting := l.waiting

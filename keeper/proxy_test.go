@@ -13,8 +13,9 @@ import (
 )
 
 // watchDeadline checks, every 10 ms of fake time until stop closes, that
-// k's deadline D is no later than the server's expiry of its lease, and
-// returns how many checks found it later.
+// k's deadline D is no later than the server's expiry of its lease (and
+// passed, if the server has no such lease any more), and returns how many
+// checks found it later.
 func watchDeadline(p *proxyFake, k *Keeper, stop <-chan struct{}) <-chan int {
 	out := make(chan int, 1)
 	go func() {
@@ -30,8 +31,12 @@ func watchDeadline(p *proxyFake, k *Keeper, stop <-chan struct{}) <-chan int {
 			}
 			d := k.Deadline()
 			exp, ok := p.expiry(k.LeaseID())
-			if ok && !d.IsZero() && d.After(exp) {
+			switch {
+			case d.IsZero():
+			case ok && d.After(exp):
 				late++
+			case !ok && d.After(time.Now()):
+				late++ // alive by D, gone on the server
 			}
 		}
 	}()
@@ -122,6 +127,8 @@ func TestProxyUpstreamStall(t *testing.T) {
 		const ttl = 3 * time.Second
 		p := newProxyFake(time.Millisecond)
 		k, rec := newProxyTest(t, p, ttl)
+		stop := make(chan struct{})
+		late := watchDeadline(p, k, stop)
 		startHealthy(t, k, "svc/a")
 		time.Sleep(3 * ttl)
 		old := k.LeaseID()
@@ -143,6 +150,76 @@ func TestProxyUpstreamStall(t *testing.T) {
 		assert.True(t, ok && v.lease == k.LeaseID(), "key after healing: %+v, %v", v, ok)
 		time.Sleep(3 * ttl)
 		assert.Zero(t, episodes(rec, healAt.Add(ttl/3+proxyTick)), "episodes after healing: %v", rec.path())
+		close(stop)
+		assert.Zero(t, <-late, "checks that found D later than the server's expiry")
+		mustClose(t, k)
+		p.close()
+		time.Sleep(time.Second)
+	})
+}
+
+// TestProxyUpstreamSlowsDown: when the link between the proxy and etcd
+// becomes slow after Start, the keeper's probes of the path (a time to
+// live every few renewals, which goes all the way to etcd) raise b, the
+// bound on a leg that D allows for, and D never passes the server's
+// expiry.
+func TestProxyUpstreamSlowsDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 3 * time.Second
+		p := newProxyFake(time.Millisecond)
+		k, _ := newProxyTest(t, p, ttl)
+		stop := make(chan struct{})
+		late := watchDeadline(p, k, stop)
+		startHealthy(t, k, "svc/a")
+		time.Sleep(5 * ttl)
+		p.mu.Lock()
+		p.up = 400 * time.Millisecond
+		p.mu.Unlock()
+		p.setLatency(400 * time.Millisecond)
+		time.Sleep(20 * ttl)
+		synctest.Wait()
+		close(stop)
+		assert.Zero(t, <-late, "checks that found D later than the server's expiry")
+		assert.Positive(t, p.count("ttl"), "probes of the path")
+		assert.GreaterOrEqual(t, k.hub.calls.leg(), 400*time.Millisecond, "b once the upstream is slow")
+		mustClose(t, k)
+		p.close()
+		time.Sleep(time.Second)
+	})
+}
+
+// TestProxyStaleAnswerAfterStall: the link between the proxy and etcd
+// stalls just after the server renewed the lease for the proxy, so the
+// answer is held in the link; the keepalives the keeper sends meanwhile
+// are answered, once the link is back, by that renewal, made before they
+// were sent. D must not count from their send times: the keeper is Failed
+// before the server's expiry, and D never passes it.
+func TestProxyStaleAnswerAfterStall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 3 * time.Second
+		p := newProxyFake(100 * time.Millisecond)
+		k, rec := newProxyTest(t, p, ttl)
+		stop := make(chan struct{})
+		late := watchDeadline(p, k, stop)
+		startHealthy(t, k, "svc/a")
+		time.Sleep(3 * ttl)
+		p.mu.Lock()
+		p.cutNext = true
+		p.mu.Unlock()
+		time.Sleep(ttl)
+		id := k.LeaseID()
+		expiry, _ := p.expiry(id)
+		time.Sleep(ttl)
+		p.setUpstreamStalled(false)
+		time.Sleep(2 * ttl)
+		synctest.Wait()
+		close(stop)
+		assert.Zero(t, <-late, "checks that found D later than the server's expiry")
+		failedAt := rec.at(statemachine.Failed)
+		if assert.False(t, failedAt.IsZero(), "never failed: %v", rec.path()) {
+			assert.True(t, failedAt.Before(expiry), "failed at %v, after the server's expiry at %v", failedAt, expiry)
+		}
+		assert.Equal(t, statemachine.Healthy, k.State())
 		mustClose(t, k)
 		p.close()
 		time.Sleep(time.Second)

@@ -76,11 +76,19 @@ func (c *callTiming) take(sent time.Time, leg bool) {
 	}
 }
 
+// initialCallTimeout bounds a unary call before any returned, RFC 6298's
+// initial retransmission timeout: nothing is known of the path yet, and a
+// far link takes a few round trips to connect.
+const initialCallTimeout = time.Second
+
 // timeout is how long a unary call may take before it is late: the
-// estimator's bound. Zero before the first call returned.
+// estimator's bound, or initialCallTimeout before the first call returned.
 func (c *callTiming) timeout() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.est.n == 0 {
+		return initialCallTimeout
+	}
 	return c.est.bound()
 }
 

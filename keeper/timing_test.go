@@ -58,13 +58,12 @@ func TestDeadlineFromSendTime(t *testing.T) {
 		// A keepalive's reply may come from a renewal made up to one leg
 		// of the path before it was sent (a proxy's): D also takes off b,
 		// the longest recent round trip of a unary call, the grant's.
-		// The next renewal is due TTL/3 after the grant was sent, on the
-		// renewal grid if b and a whole renew timeout still fit before the
-		// degrade threshold after it.
+		// The first renewal is due half way from the grant to the degrade
+		// threshold: no keepalive was answered yet.
 		const b = 300 * time.Millisecond
 		tm := defaultTiming(10 * time.Second)
 		tm.margin += b
-		sent := renewalDue(start, 10*time.Second, tm)
+		sent := firstDueAfter(start, 10*time.Second, tm)
 		assert.LessOrEqual(t, sent.Sub(start), 3750*time.Millisecond, "renewal due after 0.375 TTL")
 		time.Sleep(time.Until(sent) + 400*time.Millisecond)
 		synctest.Wait()
@@ -261,7 +260,7 @@ func TestSilentMemberIsHedged(t *testing.T) {
 		}
 		// The hedge was sent a third of the renew timeout after the
 		// renewal; D counts from its send time.
-		hedgeSent := dueAfter(start, 10*time.Second).Add(time.Second / 3)
+		hedgeSent := firstDueAfter(start, 10*time.Second, defaultTiming(10*time.Second)).Add(time.Second / 3)
 		if got, want := k.Deadline(), hedgeSent.Add(9750*time.Millisecond); !got.Equal(want) {
 			t.Errorf("Deadline() = %v, want %v", got.Sub(start), want.Sub(start))
 		}
@@ -332,7 +331,8 @@ func dueAfter(sent time.Time, ttl time.Duration) time.Time {
 }
 
 // TestRenewalsOnTheGrid: keepers that started apart join the renewal grid
-// at their first renewal and stay on it, renewing every 0.375 TTL (the
+// at their second renewal (the first goes early: no keepalive was answered
+// yet) and stay on it, renewing every 0.375 TTL (the
 // latest that leaves a whole renew timeout before the degrade threshold),
 // so that the keepalives of keepers on one grid point go out together.
 func TestRenewalsOnTheGrid(t *testing.T) {
@@ -347,6 +347,7 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 			ks = append(ks, k)
 			time.Sleep(step / 3) // apart by a third of a step
 		}
+		time.Sleep(ttl * 375 / 1000) // the first renewal, half way to the degrade threshold
 		for range 3 {
 			time.Sleep(ttl * 375 / 1000)
 			synctest.Wait()
@@ -385,6 +386,15 @@ func TestRenewalDue(t *testing.T) {
 	// No room past TTL/3 (a long renew timeout): TTL/3, off the grid.
 	tm.renewTimeout = 2 * time.Second
 	assert.Equal(t, base.Add(ttl/3), renewalDue(base, ttl, tm))
+}
+
+// firstDueAfter is when a keeper's first renewal is due after the grant
+// sent at sent with timing tm: before any keepalive was answered, half way
+// from the grant to the degrade threshold before its deadline (path.go).
+func firstDueAfter(sent time.Time, ttl time.Duration, tm timing) time.Time {
+	base := defaultTiming(ttl)
+	var p pathState
+	return p.next(sent, ttl, tm, base, 0, sent.Add(ttl-base.margin))
 }
 
 func defaultTiming(ttl time.Duration) timing {
