@@ -155,17 +155,20 @@ func (l *leaseLoop) timingLocked() timing {
 // A leg bounded by b holds only while the path carries bytes: a reply the
 // proxy's own keepalive got back after a stall of its link to etcd was
 // made by the server before the stall, however late the keeper's keepalive
-// was sent, since it answers every keepalive waiting. So a reply that came
-// later than the path answers after the oldest keepalive waiting for it
-// (the first of the attempts since the last answer) is dated by the path's
-// previous answer instead, if that is earlier: the proxy sends its keepalive upstream only
-// after its previous one was answered (etcd's lessor sends the next a
-// third of the TTL after an answer), and that answer reached the keeper at
-// most b after it reached the proxy.
+// was sent, since the proxy answers every keepalive waiting. So a reply
+// that came later than the path answers is dated by the path's previous
+// answer instead, if that is earlier: the proxy sends its keepalive
+// upstream only after its previous one was answered (etcd's lessor sends
+// the next a third of the TTL after an answer), and that answer reached
+// the keeper at most b after it reached the proxy. Late counts from the
+// keepalive's own send time while D has not passed; after D, when the
+// keeper keeps a keepalive waiting throughout and a fresh one may go just
+// before the stall ends, from the oldest waiting (the first attempt since
+// the last answer).
 func (l *leaseLoop) deadlineLocked(sent, at time.Time, ttl time.Duration) time.Time {
 	b := l.k.hub.calls.leg()
 	oldest := sent
-	if a := l.path.asked; !a.IsZero() && a.Before(sent) {
+	if a := l.path.asked; !a.IsZero() && a.Before(sent) && !at.Before(l.lease.deadline) {
 		oldest = a
 	}
 	if at.Sub(oldest) > l.path.waitBound(l.baseTimingLocked(), b) && !l.path.last.IsZero() && l.path.last.Before(sent) {
