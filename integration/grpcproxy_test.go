@@ -229,7 +229,7 @@ func (s *scenario) waitRenewal(sub *subject) {
 func (s *scenario) failedBeforeDeletion(sp span) (time.Duration, bool) {
 	ok, margin := true, time.Duration(-1)
 	for end := time.Now().Add(s.ttl); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if _, deleted := s.subject.deletionAfter(sp.start); deleted {
+		if _, deleted := s.deletionAfter(sp.start); deleted {
 			break
 		}
 	}

@@ -170,7 +170,7 @@ func (p *proxyFake) setUpstreamStalled(stall bool) {
 	} else {
 		close(p.healed)
 	}
-	p.fakeBackend.setStalled(stall)
+	p.setStalled(stall)
 }
 
 // counts returns the keepalives the proxy got, how many of them were
