@@ -101,9 +101,6 @@ func (l *leaseLoop) fire() {
 		// Leave room for a second attempt before the degrade threshold.
 		a.timeout = min(a.timeout, max(l.baseTimingLocked().renewTimeout, a.deadline.Add(-a.tm.threshold).Sub(now)/2))
 	}
-	if !a.renew {
-		a.timeout = max(a.timeout, a.tm.call)
-	}
 	a.hedge = l.path.hedgeAfter(a.timeout)
 	if a.renew {
 		l.path.asking(now)
@@ -219,13 +216,7 @@ func (l *leaseLoop) renewBeside(a attempt) result {
 // do.
 func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	if ka.err != nil {
-		err := l.classify(ka.err)
-		if lkerrors.KindOf(err) == lkerrors.Timeout && a.live {
-			l.mu.Lock()
-			l.path.timedOut(a.timeout)
-			l.mu.Unlock()
-		}
-		return result{id: a.id, err: err}
+		return result{id: a.id, err: l.classify(ka.err)}
 	}
 	r := result{id: a.id, ttl: time.Duration(ka.ttl) * time.Second, sent: ka.sent}
 	l.mu.Lock()

@@ -223,15 +223,6 @@ func (p *pathState) latest() time.Duration {
 	return p.most
 }
 
-// timedOut takes in a renewal attempt that got no reply within timeout: its
-// reply, if it comes, takes longer. Karn's rule leaves such attempts out,
-// and TCP backs its timer off instead; here the timeout counts as a sample,
-// so that a path whose replies often come later than the timeout does not
-// look fast by the replies that came in time alone.
-func (p *pathState) timedOut(timeout time.Duration) {
-	p.ka.sample(timeout)
-}
-
 // waitBound is how long the path normally takes to answer a keepalive: a
 // held path's longest period and the lead, else the latency its replies
 // show; at least the configured renew timeout.
@@ -241,19 +232,16 @@ func (p *pathState) waitBound(base timing, b time.Duration) time.Duration {
 
 // hedgeAfter is how long a keepalive waits for its reply before a fresh
 // one goes on a new stream, with a live lease: a third of the attempt's
-// timeout, or the latency the path's replies show, whichever is longer.
-// Zero means never: where the path's replies as a rule come later than
-// that (a far link, a path that holds keepalives), a second stream is
-// answered no sooner than the first, and against etcd's gRPC proxy it
-// only joins the wait for the proxy's next renewal.
+// timeout, or the latency the path's replies show, whichever is longer, so
+// that a far link is not hedged at every renewal. Zero means never: a path
+// that holds keepalives answers a second stream no sooner than the first,
+// and against etcd's gRPC proxy it only joins the wait for the proxy's
+// next renewal.
 func (p *pathState) hedgeAfter(timeout time.Duration) time.Duration {
-	after := max(timeout/3, p.ka.srtt+2*p.ka.rttvar)
-	if p.held() || p.ka.n > 0 && p.ka.bound() >= after {
-		// Replies come late on this path as a rule: a second stream
-		// would be answered no sooner.
+	if p.held() {
 		return 0
 	}
-	return after
+	return max(timeout/3, p.ka.srtt+2*p.ka.rttvar)
 }
 
 // attemptTimeout bounds a renewal: on a path that answers at once, the
