@@ -12,19 +12,19 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// watchDeadline checks, every 10 ms of fake time until stop closes, that
-// k's deadline D is no later than the server's expiry of its lease (and
-// passed, if the server has no such lease any more), and returns how many
-// checks found it later.
-func watchDeadline(p *proxyFake, k *Keeper, stop <-chan struct{}) <-chan int {
-	out := make(chan int, 1)
+// watchDeadline checks, every 10 ms of fake time until the returned func
+// is called, that k's deadline D is no later than the server's expiry of
+// its lease (and passed, if the server has no such lease any more); the
+// func stops it and returns how many checks found D later.
+func watchDeadline(p *proxyFake, k *Keeper) (stop func() int) {
+	done, out := make(chan struct{}), make(chan int, 1)
 	go func() {
 		late := 0
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
-			case <-stop:
+			case <-done:
 				out <- late
 				return
 			case <-tick.C:
@@ -40,7 +40,19 @@ func watchDeadline(p *proxyFake, k *Keeper, stop <-chan struct{}) <-chan int {
 			}
 		}
 	}()
-	return out
+	return func() int {
+		close(done)
+		return <-out
+	}
+}
+
+// closeProxyTest closes k and then p, and waits out the proxy's answers
+// on their way, so that no goroutine of the bubble is left.
+func closeProxyTest(t *testing.T, k *Keeper, p *proxyFake) {
+	t.Helper()
+	mustClose(t, k)
+	p.close()
+	time.Sleep(time.Second)
 }
 
 // newProxyTest returns a keeper of ttl behind p, and a recorder of its
@@ -93,8 +105,7 @@ func TestProxySteady(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				p := newProxyFake(tc.up)
 				k, rec := newProxyTest(t, p, tc.ttl)
-				stop := make(chan struct{})
-				late := watchDeadline(p, k, stop)
+				late := watchDeadline(p, k)
 				startHealthy(t, k, "svc/a")
 				time.Sleep(3 * tc.ttl)
 				learned := time.Now()
@@ -102,17 +113,14 @@ func TestProxySteady(t *testing.T) {
 				time.Sleep(10 * tc.ttl)
 				synctest.Wait()
 				sent, hedges, renewed := p.counts()
-				close(stop)
-				assert.Zero(t, <-late, "checks that found D later than the server's expiry")
+				assert.Zero(t, late(), "checks that found D later than the server's expiry")
 				assert.Equal(t, hedges0, hedges, "hedges sent through the proxy once learned")
 				if tc.steady {
 					assert.Zero(t, episodes(rec, learned), "episodes in 10 TTLs once learned: %v", rec.path())
 					assert.Equal(t, statemachine.Healthy, k.State())
 					assert.LessOrEqual(t, sent-sent0, renewed-renewed0+1, "keepalives sent, against the proxy's own renewals (one may straddle the window's edge)")
 				}
-				mustClose(t, k)
-				p.close()
-				time.Sleep(time.Second)
+				closeProxyTest(t, k, p)
 			})
 		})
 	}
@@ -127,8 +135,7 @@ func TestProxyUpstreamStall(t *testing.T) {
 		const ttl = 3 * time.Second
 		p := newProxyFake(time.Millisecond)
 		k, rec := newProxyTest(t, p, ttl)
-		stop := make(chan struct{})
-		late := watchDeadline(p, k, stop)
+		late := watchDeadline(p, k)
 		startHealthy(t, k, "svc/a")
 		time.Sleep(3 * ttl)
 		old := k.LeaseID()
@@ -150,11 +157,8 @@ func TestProxyUpstreamStall(t *testing.T) {
 		assert.True(t, ok && v.lease == k.LeaseID(), "key after healing: %+v, %v", v, ok)
 		time.Sleep(3 * ttl)
 		assert.Zero(t, episodes(rec, healAt.Add(ttl/3+proxyTick)), "episodes after healing: %v", rec.path())
-		close(stop)
-		assert.Zero(t, <-late, "checks that found D later than the server's expiry")
-		mustClose(t, k)
-		p.close()
-		time.Sleep(time.Second)
+		assert.Zero(t, late(), "checks that found D later than the server's expiry")
+		closeProxyTest(t, k, p)
 	})
 }
 
@@ -168,8 +172,7 @@ func TestProxyUpstreamSlowsDown(t *testing.T) {
 		const ttl = 3 * time.Second
 		p := newProxyFake(time.Millisecond)
 		k, _ := newProxyTest(t, p, ttl)
-		stop := make(chan struct{})
-		late := watchDeadline(p, k, stop)
+		late := watchDeadline(p, k)
 		startHealthy(t, k, "svc/a")
 		time.Sleep(5 * ttl)
 		p.mu.Lock()
@@ -178,13 +181,10 @@ func TestProxyUpstreamSlowsDown(t *testing.T) {
 		p.setLatency(400 * time.Millisecond)
 		time.Sleep(20 * ttl)
 		synctest.Wait()
-		close(stop)
-		assert.Zero(t, <-late, "checks that found D later than the server's expiry")
+		assert.Zero(t, late(), "checks that found D later than the server's expiry")
 		assert.Positive(t, p.count("ttl"), "probes of the path")
 		assert.GreaterOrEqual(t, k.hub.calls.leg(), 400*time.Millisecond, "b once the upstream is slow")
-		mustClose(t, k)
-		p.close()
-		time.Sleep(time.Second)
+		closeProxyTest(t, k, p)
 	})
 }
 
@@ -199,8 +199,7 @@ func TestProxyStaleAnswerAfterStall(t *testing.T) {
 		const ttl = 3 * time.Second
 		p := newProxyFake(100 * time.Millisecond)
 		k, rec := newProxyTest(t, p, ttl)
-		stop := make(chan struct{})
-		late := watchDeadline(p, k, stop)
+		late := watchDeadline(p, k)
 		startHealthy(t, k, "svc/a")
 		time.Sleep(3 * ttl)
 		p.mu.Lock()
@@ -213,15 +212,12 @@ func TestProxyStaleAnswerAfterStall(t *testing.T) {
 		p.setUpstreamStalled(false)
 		time.Sleep(2 * ttl)
 		synctest.Wait()
-		close(stop)
-		assert.Zero(t, <-late, "checks that found D later than the server's expiry")
+		assert.Zero(t, late(), "checks that found D later than the server's expiry")
 		failedAt := rec.at(statemachine.Failed)
 		if assert.False(t, failedAt.IsZero(), "never failed: %v", rec.path()) {
 			assert.True(t, failedAt.Before(expiry), "failed at %v, after the server's expiry at %v", failedAt, expiry)
 		}
 		assert.Equal(t, statemachine.Healthy, k.State())
-		mustClose(t, k)
-		p.close()
-		time.Sleep(time.Second)
+		closeProxyTest(t, k, p)
 	})
 }
