@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"strconv"
 	"time"
@@ -62,6 +63,7 @@ type attempt struct {
 	rtt     time.Duration // the usual round trip of a keepalive, 0 before the first
 	hedge   time.Duration // how long a keepalive waits before a fresh one goes another way; 0: never
 	held    bool          // the path holds keepalives: every one goes on the stream in use
+	learn   bool          // the keeper does not know its path yet: one hedge at most
 	clean   bool          // no attempt failed since the last success: a grant's round trip is the path's
 }
 
@@ -97,11 +99,16 @@ func (l *leaseLoop) fire() {
 	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
 		tm: l.timingLocked(), live: l.liveLocked(now)}
 	a.timeout, a.rtt, a.held, a.clean = a.tm.renewTimeout, l.path.ka.srtt, l.path.held(), l.fails.n == 0
-	if a.live && !a.held {
-		// Leave room for a second attempt before the degrade threshold.
-		a.timeout = min(a.timeout, max(l.baseTimingLocked().renewTimeout, a.deadline.Add(-a.tm.threshold).Sub(now)/2))
+	a.learn = a.live && l.path.learning()
+	if a.live && !a.held && !a.learn {
+		// Leave room for a second attempt before the degrade threshold,
+		// but never cut an attempt shorter than the path takes to answer:
+		// it would time out at every renewal.
+		a.timeout = min(a.timeout, max(l.usualLocked(), a.deadline.Add(-a.tm.threshold).Sub(now)/2))
 	}
-	a.hedge = l.path.hedgeAfter(a.timeout)
+	// Hedge by the path's usual bound, not by the backed-off one: a
+	// fresh keepalive on another stream is what reaches another member.
+	a.hedge = l.path.hedgeAfter(min(a.timeout, l.usualLocked()))
 	if a.renew {
 		l.path.asking(now)
 	}
@@ -110,8 +117,11 @@ func (l *leaseLoop) fire() {
 		// leave the request outstanding for it. A member that answers again
 		// (a healed partition, a thawed process) then answers it at once, and
 		// the next attempt starts when this one ends: one is always in flight.
+		// The path's timeout is not backed off here: a fresh keepalive
+		// goes every BaseDelay while none is answered.
 		a.wait = l.k.cfg.Backoff.delay(max(l.fails.n, 1), lkerrors.KindOf(l.fails.last), rand.Float64())
-		a.timeout = max(a.timeout, a.wait)
+		a.tm.renewTimeout = l.usualLocked()
+		a.timeout = max(a.tm.renewTimeout, a.wait)
 	}
 	l.watchConnLocked()
 	l.mu.Unlock()
@@ -216,6 +226,15 @@ func (l *leaseLoop) renewBeside(a attempt) result {
 // do.
 func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	if ka.err != nil {
+		if errors.Is(ka.err, context.DeadlineExceeded) {
+			// Nothing answered any keepalive of the attempt: back off the
+			// path's timeout (path.go), whatever the error's kind.
+			l.mu.Lock()
+			if l.lease.id == a.id {
+				l.path.timedOut()
+			}
+			l.mu.Unlock()
+		}
 		return result{id: a.id, err: l.classify(ka.err)}
 	}
 	r := result{id: a.id, ttl: time.Duration(ka.ttl) * time.Second, sent: ka.sent}
@@ -264,10 +283,11 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 }
 
 // probe asks the server how long lease id has left, on a goroutine of its
-// own, for the round trip alone: it goes all the way to etcd, through a
-// gRPC proxy too, so it keeps b, the bound on a leg of the path, in step
-// with a leg that became slower since the last unary call. A lease the
-// server does not know any more is lost, as for any other call.
+// own: it goes all the way to etcd, through a gRPC proxy too, so its round
+// trip keeps b, the bound on a leg of the path, in step with a leg that
+// became slower since the last unary call, and its answer may move D
+// (timeLeft). A lease the server does not know any more is lost, as for
+// any other call.
 func (l *leaseLoop) probe(id clientv3.LeaseID) {
 	if !l.k.life.begin() {
 		return
@@ -286,8 +306,30 @@ func (l *leaseLoop) probe(id clientv3.LeaseID) {
 		l.k.hub.calls.sample(sent)
 		if ttl < 0 {
 			l.writeFailed(id, rpctypes.ErrLeaseNotFound)
+			return
 		}
+		l.timeLeft(id, sent, ttl)
 	}()
+}
+
+// timeLeft takes in the server's answer to a LeaseTimeToLive sent at sent:
+// lease id has ttl whole seconds left. The server answered after sent and
+// rounds the time left down, so the lease lives at least until sent+ttl on
+// every path, however late the answer came and whatever a proxy did with
+// keepalives meanwhile: D moves there, less the margin, if that is later
+// than the D the keepalives proved. The state moves with the next attempt.
+func (l *leaseLoop) timeLeft(id clientv3.LeaseID, sent time.Time, ttl int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if l.k.life.closed() || l.lease.id != id || !l.liveLocked(now) || ttl <= 0 {
+		return
+	}
+	d := sent.Add(time.Duration(ttl)*time.Second - l.k.cfg.timingFor(l.lease.ttl).margin)
+	if d.After(l.lease.deadline) {
+		l.lease.deadline = d
+		l.rearmCheckLocked(now)
+	}
 }
 
 // regrant grants a new lease and writes every key with it. The old lease

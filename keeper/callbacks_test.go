@@ -174,11 +174,11 @@ func TestDegradeAfterConsecutiveFailures(t *testing.T) {
 		k, rec := newTest(t, f, func(c *Config) { c.DegradeAfter = 3 })
 		start := time.Now()
 		startHealthy(t, k, "svc/a")
-		// The first renewal goes half way to the degrade threshold, at
-		// 2.375s, and succeeds; the next is due 3.33s to 3.75s after it.
-		time.Sleep(3 * time.Second)
+		// The keeper learned its path at Start with keepalives the fake
+		// answered at once; the next renewal is due 3.33s to 3.75s after
+		// the last of them.
 		sent := k.Deadline().Add(-10*time.Second + 250*time.Millisecond)
-		require.Equal(t, 2375*time.Millisecond, sent.Sub(start), "first renewal")
+		require.Equal(t, time.Duration(0), sent.Sub(start), "last keepalive of Start")
 		next := dueAfter(sent, 10*time.Second).Sub(start)
 		// Errors that return at once: the count, not the time, degrades.
 		f.setErr(rpctypes.ErrNoLeader)
@@ -216,12 +216,16 @@ func TestLastAttemptBeforeDeadline(t *testing.T) {
 		})
 		startHealthy(t, k, "svc/a")
 		id := k.LeaseID()
+		// Start took 0.6s (grant, put); the keeper learns its path with
+		// three keepalives in a row from the grant on, the last sent at
+		// 0.9s: D = 0.9s + 9.75s - 0.3s (b, the grant's round trip) =
+		// 10.35s.
+		time.Sleep(time.Second)
+		learned := f.count("keepalive")
 		f.setErr(rpctypes.ErrNoLeader)
-		// Grant sent at 0s, D = 9.75s. The first renewal goes half way to
-		// the degrade threshold (no keepalive was answered yet), at
-		// 2.375s, and fails, as do the retries after it; the backoff
-		// would then wait past D, but a last attempt still fits. The
-		// server answers again at 8.1s (Start took 0.6s).
+		// The first renewal, due 3.33s to 3.75s after 0.9s, fails, as do
+		// the retries after it; the backoff would then wait past D, but
+		// a last attempt still fits. The server answers again at 9.1s.
 		time.Sleep(7500 * time.Millisecond)
 		f.setErr(nil)
 		time.Sleep(2 * time.Second)
@@ -238,7 +242,7 @@ func TestLastAttemptBeforeDeadline(t *testing.T) {
 			t.Errorf("LeaseID() = %d, want the same lease %d", got, id)
 		}
 		// At most one keepalive per backoff, and the last one in time.
-		if got := f.count("keepalive"); got < 3 || got > 4 {
+		if got := f.count("keepalive") - learned; got < 3 || got > 4 {
 			t.Errorf("keepalives = %d, want 3 or 4 (one per backoff, the last one in time)", got)
 		}
 		mustClose(t, k)

@@ -57,6 +57,11 @@ func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
 		k.every = 0
 	} else {
 		k.most = int(a.timeout/(k.every/2)) + 2
+		if a.learn {
+			// A path not known yet may hold keepalives, where every
+			// hedge only joins the wait on a stream of its own.
+			k.most = 2
+		}
 		k.nextAt = now.Add(jittered(k.every, a.live))
 	}
 	k.tick.On(k)
@@ -157,13 +162,20 @@ func (k *keepAliveRun) send(req *keepAliveReq) {
 func (k *keepAliveRun) onReply(r keepAliveReply) {
 	k.mu.Lock()
 	if r.req.answered || r.req.givenUp {
-		late := !r.req.answered && r.err == nil && r.ttl > 0
+		late := !r.req.answered
 		r.req.answered = true
 		k.mu.Unlock()
-		if late {
+		switch {
+		case !late:
+		case r.err == nil && r.ttl > 0:
 			// Given up at its timeout, or for a fresher one, and answered
 			// after all.
 			k.l.lateReply(k.a.id, r.req.sent, r.ttl, r.at)
+		case lkerrors.KindOf(k.l.classify(r.err)) == lkerrors.LeaseExpired:
+			// The server's word that the lease is gone holds however late
+			// it comes: on a link slower than the attempts, it is the only
+			// word the keeper hears.
+			k.l.writeFailed(k.a.id, r.err)
 		}
 		return
 	}

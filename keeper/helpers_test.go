@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -89,6 +90,12 @@ func startHealthy(t *testing.T, k *Keeper, keys ...string) {
 	}
 	if got := k.State(); got != statemachine.Healthy {
 		t.Fatalf("State() after Start = %v, want healthy", got)
+	}
+	if _, fake := k.hub.b.(*fakeBackend); fake {
+		// The fake answers at once: the keeper learns its path (path.go)
+		// in the instant after Start; let it, so that a fault comes to a
+		// path it knows, as it does a few round trips after Start.
+		synctest.Wait()
 	}
 }
 

@@ -124,13 +124,23 @@ func (l *leaseLoop) baseTimingLocked() timing {
 func (l *leaseLoop) timingLocked() timing {
 	tm := l.baseTimingLocked()
 	b := l.k.hub.calls.leg()
-	tm.renewTimeout = l.path.attemptTimeout(tm, b)
-	tm.call = max(tm.call, l.k.hub.calls.timeout())
+	call := l.k.hub.calls.timeout()
+	tm.renewTimeout = l.path.attemptTimeout(tm, b, call)
+	if l.path.learning() {
+		tm.renewTimeout = max(tm.renewTimeout, learnWait(l.lease.ttl))
+	}
+	tm.call = max(tm.call, call)
 	tm.margin += b
 	if l.path.thr > 0 {
 		tm.threshold = l.path.thr
 	}
 	return tm
+}
+
+// usualLocked is how long the path usually takes to answer a keepalive,
+// at least the configured renew timeout, not backed off (path.go).
+func (l *leaseLoop) usualLocked() time.Duration {
+	return l.path.waitBound(l.baseTimingLocked(), l.k.hub.calls.leg(), l.k.hub.calls.timeout())
 }
 
 // deadlineLocked returns D for a keepalive sent at sent whose reply says the
@@ -171,7 +181,7 @@ func (l *leaseLoop) deadlineLocked(sent, at time.Time, ttl time.Duration) time.T
 	if a := l.path.asked; !a.IsZero() && a.Before(sent) && !at.Before(l.lease.deadline) {
 		oldest = a
 	}
-	if at.Sub(oldest) > l.path.waitBound(l.baseTimingLocked(), b) && !l.path.last.IsZero() && l.path.last.Before(sent) {
+	if at.Sub(oldest) > l.usualLocked() && !l.path.last.IsZero() && l.path.last.Before(sent) {
 		sent = l.path.last
 	}
 	return sent.Add(ttl - l.k.cfg.timingFor(ttl).margin - b)

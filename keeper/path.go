@@ -61,6 +61,7 @@ type pathState struct {
 	probes uint8         // renewals in held mode since the last probe
 	proved time.Time     // when the keepalive that D rests on was sent
 	fresh  bool          // the lease was just granted: no keepalive of it answered yet
+	backed uint8         // renewals in a row that timed out unanswered since the last sample, up to maxBackoff
 }
 
 const (
@@ -68,6 +69,7 @@ const (
 	leaveAfter = 8  // prompt replies in a row that take it out
 	trustAfter = 16 // periods seen before the longest seen alone bounds the next
 	probeEvery = 8  // renewals in held mode between two probes of the path's legs
+	maxBackoff = 3  // doublings of a renewal's timeout after timeouts in a row: at most 8 times
 )
 
 // probeDue reports whether a renewal just done should be followed by a
@@ -93,6 +95,25 @@ func (p *pathState) probeDue() bool {
 func holdSlack(base timing) time.Duration {
 	return max(base.renewTimeout/2, 20*time.Millisecond)
 }
+
+// learnAfter is how many keepalives answered promptly, each the first of
+// its attempt, tell a path that answers at once.
+const learnAfter = 3
+
+// learning reports whether the keeper does not know its path yet: it has
+// neither seen it hold a keepalive nor had learnAfter prompt samples. Until
+// it knows, a keepalive may wait up to a period of a path that holds
+// keepalives (learnWait) before it is late: the first renewals of a lease
+// through etcd's gRPC proxy wait for the proxy's own schedule, and were
+// otherwise timed out and counted as failures before the keeper could see
+// that schedule.
+func (p *pathState) learning() bool {
+	return !p.held() && p.ka.n < learnAfter
+}
+
+// learnWait is how long a keepalive may wait for its reply while the
+// keeper learns its path: the longest period answerPeriod takes.
+func learnWait(ttl time.Duration) time.Duration { return ttl * 2 / 3 }
 
 // held reports whether the keeper renews on the schedule of a path that
 // holds keepalives.
@@ -126,6 +147,7 @@ func (p *pathState) asking(now time.Time) {
 func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, base timing, b time.Duration) {
 	if first {
 		p.ka.sample(at.Sub(sent))
+		p.backed = 0
 	}
 	asked := p.asked
 	if asked.IsZero() || asked.After(sent) {
@@ -156,8 +178,17 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 		}
 	case !p.held():
 		if p.holds++; p.holds >= heldAfter && hadLast {
-			p.period = answerPeriod(gap, 0, ttl)
-			p.most, p.prompt, p.seen = p.period, 0, 0
+			// One gap says little of the shortest period: etcd's gRPC
+			// proxy answers a third of the TTL or up to 500 ms later,
+			// one or the other at random. Start from two thirds of it,
+			// so that the next keepalive is sent before the next answer
+			// whichever the gap was; a shorter gap lowers it at once.
+			p.most = answerPeriod(gap, ttl)
+			p.period, p.prompt, p.seen = p.most*2/3, 0, 0
+			// Probe at once (probeDue): the keepalive that showed the
+			// hold waited a whole period, so the D it proves may not
+			// last until the next answer; the server's own word may.
+			p.probes = probeEvery - 1
 		}
 	case at.Sub(asked) <= holdSlack(base):
 		// Answered sooner than the lead before the answer it was sent
@@ -182,11 +213,15 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 		// its renewal, alternates, and may answer at the later one only
 		// once in many). Each bound follows a new extreme at once and
 		// drifts back slowly, most the slowest.
-		gap = answerPeriod(gap, 0, ttl)
-		if gap < p.period {
+		gap = answerPeriod(gap, ttl)
+		switch {
+		case gap < p.period:
 			p.period = gap
-		} else {
+		case p.seen < trustAfter:
+			// Started low on purpose (two thirds of a gap): catch up.
 			p.period += (gap - p.period) / 8
+		default:
+			p.period += (gap - p.period) / 64
 		}
 		if gap > p.most {
 			p.most = gap
@@ -197,16 +232,14 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 }
 
 // answerPeriod is the path's period, given that gap is a whole number of
-// periods near guess (or, with no guess, up to two), bounded to between an
-// eighth and half the TTL: a path that answers less often than twice a TTL
-// keeps no lease.
-func answerPeriod(gap, guess, ttl time.Duration) time.Duration {
-	if guess > 0 {
-		if k := (gap + guess/2) / guess; k > 1 {
-			gap /= k
-		}
-	}
-	for gap > ttl/2 {
+// periods, bounded to between an eighth and two thirds of the TTL: etcd's
+// gRPC proxy answers a third of the TTL after its last answer, on a 500 ms
+// tick, a round trip to etcd later, so half the TTL and more is a period
+// at short TTLs (1.5 s at a TTL of 3 s, 2 s over a 0.5 s round trip), and a
+// path that answers less often than two thirds of a TTL leaves a keepalive
+// sent just after an answer no time before D.
+func answerPeriod(gap, ttl time.Duration) time.Duration {
+	for gap > ttl*2/3 {
 		gap /= 2
 	}
 	return max(gap, ttl/8)
@@ -214,20 +247,28 @@ func answerPeriod(gap, guess, ttl time.Duration) time.Duration {
 
 // latest is how long after its last answer a path that holds keepalives
 // answers next at the latest: the longest period seen, and until the path
-// showed trustAfter periods, at least half a period more than the
-// shortest.
+// showed trustAfter periods, half as long again (etcd's gRPC proxy answers
+// a third of the TTL or up to 500 ms later: the first gaps it shows may all
+// be the shorter).
 func (p *pathState) latest() time.Duration {
 	if p.seen < trustAfter {
-		return max(p.most, p.period*3/2)
+		return max(p.most, p.period) * 3 / 2
 	}
 	return p.most
 }
 
 // waitBound is how long the path normally takes to answer a keepalive: a
 // held path's longest period and the lead, else the latency its replies
-// show; at least the configured renew timeout.
-func (p *pathState) waitBound(base timing, b time.Duration) time.Duration {
-	return max(p.attemptTimeout(base, b), base.renewTimeout)
+// show (before the first, its unary calls' bound, prior); at least the
+// configured renew timeout. Unlike attemptTimeout, it is not backed off.
+func (p *pathState) waitBound(base timing, b, prior time.Duration) time.Duration {
+	if p.held() {
+		return p.latest() + p.lead(base, b) + holdSlack(base)
+	}
+	if p.ka.n == 0 {
+		return max(base.renewTimeout, prior)
+	}
+	return max(base.renewTimeout, p.ka.bound())
 }
 
 // hedgeAfter is how long a keepalive waits for its reply before a fresh
@@ -245,15 +286,26 @@ func (p *pathState) hedgeAfter(timeout time.Duration) time.Duration {
 }
 
 // attemptTimeout bounds a renewal: on a path that answers at once, the
-// latency its replies show, at least the configured renew timeout; on a
-// path that holds keepalives, its period and the lead, so that a keepalive
-// that just missed an answer is not taken for lost. The attempt never runs
+// latency its replies show, at least the configured renew timeout, and
+// before the first reply the bound of the path's unary calls (prior: a
+// keepalive takes the same path, and a link slower than the renew timeout
+// would otherwise never answer one in time to be learned); on a path that
+// holds keepalives, its period and the lead, so that a keepalive that just
+// missed an answer is not taken for lost. As RFC 6298 backs off its timer,
+// each renewal in a row that timed out unanswered doubles it, up to
+// 2^maxBackoff times, until a reply is a sample again: a path that became
+// slower is learned instead of timed out forever. The attempt never runs
 // past D either.
-func (p *pathState) attemptTimeout(base timing, b time.Duration) time.Duration {
-	if p.held() {
-		return p.latest() + p.lead(base, b) + holdSlack(base)
+func (p *pathState) attemptTimeout(base timing, b, prior time.Duration) time.Duration {
+	return p.waitBound(base, b, prior) << p.backed
+}
+
+// timedOut records that a renewal timed out with none of its keepalives
+// answered.
+func (p *pathState) timedOut() {
+	if p.backed < maxBackoff {
+		p.backed++
 	}
-	return max(base.renewTimeout, p.ka.bound())
 }
 
 // next returns when the renewal after one whose keepalive was sent at sent
@@ -263,6 +315,15 @@ func (p *pathState) attemptTimeout(base timing, b time.Duration) time.Duration {
 func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b time.Duration, d time.Time) time.Time {
 	var due, answer time.Time // when the next renewal goes, and when it is answered at the latest
 	switch {
+	case p.learning():
+		// The path is not known yet: renew at once, so that the keeper
+		// learns it within a few round trips of Start. A path that
+		// answers at once is known after learnAfter of them; one that
+		// holds keepalives holds the second (the first of a new lease it
+		// answers on its own tick), and the keeper renews on its schedule
+		// from then on. Until then a reply may take learnWait.
+		due = sent
+		answer = due.Add(tm.renewTimeout)
 	case p.fresh || p.ka.n == 0:
 		// No keepalive of the lease answered yet: the path may answer far
 		// later than it answers a grant (a gRPC proxy answers the first

@@ -25,10 +25,12 @@ func TestRenewsOnScheduleForAnHour(t *testing.T) {
 		k, rec := newTest(t, f, nil)
 		startHealthy(t, k, "svc/a")
 		id := k.LeaseID()
+		learned := f.count("keepalive") // the keeper learned its path at Start
+		assert.Equal(t, learnAfter, learned, "keepalives that learned the path")
 		time.Sleep(time.Hour)
 		synctest.Wait()
 		// 3600s / 3.75s = 960 renewals.
-		if got := f.count("keepalive"); got < 958 || got > 961 {
+		if got := f.count("keepalive") - learned; got < 958 || got > 961 {
 			t.Errorf("keepalives in an hour = %d, want about 960", got)
 		}
 		if got := k.LeaseID(); got != id {
@@ -58,13 +60,11 @@ func TestDeadlineFromSendTime(t *testing.T) {
 		// A keepalive's reply may come from a renewal made up to one leg
 		// of the path before it was sent (a proxy's): D also takes off b,
 		// the longest recent round trip of a unary call, the grant's.
-		// The first renewal is due half way from the grant to the degrade
-		// threshold: no keepalive was answered yet.
+		// The keeper learns its path with three keepalives in a row, the
+		// first as the grant returns, each of the others when the one
+		// before was answered: the last goes at 0.9s.
 		const b = 300 * time.Millisecond
-		tm := defaultTiming(10 * time.Second)
-		tm.margin += b
-		sent := firstDueAfter(start, 10*time.Second, tm)
-		assert.LessOrEqual(t, sent.Sub(start), 3750*time.Millisecond, "renewal due after 0.375 TTL")
+		sent := start.Add(3 * b)
 		time.Sleep(time.Until(sent) + 400*time.Millisecond)
 		synctest.Wait()
 		if got, want := k.Deadline(), sent.Add(9750*time.Millisecond-b); !got.Equal(want) {
@@ -207,6 +207,7 @@ func TestStateAfterPause(t *testing.T) {
 		k, rec := newTest(t, f, nil)
 		start := time.Now()
 		startHealthy(t, k, "svc/a")
+		learned := f.count("keepalive")
 		l := &k.loop
 		l.mu.Lock()
 		l.k.hub.timers.Stop(&l.sched.attempt)
@@ -223,7 +224,7 @@ func TestStateAfterPause(t *testing.T) {
 		synctest.Wait()
 		// Asking changed nothing: no transition, no attempt.
 		assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
-		assert.Equal(t, 0, f.count("keepalive"), "keepalives while paused")
+		assert.Equal(t, learned, f.count("keepalive"), "keepalives while paused")
 
 		// The timers fire late, as after SIGCONT.
 		l.onCheck()
@@ -246,6 +247,7 @@ func TestSilentMemberIsHedged(t *testing.T) {
 		k, rec := newTest(t, f, func(c *Config) { c.DegradeAfter = 1 })
 		start := time.Now()
 		startHealthy(t, k, "svc/a")
+		learned := f.count("keepalive")
 		f.setHang(1)
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
@@ -255,8 +257,8 @@ func TestSilentMemberIsHedged(t *testing.T) {
 		if err := k.Err(); err != nil {
 			t.Errorf("Err() = %v, want nil: the hedge succeeded", err)
 		}
-		if got := f.count("keepalive"); got != 2 {
-			t.Errorf("keepalives = %d, want 2 (the silent one and the hedge)", got)
+		if got := f.count("keepalive") - learned; got != 2 {
+			t.Errorf("keepalives after Start = %d, want 2 (the silent one and the hedge)", got)
 		}
 		// The hedge was sent a third of the renew timeout after the
 		// renewal; D counts from its send time.
@@ -392,9 +394,10 @@ func TestRenewalDue(t *testing.T) {
 // sent at sent with timing tm: before any keepalive was answered, half way
 // from the grant to the degrade threshold before its deadline (path.go).
 func firstDueAfter(sent time.Time, ttl time.Duration, tm timing) time.Time {
-	base := defaultTiming(ttl)
-	var p pathState
-	return p.next(sent, ttl, tm, base, 0, sent.Add(ttl-base.margin))
+	// The keeper learned its path in the instant after Start, on a fake
+	// that answers at once (path.go): its first renewal after that is on
+	// the grid.
+	return renewalDue(sent, ttl, tm)
 }
 
 func defaultTiming(ttl time.Duration) timing {
