@@ -78,10 +78,9 @@ func proxyPeriod(ttl time.Duration) time.Duration {
 }
 
 // TestGRPCProxySteady: behind a healthy proxy the keepers keep their
-// lease and keys for 10 TTLs, never fail, and are healthy at the end. The
-// Degraded episodes are counted in the row's note: issue 22's target is
-// none, which the keeper does not meet yet while it learns the proxy's
-// schedule (see its notes).
+// lease and keys for 10 TTLs and never leave Healthy: the keeper learns
+// the proxy's schedule at Start and sends each keepalive just before the
+// proxy's answer (keeper/path.go).
 func TestGRPCProxySteady(t *testing.T) {
 	for _, ttl := range []time.Duration{3 * time.Second, 10 * time.Second} {
 		t.Run(ttl.String(), func(t *testing.T) {
@@ -98,6 +97,9 @@ func TestGRPCProxySteady(t *testing.T) {
 			}
 			if r.deleted || r.lease != "same" {
 				t.Errorf("lease %s, keys deleted %v, in steady state behind the proxy", r.lease, r.deleted)
+			}
+			if n != 0 {
+				t.Errorf("%d Degraded episodes in steady state behind the proxy, want 0", n)
 			}
 		})
 	}
@@ -125,6 +127,9 @@ func TestGRPCProxyUpstreamStall(t *testing.T) {
 	}
 	if !r.deleted {
 		t.Errorf("the server kept the keys through a %v stall with ttl %v", 2*s.ttl, s.ttl)
+	}
+	if after != 0 {
+		t.Errorf("%d Degraded episodes in 3×TTL after healing, want 0", after)
 	}
 }
 
@@ -181,9 +186,9 @@ func TestGRPCProxySlowUpstream(t *testing.T) {
 
 // TestSlowDirectLink runs the keepers straight to the member over a link
 // with a round trip of TTL/6: Start works (newScenarioOn fails the test
-// otherwise), and a stall makes them fail before the server deletes the
-// keys. The Degraded episodes before the stall are counted in the note;
-// issue 22's target is none.
+// otherwise), the keepers stay Healthy for 6 TTLs (the renew timeout is
+// learned from the replies, not the configured TTL/10), and a stall makes
+// them fail before the server deletes the keys (finish checks it).
 func TestSlowDirectLink(t *testing.T) {
 	dir := t.TempDir()
 	c, err := testbed.StartCluster(etcdBin, dir, 1)
@@ -207,6 +212,9 @@ func TestSlowDirectLink(t *testing.T) {
 	r := s.finish(fmt.Sprintf("Start worked; %d Degraded episodes in 6×TTL before the stall", steady))
 	if !r.deleted {
 		t.Errorf("the server kept the keys through a %v stall", 2*s.ttl)
+	}
+	if steady != 0 {
+		t.Errorf("%d Degraded episodes in 6×TTL over a link of RTT TTL/6, want 0", steady)
 	}
 }
 
