@@ -174,14 +174,19 @@ func (l *leaseLoop) usualLocked() time.Duration {
 // keepalive's own send time while D has not passed; after D, when the
 // keeper keeps a keepalive waiting throughout and a fresh one may go just
 // before the stall ends, from the oldest waiting (the first attempt since
-// the last answer).
+// the last answer). On a path known to hold keepalives, a reply is late
+// too when it comes after the latest answer the path's schedule allows
+// (pathState.overdue): a short stall that began while the proxy's own
+// keepalive was on its way and ended before D delays the answer past the
+// schedule, however recently the keeper's keepalive was sent.
 func (l *leaseLoop) deadlineLocked(sent, at time.Time, ttl time.Duration) time.Time {
 	b := l.k.hub.calls.leg()
 	oldest := sent
 	if a := l.path.asked; !a.IsZero() && a.Before(sent) && !at.Before(l.lease.deadline) {
 		oldest = a
 	}
-	if at.Sub(oldest) > l.usualLocked() && !l.path.last.IsZero() && l.path.last.Before(sent) {
+	late := at.Sub(oldest) > l.usualLocked() || l.path.overdue(at, l.baseTimingLocked())
+	if late && !l.path.last.IsZero() && l.path.last.Before(sent) {
 		sent = l.path.last
 	}
 	return sent.Add(ttl - l.k.cfg.timingFor(ttl).margin - b)

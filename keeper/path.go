@@ -257,6 +257,13 @@ func (p *pathState) latest() time.Duration {
 	return p.most
 }
 
+// overdue reports whether a reply at at, on a path that holds keepalives,
+// comes after the latest answer its schedule allows: the longest period
+// after the last answer, and holdSlack.
+func (p *pathState) overdue(at time.Time, base timing) bool {
+	return p.held() && !p.last.IsZero() && at.After(p.last.Add(p.latest()+holdSlack(base)))
+}
+
 // waitBound is how long the path normally takes to answer a keepalive: a
 // held path's longest period and the lead, else the latency its replies
 // show (before the first, its unary calls' bound, prior); at least the

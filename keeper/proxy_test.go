@@ -188,6 +188,26 @@ func TestProxyUpstreamSlowsDown(t *testing.T) {
 	})
 }
 
+// cutTTL is the TTL of newCutTest's keeper.
+const cutTTL = 3 * time.Second
+
+// newCutTest starts a keeper of cutTTL behind a proxy 100 ms from etcd,
+// with its deadline watched (watchDeadline), lets it learn the path for
+// three TTLs, and has the proxy's link to etcd stall just after the
+// server's next renewal, holding its answer.
+func newCutTest(t *testing.T) (*proxyFake, *Keeper, *recorder, func() int) {
+	t.Helper()
+	p := newProxyFake(100 * time.Millisecond)
+	k, rec := newProxyTest(t, p, cutTTL)
+	late := watchDeadline(p, k)
+	startHealthy(t, k, "svc/a")
+	time.Sleep(3 * cutTTL)
+	p.mu.Lock()
+	p.cutNext = true
+	p.mu.Unlock()
+	return p, k, rec, late
+}
+
 // TestProxyStaleAnswerAfterStall: the link between the proxy and etcd
 // stalls just after the server renewed the lease for the proxy, so the
 // answer is held in the link; the keepalives the keeper sends meanwhile
@@ -196,15 +216,8 @@ func TestProxyUpstreamSlowsDown(t *testing.T) {
 // before the server's expiry, and D never passes it.
 func TestProxyStaleAnswerAfterStall(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		const ttl = 3 * time.Second
-		p := newProxyFake(100 * time.Millisecond)
-		k, rec := newProxyTest(t, p, ttl)
-		late := watchDeadline(p, k)
-		startHealthy(t, k, "svc/a")
-		time.Sleep(3 * ttl)
-		p.mu.Lock()
-		p.cutNext = true
-		p.mu.Unlock()
+		const ttl = cutTTL
+		p, k, rec, late := newCutTest(t)
 		time.Sleep(ttl)
 		id := k.LeaseID()
 		expiry, _ := p.expiry(id)
@@ -220,4 +233,33 @@ func TestProxyStaleAnswerAfterStall(t *testing.T) {
 		assert.Equal(t, statemachine.Healthy, k.State())
 		closeProxyTest(t, k, p)
 	})
+}
+
+// TestProxyShortStallBeforeDeadline: the link between the proxy and etcd
+// stalls, for less than the time D leaves, just after the server renewed
+// the lease for the proxy. The answer the stall held carries that renewal
+// and answers the keepalive the keeper sent during the stall: it comes
+// later than the proxy's schedule allows, so D counts from the path's
+// previous answer, not from that keepalive's send time, and never passes
+// the server's expiry. (The proxy renews a third of the TTL after the late
+// answer, so the server may expire the lease meanwhile: the keeper is
+// Healthy again in the end, on the lease or a new one.)
+func TestProxyShortStallBeforeDeadline(t *testing.T) {
+	for _, stall := range []time.Duration{500 * time.Millisecond, time.Second, 1500 * time.Millisecond} {
+		t.Run(stall.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const ttl = cutTTL
+				p, k, rec, late := newCutTest(t)
+				// The cut comes with the proxy's next renewal, within a
+				// proxy period.
+				time.Sleep(ttl/3 + proxyTick + stall)
+				p.setUpstreamStalled(false)
+				time.Sleep(3 * ttl)
+				synctest.Wait()
+				assert.Zero(t, late(), "checks that found D later than the server's expiry")
+				assert.Equal(t, statemachine.Healthy, k.State(), "%v", rec.path())
+				closeProxyTest(t, k, p)
+			})
+		})
+	}
 }

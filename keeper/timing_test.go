@@ -404,3 +404,31 @@ func defaultTiming(ttl time.Duration) timing {
 	c := DefaultConfig()
 	return c.timingFor(ttl)
 }
+
+// TestSlowLinkIsLearned: over a link whose round trip (500 ms, a sixth of
+// the TTL) is longer than the configured renew timeout (TTL/10, 300 ms),
+// the keeper bounds its renewals by the latency its calls show (RFC 6298),
+// so Start works at once, no attempt fails and the keeper never leaves
+// Healthy. With the configured timeout alone every renewal timed out.
+func TestSlowLinkIsLearned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 3 * time.Second
+		f := newFake()
+		f.setLatency(500 * time.Millisecond)
+		log := &AttemptLog{}
+		k, rec := newTest(t, f, func(c *Config) {
+			c.TTL = ttl
+			c.Observers = []Observer{log}
+		})
+		startHealthy(t, k, "svc/a")
+		time.Sleep(20 * ttl)
+		synctest.Wait()
+		attempts := log.Since(time.Time{})
+		assert.Greater(t, len(attempts), 40, "attempts in 20 TTLs")
+		for _, a := range attempts {
+			assert.NoError(t, a.Err, "%s at %v", a.Op, a.At)
+		}
+		assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
+		mustClose(t, k)
+	})
+}
