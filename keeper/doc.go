@@ -31,17 +31,23 @@
 //
 // The keeper learns its path as TCP learns a round trip (path.go): the
 // renew timeout is the latency its keepalives show (srtt + 4×rttvar, at
-// least RenewTimeout), so a far link is no timeout, and a path whose
-// replies come late as a rule is not hedged. A path that holds keepalives
-// and answers them on a schedule of its own, as etcd's gRPC proxy does, is
-// told by its replies: the keeper learns the schedule and sends each
-// keepalive just before the next answer, sends no more than the proxy's
-// own renewals answer, and never hedges. Where the path cannot renew the
-// lease more often, the degrade threshold of the cycle is lowered to what
-// the path leaves (never below RenewTimeout); a reply later than the path
-// has shown is a fault. A reply to a keepalive given up at its timeout
-// still renews the lease. Nothing of this is configured, and nothing is
-// told by address or name.
+// least RenewTimeout; before the first, the bound its unary calls show),
+// doubled for each renewal in a row that timed out unanswered until a
+// reply is a sample again, so a far link is no timeout. It learns the
+// path at Start: keepalives in a row until three are answered at once (a
+// few round trips) or one is held, each allowed 2/3 TTL meanwhile. A path
+// that holds keepalives and answers them on a schedule of its own, as
+// etcd's gRPC proxy does, is told by its replies: the keeper learns the
+// schedule and sends each keepalive just before the next answer, sends no
+// more than the proxy's own renewals answer, and never hedges; when it
+// first sees the hold it asks LeaseTimeToLive, whose rounded-down seconds
+// from the call's send time bound the server's expiry on every path. Where
+// the path cannot renew the lease more often, the degrade threshold of the
+// cycle is lowered to what the path leaves (never below RenewTimeout); a
+// reply later than the path has shown is a fault, and is dated by the
+// path's previous answer (deadlineLocked). A reply to a keepalive given up
+// at its timeout still renews the lease, or says it is gone. Nothing of
+// this is configured, and nothing is told by address or name.
 //
 // # Transport
 //
