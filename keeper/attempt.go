@@ -508,11 +508,15 @@ func (l *leaseLoop) nextAfterFailureLocked(a attempt, kind lkerrors.Kind, now ti
 }
 
 // leaseLostLocked acts on the server's word that the lease is gone (err):
-// the keeper is Failed, and the next attempt, at once, grants a new lease.
+// the keeper is Failed, and the next attempt, at once, grants a new lease;
+// unless the last attempt was refused (a late reply may say the lease is
+// gone between two refused attempts), when the next one keeps the slowest
+// pace it was given.
 func (l *leaseLoop) leaseLostLocked(err error, now time.Time) {
+	refused := permanent(l.fails.last)
 	l.lease.gone, l.fails.n = true, 0
 	l.stepLocked(statemachine.LeaseLost, err, now)
-	if l.recoveringLocked() && !l.running {
+	if l.recoveringLocked() && !l.running && !refused {
 		l.scheduleLocked(0)
 	}
 }
