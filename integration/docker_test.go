@@ -193,7 +193,8 @@ func TestDocker(t *testing.T) {
 		deadline := time.Now().Add(30 * time.Second)
 		for d.readyz(t) != http.StatusOK {
 			if time.Now().After(deadline) {
-				t.Fatalf("sidecar /readyz not 200 30s after the cluster restart")
+				logs, _ := d.c.Run("logs", "--tail", "40", "sidecar")
+				t.Fatalf("sidecar /readyz not 200 30s after the cluster restart; its log ends:\n%s", logs)
 			}
 			<-time.After(200 * time.Millisecond)
 		}
