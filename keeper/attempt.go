@@ -456,7 +456,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		// Count the renewal interval from when the server reset the lease
 		// (the send time), so round trips do not eat into the time left.
 		l.scheduleLocked(max(l.nextDueLocked(r.sent).Sub(now), 0))
-		if !r.granted && l.path.probeDue() {
+		if !r.granted && l.path.probeDue(l.baseTimingLocked()) {
 			l.probe(r.id)
 		}
 		l.rearmCheckLocked(now)

@@ -74,10 +74,18 @@ const (
 
 // probeDue reports whether a renewal just done should be followed by a
 // probe of the path's legs (leaseLoop.probe): in held mode, every
-// probeEvery renewals. Only there can a reply carry a renewal older than
+// probeEvery renewals, and after a renewal whose cycle has the lowest
+// degrade threshold. Only there can a reply carry a renewal older than
 // its keepalive, and only there does b, which the unary calls set, need to
 // follow a leg that became slower since the last one.
-func (p *pathState) probeDue() bool {
+func (p *pathState) probeDue(base timing) bool {
+	if p.held() && p.thr > 0 && p.thr <= base.renewTimeout {
+		// A weak cycle: the keepalive waited so long that the D it
+		// proved barely outlasts the next answer. The server's word may
+		// give more.
+		p.probes = 0
+		return true
+	}
 	if !p.held() {
 		p.probes = 0
 		return false
