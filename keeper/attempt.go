@@ -2,7 +2,6 @@ package keeper
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"strconv"
 	"time"
@@ -106,8 +105,9 @@ func (l *leaseLoop) fire() {
 		// it would time out at every renewal.
 		a.timeout = min(a.timeout, max(l.usualLocked(), a.deadline.Add(-a.tm.threshold).Sub(now)/2))
 	}
-	// Hedge by the path's usual bound, not by the backed-off one: a
-	// fresh keepalive on another stream is what reaches another member.
+	// Hedge by the path's usual bound, not by the wait allowed while
+	// learning: a fresh keepalive on another stream is what reaches
+	// another member.
 	a.hedge = l.path.hedgeAfter(min(a.timeout, l.usualLocked()))
 	if a.renew {
 		l.path.asking(now)
@@ -117,8 +117,8 @@ func (l *leaseLoop) fire() {
 		// leave the request outstanding for it. A member that answers again
 		// (a healed partition, a thawed process) then answers it at once, and
 		// the next attempt starts when this one ends: one is always in flight.
-		// The path's timeout is not backed off here: a fresh keepalive
-		// goes every BaseDelay while none is answered.
+		// The path's usual timeout, not the wait allowed while learning:
+		// a fresh keepalive goes every BaseDelay while none is answered.
 		a.wait = l.k.cfg.Backoff.delay(max(l.fails.n, 1), lkerrors.KindOf(l.fails.last), rand.Float64())
 		a.tm.renewTimeout = l.usualLocked()
 		a.timeout = max(a.tm.renewTimeout, a.wait)
@@ -226,15 +226,6 @@ func (l *leaseLoop) renewBeside(a attempt) result {
 // do.
 func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	if ka.err != nil {
-		if errors.Is(ka.err, context.DeadlineExceeded) {
-			// Nothing answered any keepalive of the attempt: back off the
-			// path's timeout (path.go), whatever the error's kind.
-			l.mu.Lock()
-			if l.lease.id == a.id {
-				l.path.timedOut()
-			}
-			l.mu.Unlock()
-		}
 		return result{id: a.id, err: l.classify(ka.err)}
 	}
 	r := result{id: a.id, ttl: time.Duration(ka.ttl) * time.Second, sent: ka.sent}

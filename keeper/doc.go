@@ -32,8 +32,7 @@
 // The keeper learns its path as TCP learns a round trip (path.go): the
 // renew timeout is the latency its keepalives show (srtt + 4×rttvar, at
 // least RenewTimeout; before the first, the bound its unary calls show),
-// doubled for each renewal in a row that timed out unanswered until a
-// reply is a sample again, so a far link is no timeout. It learns the
+// so a far link is no timeout. It learns the
 // path at Start: keepalives in a row until three are answered at once (a
 // few round trips) or one is held, each allowed 2/3 TTL meanwhile. A path
 // that holds keepalives and answers them on a schedule of its own, as

@@ -138,7 +138,8 @@ func (l *leaseLoop) timingLocked() timing {
 }
 
 // usualLocked is how long the path usually takes to answer a keepalive,
-// at least the configured renew timeout, not backed off (path.go).
+// at least the configured renew timeout, without the wait allowed while
+// the keeper learns its path (path.go).
 func (l *leaseLoop) usualLocked() time.Duration {
 	return l.path.waitBound(l.baseTimingLocked(), l.k.hub.calls.leg(), l.k.hub.calls.timeout())
 }

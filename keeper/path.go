@@ -61,7 +61,6 @@ type pathState struct {
 	probes uint8         // renewals in held mode since the last probe
 	proved time.Time     // when the keepalive that D rests on was sent
 	fresh  bool          // the lease was just granted: no keepalive of it answered yet
-	backed uint8         // renewals in a row that timed out unanswered since the last sample, up to maxBackoff
 }
 
 const (
@@ -69,7 +68,6 @@ const (
 	leaveAfter = 8  // prompt replies in a row that take it out
 	trustAfter = 16 // periods seen before the longest seen alone bounds the next
 	probeEvery = 8  // renewals in held mode between two probes of the path's legs
-	maxBackoff = 3  // doublings of a renewal's timeout after timeouts in a row: at most 8 times
 )
 
 // probeDue reports whether a renewal just done should be followed by a
@@ -155,7 +153,6 @@ func (p *pathState) asking(now time.Time) {
 func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, base timing, b time.Duration) {
 	if first {
 		p.ka.sample(at.Sub(sent))
-		p.backed = 0
 	}
 	asked := p.asked
 	if asked.IsZero() || asked.After(sent) {
@@ -275,7 +272,7 @@ func (p *pathState) overdue(at time.Time, base timing) bool {
 // waitBound is how long the path normally takes to answer a keepalive: a
 // held path's longest period and the lead, else the latency its replies
 // show (before the first, its unary calls' bound, prior); at least the
-// configured renew timeout. Unlike attemptTimeout, it is not backed off.
+// configured renew timeout.
 func (p *pathState) waitBound(base timing, b, prior time.Duration) time.Duration {
 	if p.held() {
 		return p.latest() + p.lead(base, b) + holdSlack(base)
@@ -306,21 +303,13 @@ func (p *pathState) hedgeAfter(timeout time.Duration) time.Duration {
 // keepalive takes the same path, and a link slower than the renew timeout
 // would otherwise never answer one in time to be learned); on a path that
 // holds keepalives, its period and the lead, so that a keepalive that just
-// missed an answer is not taken for lost. As RFC 6298 backs off its timer,
-// each renewal in a row that timed out unanswered doubles it, up to
-// 2^maxBackoff times, until a reply is a sample again: a path that became
-// slower is learned instead of timed out forever. The attempt never runs
-// past D either.
+// missed an answer is not taken for lost. It is not backed off after a
+// timeout, as RFC 6298's timer is: a renewal that timed out is a failure,
+// and the second in a row makes the keeper Degraded, so a longer timeout
+// after the first would delay that signal. The attempt never runs past D
+// either.
 func (p *pathState) attemptTimeout(base timing, b, prior time.Duration) time.Duration {
-	return p.waitBound(base, b, prior) << p.backed
-}
-
-// timedOut records that a renewal timed out with none of its keepalives
-// answered.
-func (p *pathState) timedOut() {
-	if p.backed < maxBackoff {
-		p.backed++
-	}
+	return p.waitBound(base, b, prior)
 }
 
 // next returns when the renewal after one whose keepalive was sent at sent
