@@ -39,8 +39,11 @@ func StartGRPCProxy(bin, log string, upstream []string) (*GRPCProxy, error) {
 	for i, u := range upstream {
 		hosts[i] = strings.TrimPrefix(u, "http://")
 	}
+	// The proxy dials its advertised address (127.0.0.1:23790 unless told):
+	// v3.5 exits after 5 s when nothing answers there.
 	p := &GRPCProxy{URL: "http://" + addr, bin: bin, log: log, upstream: upstream,
-		args: []string{"grpc-proxy", "start", "--endpoints", strings.Join(hosts, ","), "--listen-addr", addr}}
+		args: []string{"grpc-proxy", "start", "--endpoints", strings.Join(hosts, ","), "--listen-addr", addr,
+			"--advertise-client-url", addr}}
 	if err := p.start(); err != nil {
 		return nil, err
 	}
