@@ -125,7 +125,7 @@ func (l *leaseLoop) timingLocked() timing {
 	tm := l.baseTimingLocked()
 	b := l.k.hub.calls.leg()
 	call := l.k.hub.calls.timeout()
-	tm.renewTimeout = l.path.attemptTimeout(tm, b, call)
+	tm.renewTimeout = l.path.waitBound(tm, b, call)
 	if l.path.learning() {
 		tm.renewTimeout = max(tm.renewTimeout, learnWait(l.lease.ttl))
 	}

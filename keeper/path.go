@@ -269,10 +269,17 @@ func (p *pathState) overdue(at time.Time, base timing) bool {
 	return p.held() && !p.last.IsZero() && at.After(p.last.Add(p.latest()+holdSlack(base)))
 }
 
-// waitBound is how long the path normally takes to answer a keepalive: a
-// held path's longest period and the lead, else the latency its replies
-// show (before the first, its unary calls' bound, prior); at least the
-// configured renew timeout.
+// waitBound is how long the path normally takes to answer a keepalive, and
+// so what bounds a renewal attempt: a held path's longest period and the
+// lead, so that a keepalive that just missed an answer is not taken for
+// lost; else the latency its replies show (before the first, its unary
+// calls' bound, prior: a keepalive takes the same path, and a link slower
+// than the renew timeout would otherwise never answer one in time to be
+// learned); at least the configured renew timeout. It is not backed off
+// after a timeout, as RFC 6298's timer is: a renewal that timed out is a
+// failure, and the second in a row makes the keeper Degraded, so a longer
+// timeout after the first would delay that signal. The attempt never runs
+// past D either.
 func (p *pathState) waitBound(base timing, b, prior time.Duration) time.Duration {
 	if p.held() {
 		return p.latest() + p.lead(base, b) + holdSlack(base)
@@ -295,21 +302,6 @@ func (p *pathState) hedgeAfter(timeout time.Duration) time.Duration {
 		return 0
 	}
 	return max(timeout/3, p.ka.srtt+2*p.ka.rttvar)
-}
-
-// attemptTimeout bounds a renewal: on a path that answers at once, the
-// latency its replies show, at least the configured renew timeout, and
-// before the first reply the bound of the path's unary calls (prior: a
-// keepalive takes the same path, and a link slower than the renew timeout
-// would otherwise never answer one in time to be learned); on a path that
-// holds keepalives, its period and the lead, so that a keepalive that just
-// missed an answer is not taken for lost. It is not backed off after a
-// timeout, as RFC 6298's timer is: a renewal that timed out is a failure,
-// and the second in a row makes the keeper Degraded, so a longer timeout
-// after the first would delay that signal. The attempt never runs past D
-// either.
-func (p *pathState) attemptTimeout(base timing, b, prior time.Duration) time.Duration {
-	return p.waitBound(base, b, prior)
 }
 
 // next returns when the renewal after one whose keepalive was sent at sent
