@@ -64,6 +64,12 @@ type attempt struct {
 	held    bool          // the path holds keepalives: every one goes on the stream in use
 	learn   bool          // the keeper does not know its path yet: one hedge at most
 	clean   bool          // no attempt failed since the last success: a grant's round trip is the path's
+	// The attempt before failed: its keepalive may still wait on a stream
+	// that went silent (a frozen member, a link cut without a reset), so
+	// the first keepalive of this one leaves that stream for a new one if
+	// it does. Without it a keeper that never hedges (held mode) would
+	// wait on the silent stream attempt after attempt.
+	leave bool
 }
 
 // result is what one attempt did.
@@ -97,7 +103,10 @@ func (l *leaseLoop) fire() {
 	l.checkTimeLocked(now)
 	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
 		tm: l.timingLocked(), live: l.liveLocked(now)}
-	a.timeout, a.rtt, a.held, a.clean = a.tm.renewTimeout, l.path.ka.srtt, l.path.held(), l.fails.n == 0
+	// Without a live lease the keeper hedges every BaseDelay on any path
+	// (keepAlive): there is no schedule left to keep.
+	a.timeout, a.rtt, a.held, a.clean = a.tm.renewTimeout, l.path.ka.srtt, l.path.held() && a.live, l.fails.n == 0
+	a.leave = !a.clean
 	a.learn = a.live && l.path.learning()
 	if a.live && !a.held && !a.learn {
 		// Leave room for a second attempt before the degrade threshold,
@@ -274,18 +283,24 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 }
 
 // probe asks the server how long lease id has left, on a goroutine of its
-// own: it goes all the way to etcd, through a gRPC proxy too, so its round
+// own, unless a probe runs already: it goes all the way to etcd, through a gRPC proxy too, so its round
 // trip keeps b, the bound on a leg of the path, in step with a leg that
 // became slower since the last unary call, and its answer may move D
 // (timeLeft). A lease the server does not know any more is lost, as for
 // any other call.
 func (l *leaseLoop) probe(id clientv3.LeaseID) {
-	if !l.k.life.begin() {
+	if l.probing || !l.k.life.begin() {
 		return
 	}
+	l.probing = true
 	tm := l.timingLocked()
 	go func() {
 		defer l.k.life.end()
+		defer func() {
+			l.mu.Lock()
+			l.probing = false
+			l.mu.Unlock()
+		}()
 		// Bounded as a renewal of the path: a slower leg is what it is for.
 		ctx, cancel := l.attemptCtx(max(tm.call, tm.renewTimeout), time.Time{})
 		defer cancel()
@@ -423,20 +438,36 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 	}
 	now := time.Now()
 	if r.ttl > 0 && r.id == l.lease.id {
-		// A reply's TTL sets D; the timing stays the granted TTL's, which
-		// a proxy's reply of the time left after an outage is not.
-		l.lease.ttl, l.lease.deadline = max(l.lease.ttl, r.ttl), r.deadline
+		// A reply's TTL sets D, unless a probe's answer (timeLeft) set a
+		// later one meanwhile: both are bounds the server's expiry lies
+		// beyond. The timing stays the granted TTL's, which a proxy's
+		// reply of the time left after an outage is not.
+		l.lease.ttl = max(l.lease.ttl, r.ttl)
+		if r.deadline.After(l.lease.deadline) || l.lease.gone {
+			l.lease.deadline = r.deadline
+		}
 	}
 	if r.err == nil {
 		l.fails = failures{}
 		if l.m.State() != statemachine.Healthy && !now.Before(l.lease.deadline.Add(-l.timingLocked().threshold)) {
 			// The reply came long after its request was sent (it waited out
-			// an outage), so the lease is alive for less than the degrade
-			// threshold: renew again at once rather than report Healthy for
-			// an instant and Degraded right after.
-			l.scheduleLocked(0)
+			// an outage), or D allows for a leg b that one call slowed by
+			// a fault made long: the lease is alive for less than the
+			// degrade threshold. Renew again at once rather than report
+			// Healthy for an instant and Degraded right after, and ask the
+			// server's time to live, whose answer owes nothing to b and
+			// whose round trip brings b down. Again in a row, back off:
+			// a renewal as near as the last proves no later D.
+			l.probe(r.id)
+			var wait time.Duration
+			if l.again > 0 {
+				wait = min(l.k.cfg.Backoff.BaseDelay<<min(l.again-1, 8), l.k.cfg.Backoff.MaxDelay)
+			}
+			l.again = min(l.again+1, 9)
+			l.scheduleLocked(wait)
 			return
 		}
+		l.again = 0
 		ev := statemachine.RenewOK
 		if r.granted {
 			ev = statemachine.Recovered
@@ -447,7 +478,13 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		// Count the renewal interval from when the server reset the lease
 		// (the send time), so round trips do not eat into the time left.
 		l.scheduleLocked(max(l.nextDueLocked(r.sent).Sub(now), 0))
-		if !r.granted && l.path.probeDue(l.baseTimingLocked()) {
+		if base := l.baseTimingLocked(); !r.granted && (l.path.probeDue(base) || l.lease.deadline.Sub(now) < base.threshold+base.renewTimeout) {
+			// Also where the D this renewal proved leaves less than a
+			// renewal cycle before the degrade threshold: D allows for b,
+			// the longest recent unary call, and one call that waited out
+			// a stall keeps b high until calls show it shorter, or it was
+			// dated by the path's previous answer. The probe is such a
+			// call, and its answer sets a D that owes nothing to b.
 			l.probe(r.id)
 		}
 		l.rearmCheckLocked(now)

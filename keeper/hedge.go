@@ -117,7 +117,7 @@ type keepAliveRun struct {
 
 type keepAliveReq struct {
 	sent     time.Time
-	hedge    bool // an earlier one of the attempt went unanswered
+	hedge    bool // an earlier one of the attempt, or of the failed attempt before, went unanswered
 	answered bool
 	givenUp  bool
 	cancel   func() // the backend's, once keepAliveAsync returned
@@ -138,7 +138,7 @@ func (k *keepAliveRun) addLocked() *keepAliveReq {
 	} else {
 		req = new(keepAliveReq)
 	}
-	*req = keepAliveReq{sent: time.Now(), hedge: k.n > 0}
+	*req = keepAliveReq{sent: time.Now(), hedge: k.n > 0 || k.a.leave}
 	k.reqs = append(k.reqs, req)
 	k.n++
 	return req

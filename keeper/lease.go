@@ -26,8 +26,10 @@ type leaseLoop struct {
 	m        statemachine.Machine
 	lease    lease
 	started  bool
-	starting bool // Start waits: attempts go on even without recovery
-	running  bool // an attempt runs
+	starting bool  // Start waits: attempts go on even without recovery
+	running  bool  // an attempt runs
+	probing  bool  // a probe of the server's time to live runs (probe)
+	again    uint8 // renewals in a row that left D too near to report Healthy
 	sched    schedule
 	fails    failures
 	path     pathState     // what the keeper learned of its path (path.go)

@@ -2,12 +2,14 @@ package keeper
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -262,4 +264,79 @@ func TestProxyShortStallBeforeDeadline(t *testing.T) {
 			})
 		})
 	}
+}
+
+// silentStream is a path through p whose stream in use goes silent once
+// silence is called, as a frozen member's or a cut link's does: a
+// keepalive sent on it is never answered, until one asks to go another way
+// (a hedge), which opens a new stream, answered as p answers.
+type silentStream struct {
+	*proxyFake
+	mu      sync.Mutex
+	silent  bool
+	dropped int // keepalives sent on the silent stream
+}
+
+func (s *silentStream) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) func() {
+	s.mu.Lock()
+	if hedge {
+		s.silent = false
+	}
+	silent := s.silent
+	if silent {
+		s.dropped++
+	}
+	s.mu.Unlock()
+	if silent {
+		return func() {}
+	}
+	return s.proxyFake.keepAliveAsync(id, hedge, done)
+}
+
+func (s *silentStream) silence() (dropped int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.silent = true
+	return s.dropped
+}
+
+// TestHeldPathStreamGoesSilent: a keeper renewing on a holding path's
+// schedule sends one keepalive at a time on the stream in use. When that
+// stream goes silent, the attempt after the one that went unanswered
+// leaves it for a new one, which answers: the keeper is Healthy again
+// within a TTL, and never waits on the silent stream attempt after
+// attempt. Without that, it sat Failed for good with the lease alive.
+func TestHeldPathStreamGoesSilent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 3 * time.Second
+		p := newProxyFake(time.Millisecond)
+		s := &silentStream{proxyFake: p}
+		rec := &recorder{}
+		cfg := DefaultConfig()
+		cfg.TTL = ttl
+		cfg.Callbacks.OnTransition = rec.record
+		k, err := newKeeper(s, cfg)
+		require.NoError(t, err)
+		late := watchDeadline(p, k)
+		startHealthy(t, k, "svc/a")
+		time.Sleep(4 * ttl)
+		k.loop.mu.Lock()
+		held := k.loop.path.held()
+		k.loop.mu.Unlock()
+		require.True(t, held, "held mode behind the proxy")
+		for range 3 {
+			silentAt := time.Now()
+			s.silence()
+			time.Sleep(2 * ttl)
+			synctest.Wait()
+			assert.Equal(t, statemachine.Healthy, k.State(), "state 2×TTL after the stream went silent: %v", rec.path())
+			assert.True(t, k.Deadline().After(silentAt.Add(ttl)), "D %v after the stream went silent: not renewed since", k.Deadline().Sub(silentAt))
+		}
+		assert.Positive(t, s.silence(), "keepalives sent on a silent stream")
+		assert.Zero(t, late(), "checks that found D later than the server's expiry")
+		s.mu.Lock()
+		s.silent = false
+		s.mu.Unlock()
+		closeProxyTest(t, k, p)
+	})
 }

@@ -432,3 +432,39 @@ func TestSlowLinkIsLearned(t *testing.T) {
 		mustClose(t, k)
 	})
 }
+
+// TestLongCallDoesNotHoldDeadlineDown: one unary call that waited out a
+// fault (2.6s, at a TTL of 3s) makes b, the bound on a leg that D allows
+// for, so long that no renewal proves a D beyond the degrade threshold.
+// The keeper then asks the server's time to live, whose answer owes
+// nothing to b and whose round trips bring b down: it is Healthy again
+// within a few renewals, never renews in a tight loop meanwhile, and D
+// never passes the server's expiry. It renewed at once, for good, before.
+func TestLongCallDoesNotHoldDeadlineDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 3 * time.Second
+		f := newFake()
+		f.setLatency(5 * time.Millisecond)
+		rec := &recorder{}
+		cfg := DefaultConfig()
+		cfg.TTL = ttl
+		cfg.Callbacks.OnTransition = rec.record
+		k, err := newKeeper(f, cfg)
+		require.NoError(t, err)
+		startHealthy(t, k, "svc/a")
+		time.Sleep(ttl)
+		k.hub.calls.take(time.Now().Add(-2600*time.Millisecond), true)
+		kas := f.count("keepalive")
+		time.Sleep(4 * ttl)
+		synctest.Wait()
+		assert.Equal(t, statemachine.Healthy, k.State(), "4 TTLs after one long call: %v", rec.path())
+		assert.Less(t, f.count("keepalive")-kas, 40, "keepalives in 4 TTLs")
+		assert.Positive(t, f.count("ttl"), "probes of the server's time to live")
+		assert.Less(t, k.hub.calls.leg(), 2*time.Second, "b after the probes")
+		f.mu.Lock()
+		exp := f.leases[k.LeaseID()].expires
+		f.mu.Unlock()
+		assert.False(t, k.Deadline().After(exp), "D %v after the server's expiry", k.Deadline().Sub(exp))
+		mustClose(t, k)
+	})
+}
