@@ -50,6 +50,10 @@ type checker struct {
 	// live is, for each keeper, its lease in the last sample that saw it
 	// healthy or degraded, and when.
 	live map[int]seen
+	// revoked are the leases the soak revoked behind the keepers' backs:
+	// their keys' deletions are no expiry, however late the keeper
+	// hears of them.
+	revoked map[clientv3.LeaseID]bool
 }
 
 type seen struct {
@@ -59,7 +63,7 @@ type seen struct {
 
 func newChecker(s *soak) *checker {
 	return &checker{s: s, checks: map[string]int{}, failures: map[string][]string{},
-		suspects: map[string]time.Time{}, live: map[int]seen{}}
+		suspects: map[string]time.Time{}, live: map[int]seen{}, revoked: map[clientv3.LeaseID]bool{}}
 }
 
 func (c *checker) count(inv string) {
@@ -77,10 +81,16 @@ func (c *checker) violate(inv, format string, args ...any) {
 }
 
 // external notes a change the soak makes behind a keeper's back: key
-// deleted or overwritten, or lease revoked. Nothing to do here but log
-// it: a mismatch it causes has a watch round trip to clear.
+// deleted or overwritten, or lease revoked. A mismatch it causes has a
+// watch round trip to clear; a revoked lease's keys are deleted by the
+// revoke, not by an expiry the keeper had to see coming.
 func (c *checker) external(key string, lease clientv3.LeaseID) {
 	c.s.logf("behind the keepers' backs: %s %x", key, int64(lease))
+	if lease != 0 {
+		c.mu.Lock()
+		c.revoked[lease] = true
+		c.mu.Unlock()
+	}
 }
 
 // sample compares, every sampleEvery, what each keeper says with what the
@@ -239,9 +249,10 @@ func (c *checker) deleted(key string, lease clientv3.LeaseID, rev int64, at time
 		}
 		c.mu.Lock()
 		last, ok := c.live[sub.i]
+		revoked := c.revoked[lease]
 		c.mu.Unlock()
-		if !ok || last.lease != lease {
-			continue // not on the lease this keeper last held
+		if !ok || last.lease != lease || revoked {
+			continue // not on the lease this keeper last held, or revoked by the soak
 		}
 		if d := sub.k.Deadline(); sub.k.LeaseID() == lease && at.Before(d) {
 			continue // revoked or deleted, not expired
