@@ -38,9 +38,14 @@
 // that holds keepalives and answers them on a schedule of its own, as
 // etcd's gRPC proxy does, is told by its replies: the keeper learns the
 // schedule and sends each keepalive just before the next answer, sends no
-// more than the proxy's own renewals answer, and never hedges; when it
-// first sees the hold it asks LeaseTimeToLive, whose rounded-down seconds
-// from the call's send time bound the server's expiry on every path. Where
+// more than the proxy's own renewals answer, and does not hedge within an
+// attempt; the attempt after a failed one leaves a stream its keepalive
+// still waits on, and without a live lease every path is hedged, so a
+// stream gone silent never holds the keeper. When it first sees the hold,
+// and whenever a renewal proves a D too near for Healthy (D allows for
+// the longest recent unary call), it asks LeaseTimeToLive, whose
+// rounded-down seconds from the call's send time bound the server's
+// expiry on every path. Where
 // the path cannot renew the lease more often, the degrade threshold of the
 // cycle is lowered to what the path leaves (never below RenewTimeout); a
 // reply later than the path has shown is a fault, and is dated by the

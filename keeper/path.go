@@ -44,7 +44,10 @@ import (
 // answers it (never below RenewTimeout). A late reply on a path whose
 // replies are always late is not a fault; a reply later than that is, and
 // the keeper is Degraded. Against a path that holds keepalives the keeper
-// never hedges: a second stream joins the wait for the same answer.
+// does not hedge within an attempt: a second stream joins the wait for the
+// same answer. The attempt after a failed one still leaves a stream its
+// keepalive waits on (attempt.leave), and one without a live lease hedges
+// on every path.
 
 // pathState is what one keeper learned of its path. Guarded by
 // leaseLoop.mu.
