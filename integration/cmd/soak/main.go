@@ -1,13 +1,16 @@
 // Command soak runs a hundred keepers against a three-member cluster of
-// etcd processes under a seeded schedule of random faults, and checks all
-// along what the keeper promises, reading the members directly:
+// etcd processes under a seeded schedule of random faults, ten of them
+// through an etcd gRPC proxy (`etcd grpc-proxy start`) in front of the
+// members, and checks all along what the keeper promises, reading the
+// members directly:
 //
 //   - no keeper is Healthy while the server lacks its lease or one of its
 //     keys, beyond one watch round trip after a change behind its back;
 //   - a keeper reports Failed before the server deletes its keys on expiry;
 //   - two keepers never hold one exclusive key at once;
 //   - every keeper is healthy again within a second of the cluster being
-//     whole;
+//     whole (behind the gRPC proxy, a second more than the proxy's renewal
+//     period: it hears that etcd answers only from the proxy's renewal);
 //   - goroutines and heap do not grow across the run;
 //   - no key is missing at the end.
 //
@@ -35,6 +38,7 @@ type options struct {
 	seed     uint64
 	keepers  int
 	shared   int // keepers that share a client, in groups of four
+	proxied  int // keepers, just before the shared ones, whose client goes through an etcd gRPC proxy
 	ttl      time.Duration
 	verbose  bool
 	heapDir  string // where to write heap profiles at the first and the last quiet point
@@ -46,13 +50,14 @@ func main() {
 	flag.Uint64Var(&o.seed, "seed", o.seed, "seed of the fault schedule (default: from the clock)")
 	flag.IntVar(&o.keepers, "keepers", 100, "keepers, one restore key each; the first 40 also contend for 20 exclusive keys in pairs")
 	flag.IntVar(&o.shared, "shared", 20, "keepers (of the last ones) that share a client, four to a client")
+	flag.IntVar(&o.proxied, "proxied", 10, "keepers (just before the shared ones) whose client reaches the cluster through one etcd gRPC proxy")
 	flag.DurationVar(&o.ttl, "ttl", 3*time.Second, "lease TTL of every keeper")
 	flag.BoolVar(&o.verbose, "v", false, "log every fault and violation as it happens")
 	flag.StringVar(&o.heapDir, "heap-profiles", "", "write heap profiles first.pprof and last.pprof to this directory")
 	flag.Parse()
 	switch {
-	case o.keepers < 40 || o.shared < 0 || o.shared > o.keepers-40 || o.shared%4 != 0:
-		fmt.Fprintln(os.Stderr, "soak: -keepers must be at least 40 and -shared a multiple of 4 no more than keepers-40")
+	case o.keepers < 40 || o.shared < 0 || o.shared > o.keepers-40 || o.shared%4 != 0 || o.proxied < 0 || o.proxied > o.keepers-40-o.shared:
+		fmt.Fprintln(os.Stderr, "soak: -keepers must be at least 40, -shared a multiple of 4, and -shared plus -proxied no more than keepers-40")
 		os.Exit(2)
 	case o.duration <= 0 || o.ttl < 2*time.Second:
 		fmt.Fprintln(os.Stderr, "soak: -duration must be positive and -ttl at least 2s")
@@ -82,7 +87,7 @@ func run(o options) (bool, error) {
 		return false, err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
-	fmt.Printf("soak: seed %d, %v of faults, %d keepers, TTL %v\n", o.seed, o.duration, o.keepers, o.ttl)
+	fmt.Printf("soak: seed %d, %v of faults, %d keepers (%d behind an etcd gRPC proxy), TTL %v\n", o.seed, o.duration, o.keepers, o.proxied, o.ttl)
 	s, err := setUp(o, bin, dir)
 	if err != nil {
 		return false, err

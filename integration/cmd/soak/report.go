@@ -48,6 +48,11 @@ func (s *soak) report(w io.Writer) {
 		fmt.Fprintf(w, "heal time after the cluster is whole, %d keepers that left healthy: p50 %s, p99 %s, max %s\n",
 			len(h), q(0.5), q(0.99), h[len(h)-1].Round(time.Millisecond))
 	}
+	if s.o.proxied > 0 {
+		own := s.o.keepers - s.o.shared
+		fmt.Fprintf(w, "keepers %d to %d reach the cluster through an etcd gRPC proxy: healthy within %v of the cluster whole (1s and the proxy's renewal period)\n",
+			own-s.o.proxied, own-1, healWithin+s.o.ttl/3+500*time.Millisecond)
+	}
 	for _, inv := range invariants {
 		for _, f := range c.failures[inv] {
 			fmt.Fprintf(w, "VIOLATION %s: %s\n", inv, f)

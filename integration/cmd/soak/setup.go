@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -24,7 +25,8 @@ type soak struct {
 	round []int // the faults left in this round, by index
 	began time.Time
 	c     *testbed.Cluster
-	obs   *clientv3.Client // straight to the members
+	gp    *testbed.GRPCProxy // in front of every member's proxy, for the proxied keepers
+	obs   *clientv3.Client   // straight to the members
 	cls   []*client
 	subs  []*subject
 	excl  map[string][]*subject // exclusive key -> the keepers contending for it
@@ -47,11 +49,12 @@ type client struct {
 
 // subject is one keeper, its keys, and what it reported.
 type subject struct {
-	i    int
-	k    *keeper.Keeper
-	cl   *client
-	rkey string // its restore key
-	xkey string // its exclusive key, if any
+	i       int
+	k       *keeper.Keeper
+	cl      *client
+	proxied bool   // its client goes through the gRPC proxy
+	rkey    string // its restore key
+	xkey    string // its exclusive key, if any
 
 	mu sync.Mutex
 	ts []statemachine.Transition
@@ -87,10 +90,23 @@ func setUp(o options, bin, dir string) (*soak, error) {
 		s.tearDown()
 		return nil, err
 	}
-	// One client per keeper, but the last o.shared keepers four to one.
+	// One client per keeper, but the last o.shared keepers four to one;
+	// the o.proxied keepers before them reach the cluster through one
+	// etcd gRPC proxy, which reaches each member through its proxy, so
+	// a member's faults are its upstream's.
 	own := o.keepers - o.shared
+	if o.proxied > 0 {
+		var ups []string
+		for _, m := range s.c.Members {
+			ups = append(ups, m.Proxy.URL())
+		}
+		if s.gp, err = testbed.StartGRPCProxy(bin, filepath.Join(dir, "grpc-proxy.log"), ups); err != nil {
+			s.tearDown()
+			return nil, err
+		}
+	}
 	for i := range own + o.shared/4 {
-		cl, err := s.newClient()
+		cl, err := s.newClient(i >= own-o.proxied && i < own)
 		if err != nil {
 			s.tearDown()
 			return nil, fmt.Errorf("client %d: %w", i, err)
@@ -104,6 +120,7 @@ func setUp(o options, bin, dir string) (*soak, error) {
 			s.tearDown()
 			return nil, err
 		}
+		sub.proxied = i >= own-o.proxied && i < own
 		s.subs = append(s.subs, sub)
 		if sub.xkey != "" {
 			s.excl[sub.xkey] = append(s.excl[sub.xkey], sub)
@@ -138,12 +155,20 @@ func setUp(o options, bin, dir string) (*soak, error) {
 }
 
 // newClient makes a client of the cluster built with default options,
-// through proxies of its own.
-func (s *soak) newClient() (*client, error) {
+// through proxies of its own: one in front of each member's proxy, or,
+// viaGRPCProxy, one in front of the gRPC proxy.
+func (s *soak) newClient(viaGRPCProxy bool) (*client, error) {
 	cl := &client{}
 	var eps []string
+	addrs := make([]string, 0, len(s.c.Members))
 	for _, m := range s.c.Members {
-		p, err := testbed.NewProxy(m.Proxy.Addr())
+		addrs = append(addrs, m.Proxy.Addr())
+	}
+	if viaGRPCProxy {
+		addrs = []string{strings.TrimPrefix(s.gp.URL, "http://")}
+	}
+	for _, addr := range addrs {
+		p, err := testbed.NewProxy(addr)
 		if err != nil {
 			return nil, err
 		}
@@ -200,6 +225,9 @@ func (s *soak) tearDown() {
 	}
 	if s.obs != nil {
 		_ = s.obs.Close()
+	}
+	if s.gp != nil {
+		s.gp.Kill()
 	}
 	if s.c != nil {
 		s.c.Close()
