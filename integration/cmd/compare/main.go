@@ -25,6 +25,8 @@ type options struct {
 	scaleFor    time.Duration
 	leases      int
 	fleet       int
+	proxyFor    time.Duration
+	skipProxy   bool
 	keys        int
 	keepers     int
 	timers      int
@@ -40,6 +42,7 @@ type options struct {
 	costPid     int
 	costClients int
 	costLeases  int
+	costEtcd    string // the etcd binary: the child runs a gRPC proxy of it in front of the member
 }
 
 func main() {
@@ -50,6 +53,8 @@ func main() {
 	flag.DurationVar(&o.scaleFor, "scale-for", 2*time.Minute, "how long each renewal cost (figure 4) is measured")
 	flag.IntVar(&o.leases, "leases", 1000, "leases on one client in the renewal-cost figure")
 	flag.IntVar(&o.fleet, "fleet", 200, "clients with one lease each in the renewal-cost figure")
+	flag.DurationVar(&o.proxyFor, "proxy-for", 5*time.Minute, "how long the fleet behind an etcd gRPC proxy is measured")
+	flag.BoolVar(&o.skipProxy, "skip-proxy", false, "skip the fleet behind an etcd gRPC proxy")
 	flag.IntVar(&o.keys, "keys", 10000, "keys in the re-write figure")
 	flag.IntVar(&o.keepers, "keepers", 10000, "keepers in the idle-footprint figure")
 	flag.IntVar(&o.timers, "timers", 1000000, "pending timers in the scheduling figure")
@@ -63,6 +68,7 @@ func main() {
 	flag.IntVar(&o.costPid, "cost-pid", 0, "internal: the member's process ID, for -cost")
 	flag.IntVar(&o.costClients, "cost-clients", 1, "internal: clients, for -cost")
 	flag.IntVar(&o.costLeases, "cost-leases", 1, "internal: leases per client, for -cost")
+	flag.StringVar(&o.costEtcd, "cost-etcd", "", "internal: the etcd binary, to run a gRPC proxy of it in front of the member, for -cost")
 	flag.Parse()
 	if o.cost != "" {
 		if err := costChild(o); err != nil {

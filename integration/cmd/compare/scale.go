@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +30,44 @@ type usage struct {
 	heap       uint64
 	stacks     uint64
 	bytes      int64
+	// Behind an etcd gRPC proxy (cost's front): the proxy's CPU, the
+	// bytes between it and the member, and the times a holder lost its
+	// lease's health on its own (a keeper leaving Healthy, a KeepAlive
+	// channel closing before its context ended).
+	proxy    time.Duration
+	upBytes  int64
+	episodes int64
+}
+
+// episodes counts the holders' episodes in this process (usage.episodes).
+var episodes atomic.Int64
+
+// episodeCounter is an Observer that counts the times its keeper leaves
+// Healthy.
+type episodeCounter struct{}
+
+func (episodeCounter) ObserveAttempt(string, time.Duration, error) {}
+
+func (episodeCounter) ObserveTransition(t statemachine.Transition) {
+	if t.From == statemachine.Healthy {
+		episodes.Add(1)
+	}
+}
+
+// front is what a cost child runs in front of the member, if anything:
+// an etcd gRPC proxy, with a counting proxy between it and the member.
+type front struct {
+	gp *testbed.GRPCProxy
+	up *testbed.Proxy
+}
+
+// add adds the front's figures at this moment to u.
+func (f front) add(u *usage) {
+	if f.gp == nil {
+		return
+	}
+	u.proxy, _ = f.gp.CPU()
+	u.upBytes = f.up.Bytes()
 }
 
 func measure(p *testbed.Proxy, serverPid int) usage {
@@ -57,29 +97,40 @@ func scaleFigures(bin string, o options, r *report) error {
 	target := strings.TrimPrefix(m.ClientURL, "http://")
 
 	progress("renewal cost: %d keepers on one client for %s", o.leases, o.scaleFor)
-	kc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepers")
+	kc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepers", "")
 	if err != nil {
 		return err
 	}
 	progress("renewal cost: %d KeepAlive leases on one client for %s", o.leases, o.scaleFor)
-	ac, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives")
+	ac, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives", "")
 	if err != nil {
 		return err
 	}
 	progress("renewal cost: %d KeepAlive leases on contexts never canceled, on one client for %s", o.leases, o.scaleFor)
-	tc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives-uncanceled")
+	tc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives-uncanceled", "")
 	if err != nil {
 		return err
 	}
 	progress("fleet cost: %d clients with one keeper each for %s", o.fleet, o.scaleFor)
-	kf, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepers")
+	kf, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepers", "")
 	if err != nil {
 		return err
 	}
 	progress("fleet cost: %d clients with one KeepAlive lease each for %s", o.fleet, o.scaleFor)
-	af, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepalives")
+	af, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepalives", "")
 	if err != nil {
 		return err
+	}
+	var kp, ap usage
+	if !o.skipProxy {
+		progress("fleet behind an etcd gRPC proxy: %d clients with one keeper each for %s", o.fleet, o.proxyFor)
+		if kp, err = costIn(target, m, o.fleet, 1, o.proxyFor, "keepers", bin); err != nil {
+			return err
+		}
+		progress("fleet behind an etcd gRPC proxy: %d clients with one KeepAlive lease each for %s", o.fleet, o.proxyFor)
+		if ap, err = costIn(target, m, o.fleet, 1, o.proxyFor, "keepalives", bin); err != nil {
+			return err
+		}
 	}
 	row := func(name string, u usage) []string {
 		return []string{name, fmt.Sprintf("%.2f", u.cpu.Seconds()), fmt.Sprintf("%.2f", u.server.Seconds()),
@@ -109,7 +160,8 @@ func scaleFigures(bin string, o options, r *report) error {
 		fmt.Sprintf("### A fleet: %d clients with one lease each\n\n", o.fleet) +
 		table(header, [][]string{row("leasekeeper", kf), row("Lease.KeepAlive", af)}) +
 		fmt.Sprintf("\nTarget, etcd CPU and bytes no more than `KeepAlive`'s: etcd CPU %s, bytes %s.\n",
-			verdict(kf.server <= af.server), verdict(kf.bytes <= af.bytes)))
+			verdict(kf.server <= af.server), verdict(kf.bytes <= af.bytes)) +
+		proxyFleet(o, kp, ap))
 
 	progress("re-write of %d keys", o.keys)
 	first, again, longest, calls, err := rewrite(c, o)
@@ -201,7 +253,8 @@ func closeKeepers(ks []*keeper.Keeper) {
 type holder func(cli *clientv3.Client, prefix string, n int) (stop func(), err error)
 
 func keepers(cli *clientv3.Client, prefix string, n int) (func(), error) {
-	ks, err := startKeepers(cli, n, 10*time.Second, prefix+"keeper/", true, nil)
+	count := func(int) []keeper.Observer { return []keeper.Observer{episodeCounter{}} }
+	ks, err := startKeepers(cli, n, 10*time.Second, prefix+"keeper/", true, count)
 	return func() { closeKeepers(ks) }, err
 }
 
@@ -247,6 +300,9 @@ func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv
 			defer wg.Done()
 			for range ch {
 			}
+			if ctx.Err() == nil {
+				episodes.Add(1) // the lease was lost
+			}
 		}()
 	}
 	return stop, nil
@@ -260,20 +316,25 @@ var holders = map[string]holder{"keepers": keepers, "keepalives": keepAlives, "k
 // goroutine descriptors the runtime keeps for reuse, once allocated, would
 // otherwise be free for the phase after the one that made them, and its
 // heap would look smaller than it is.
-func costIn(target string, m *testbed.Member, clients, n int, d time.Duration, kind string) (usage, error) {
+//
+// With etcdBin set, the clients reach the member through an etcd gRPC
+// proxy of that binary, which the child runs.
+func costIn(target string, m *testbed.Member, clients, n int, d time.Duration, kind, etcdBin string) (usage, error) {
 	cmd := exec.Command(os.Args[0], "-cost", kind, "-cost-target", target, "-cost-pid", strconv.Itoa(m.Pid()),
-		"-cost-clients", strconv.Itoa(clients), "-cost-leases", strconv.Itoa(n), "-scale-for", d.String())
+		"-cost-clients", strconv.Itoa(clients), "-cost-leases", strconv.Itoa(n), "-scale-for", d.String(),
+		"-cost-etcd", etcdBin)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
 		return usage{}, fmt.Errorf("cost of %d %s on %d clients: %w", n, kind, clients, err)
 	}
 	var u usage
-	var cpu, server int64
-	if _, err := fmt.Sscan(string(out), &cpu, &server, &u.goroutines, &u.heap, &u.stacks, &u.bytes); err != nil {
+	var cpu, server, proxy int64
+	if _, err := fmt.Sscan(string(out), &cpu, &server, &u.goroutines, &u.heap, &u.stacks, &u.bytes,
+		&proxy, &u.upBytes, &u.episodes); err != nil {
 		return usage{}, fmt.Errorf("cost of %d %s: reading %q: %w", n, kind, out, err)
 	}
-	u.cpu, u.server = time.Duration(cpu), time.Duration(server)
+	u.cpu, u.server, u.proxy = time.Duration(cpu), time.Duration(server), time.Duration(proxy)
 	return u, nil
 }
 
@@ -284,11 +345,11 @@ func costChild(o options) error {
 	if !ok {
 		return fmt.Errorf("no holder %q", o.cost)
 	}
-	u, err := cost(o.costTarget, o.costPid, o.costClients, o.costLeases, o.scaleFor, start)
+	u, err := cost(o.costTarget, o.costPid, o.costClients, o.costLeases, o.scaleFor, start, o.costEtcd)
 	if err != nil {
 		return err
 	}
-	fmt.Println(int64(u.cpu), int64(u.server), u.goroutines, u.heap, u.stacks, u.bytes)
+	fmt.Println(int64(u.cpu), int64(u.server), u.goroutines, u.heap, u.stacks, u.bytes, int64(u.proxy), u.upBytes, u.episodes)
 	return nil
 }
 
@@ -302,8 +363,29 @@ func keepAlivesUncanceled(cli *clientv3.Client, prefix string, n int) (func(), e
 
 // cost measures clients clients, each with n leases held by start, for d,
 // through one counting proxy in front of target (the member process
-// serverPid).
-func cost(target string, serverPid, clients, n int, d time.Duration, start holder) (usage, error) {
+// serverPid), or, with etcdBin set, in front of an etcd gRPC proxy of
+// that binary in front of a counting proxy in front of target.
+func cost(target string, serverPid, clients, n int, d time.Duration, start holder, etcdBin string) (usage, error) {
+	var f front
+	if etcdBin != "" {
+		up, err := testbed.NewProxy(target)
+		if err != nil {
+			return usage{}, err
+		}
+		defer up.Close()
+		dir, err := os.MkdirTemp("", "leasekeeper-compare-proxy")
+		if err != nil {
+			return usage{}, err
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		gp, err := testbed.StartGRPCProxy(etcdBin, filepath.Join(dir, "grpc-proxy.log"), []string{up.URL()})
+		if err != nil {
+			return usage{}, err
+		}
+		defer gp.Kill()
+		f = front{gp: gp, up: up}
+		target = strings.TrimPrefix(gp.URL, "http://")
+	}
 	p, err := testbed.NewProxy(target)
 	if err != nil {
 		return usage{}, err
@@ -350,7 +432,7 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 			return usage{}, err
 		}
 	}
-	return window(p, serverPid, idle, d), nil
+	return window(p, serverPid, f, idle, d), nil
 }
 
 // settle is how long the setup settles before a window: more than the
@@ -360,15 +442,21 @@ const settle = 5 * time.Second
 
 // window measures the cost of d of steady state, after the setup settled:
 // CPU and bytes over d, goroutines and heap above idle at its end.
-func window(p *testbed.Proxy, serverPid int, idle usage, d time.Duration) usage {
+func window(p *testbed.Proxy, serverPid int, f front, idle usage, d time.Duration) usage {
 	time.Sleep(settle)
 	start := measure(p, serverPid)
+	f.add(&start)
+	eps := episodes.Load()
 	time.Sleep(d)
 	end := measure(p, serverPid)
+	f.add(&end)
 	return usage{
 		cpu:        end.cpu - start.cpu,
 		server:     end.server - start.server,
 		bytes:      end.bytes - start.bytes,
+		proxy:      end.proxy - start.proxy,
+		upBytes:    end.upBytes - start.upBytes,
+		episodes:   episodes.Load() - eps,
 		goroutines: end.goroutines - idle.goroutines,
 		heap:       end.heap - min(end.heap, idle.heap),
 		stacks:     end.stacks - min(end.stacks, idle.stacks),
@@ -503,4 +591,27 @@ func heapNote(kc, ac usage) string {
 		"machine, its first key and its callbacks' queue; figure 6 gives the bytes per idle keeper), where " +
 		"the cost of a `KeepAlive` lease is mostly its goroutines, whose stacks are outside the heap " +
 		"(the last column). The heap target is not met.\n\n"
+}
+
+// proxyFleet is the fleet's figure behind an etcd gRPC proxy: k for the
+// keepers, a for KeepAlive.
+func proxyFleet(o options, k, a usage) string {
+	if o.skipProxy {
+		return ""
+	}
+	row := func(name string, u usage) []string {
+		return []string{name, fmt.Sprint(u.episodes), fmt.Sprintf("%.2f", u.server.Seconds()), fmt.Sprintf("%.2f", u.proxy.Seconds()),
+			fmt.Sprintf("%.0f", float64(u.upBytes)/1024), fmt.Sprintf("%.0f", float64(u.bytes)/1024), fmt.Sprintf("%.2f", u.cpu.Seconds())}
+	}
+	header := []string{"client", "false episodes", "etcd CPU (s)", "proxy CPU (s)", "bytes proxy–etcd (KiB)", "bytes clients–proxy (KiB)", "client CPU (s)"}
+	return fmt.Sprintf("\n### The fleet behind one etcd gRPC proxy, for %s\n\n", o.proxyFor) +
+		fmt.Sprintf("The same %d clients with one lease each (TTL 10 s), each reaching the member through one `etcd grpc-proxy start` "+
+			"of the same etcd binary, which runs one keepalive of its own per lease upstream and answers the clients' on its schedule. "+
+			"False episodes are a keeper leaving Healthy, or a `KeepAlive` channel closing before its context ended, with nothing "+
+			"wrong; the proxy's CPU is its process's, and bytes are counted on both of its sides.\n\n", o.fleet) +
+		table(header, [][]string{row("leasekeeper", k), row("Lease.KeepAlive", a)}) +
+		fmt.Sprintf("\nTarget, 0 false episodes, and etcd CPU, proxy CPU and bytes on both sides no more than `KeepAlive`'s: "+
+			"episodes %s, etcd CPU %s, proxy CPU %s, bytes proxy–etcd %s, bytes clients–proxy %s.\n",
+			verdict(k.episodes == 0), verdict(k.server <= a.server), verdict(k.proxy <= a.proxy),
+			verdict(k.upBytes <= a.upBytes), verdict(k.bytes <= a.bytes))
 }
