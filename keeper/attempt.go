@@ -103,9 +103,7 @@ func (l *leaseLoop) fire() {
 	l.checkTimeLocked(now)
 	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
 		tm: l.timingLocked(), live: l.liveLocked(now)}
-	// Without a live lease the keeper hedges every BaseDelay on any path
-	// (keepAlive): there is no schedule left to keep.
-	a.timeout, a.rtt, a.held, a.clean = a.tm.renewTimeout, l.path.ka.srtt, l.path.held() && a.live, l.fails.n == 0
+	a.timeout, a.rtt, a.held, a.clean = a.tm.renewTimeout, l.path.ka.srtt, l.path.held(), l.fails.n == 0
 	a.leave = !a.clean
 	a.learn = a.live && l.path.learning()
 	if a.live && !a.held && !a.learn {
@@ -457,11 +455,16 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 			// Healthy for an instant and Degraded right after, and ask the
 			// server's time to live, whose answer owes nothing to b and
 			// whose round trip brings b down. Again in a row, back off:
-			// a renewal as near as the last proves no later D.
+			// a renewal as near as the last proves no later D. But never
+			// past the last start that leaves the path's usual answer time
+			// before D: behind a path that holds keepalives each renewal
+			// waits for its answer, and a backed-off one let D pass with
+			// the path answering.
 			l.probe(r.id)
 			var wait time.Duration
 			if l.again > 0 {
-				wait = min(l.k.cfg.Backoff.BaseDelay<<min(l.again-1, 8), l.k.cfg.Backoff.MaxDelay)
+				wait = min(l.k.cfg.Backoff.BaseDelay<<min(l.again-1, 8), l.k.cfg.Backoff.MaxDelay,
+					max(l.lease.deadline.Sub(now)-l.usualLocked(), 0))
 			}
 			l.again = min(l.again+1, 9)
 			l.scheduleLocked(wait)

@@ -45,8 +45,15 @@ func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
 	// answer it, and giving it up for a fresh one would only start the
 	// wait over.
 	k.every, k.stuck = a.hedge, a.timeout
-	if !a.live && !a.held {
+	switch {
+	case !a.live && !a.held:
 		k.every, k.stuck = l.k.cfg.Backoff.BaseDelay, max(a.tm.renewTimeout, 2*a.rtt)
+	case !a.live:
+		// A path that holds keepalives answers a fresh stream no sooner
+		// than its schedule: one fresh keepalive per wait bound, so that
+		// a stream gone silent is replaced, without a new stream every
+		// BaseDelay at the proxy.
+		k.every, k.stuck = a.tm.renewTimeout, 2*a.tm.renewTimeout
 	}
 	k.first.err = context.DeadlineExceeded
 	k.nextAt = k.end
