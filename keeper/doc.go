@@ -40,8 +40,8 @@
 // schedule and sends each keepalive just before the next answer, sends no
 // more than the proxy's own renewals answer, and does not hedge within an
 // attempt; the attempt after a failed one leaves a stream its keepalive
-// still waits on, and without a live lease every path is hedged, so a
-// stream gone silent never holds the keeper. When it first sees the hold,
+// still waits on, and without a live lease it is hedged once per wait
+// bound, so a stream gone silent never holds the keeper. When it first sees the hold,
 // and whenever a renewal proves a D too near for Healthy (D allows for
 // the longest recent unary call), it asks LeaseTimeToLive, whose
 // rounded-down seconds from the call's send time bound the server's
