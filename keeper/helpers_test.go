@@ -60,7 +60,7 @@ func (r *recorder) at(s statemachine.State) time.Time {
 
 // newTest returns a keeper on f with DefaultConfig changed by mutate, and a
 // recorder of its transitions. The test must Close it.
-func newTest(t *testing.T, f *fakeBackend, mutate func(*Config)) (*Keeper, *recorder) {
+func newTest(t *testing.T, b backend, mutate func(*Config)) (*Keeper, *recorder) {
 	t.Helper()
 	rec := &recorder{}
 	cfg := DefaultConfig()
@@ -68,7 +68,7 @@ func newTest(t *testing.T, f *fakeBackend, mutate func(*Config)) (*Keeper, *reco
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	k, err := newKeeper(f, cfg)
+	k, err := newKeeper(b, cfg)
 	if err != nil {
 		t.Fatalf("newKeeper: %v", err)
 	}

@@ -61,13 +61,7 @@ func closeProxyTest(t *testing.T, k *Keeper, p *proxyFake) {
 // transitions.
 func newProxyTest(t *testing.T, p *proxyFake, ttl time.Duration) (*Keeper, *recorder) {
 	t.Helper()
-	rec := &recorder{}
-	cfg := DefaultConfig()
-	cfg.TTL = ttl
-	cfg.Callbacks.OnTransition = rec.record
-	k, err := newKeeper(p, cfg)
-	require.NoError(t, err)
-	return k, rec
+	return newTest(t, p, func(c *Config) { c.TTL = ttl })
 }
 
 // episodes counts the times the keeper left Healthy after since.
@@ -311,12 +305,7 @@ func TestHeldPathStreamGoesSilent(t *testing.T) {
 		const ttl = 3 * time.Second
 		p := newProxyFake(time.Millisecond)
 		s := &silentStream{proxyFake: p}
-		rec := &recorder{}
-		cfg := DefaultConfig()
-		cfg.TTL = ttl
-		cfg.Callbacks.OnTransition = rec.record
-		k, err := newKeeper(s, cfg)
-		require.NoError(t, err)
+		k, rec := newTest(t, s, func(c *Config) { c.TTL = ttl })
 		late := watchDeadline(p, k)
 		startHealthy(t, k, "svc/a")
 		time.Sleep(4 * ttl)

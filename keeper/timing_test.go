@@ -445,12 +445,7 @@ func TestLongCallDoesNotHoldDeadlineDown(t *testing.T) {
 		const ttl = 3 * time.Second
 		f := newFake()
 		f.setLatency(5 * time.Millisecond)
-		rec := &recorder{}
-		cfg := DefaultConfig()
-		cfg.TTL = ttl
-		cfg.Callbacks.OnTransition = rec.record
-		k, err := newKeeper(f, cfg)
-		require.NoError(t, err)
+		k, rec := newTest(t, f, func(c *Config) { c.TTL = ttl })
 		startHealthy(t, k, "svc/a")
 		time.Sleep(ttl)
 		k.hub.calls.take(time.Now().Add(-2600*time.Millisecond), true)
