@@ -63,13 +63,13 @@ type attempt struct {
 	hedge   time.Duration // how long a keepalive waits before a fresh one goes another way; 0: never
 	held    bool          // the path holds keepalives: every one goes on the stream in use
 	learn   bool          // the keeper does not know its path yet: one hedge at most
-	clean   bool          // no attempt failed since the last success: a grant's round trip is the path's
-	// The attempt before failed: its keepalive may still wait on a stream
-	// that went silent (a frozen member, a link cut without a reset), so
-	// the first keepalive of this one leaves that stream for a new one if
-	// it does. Without it a keeper that never hedges (held mode) would
-	// wait on the silent stream attempt after attempt.
-	leave bool
+	// No attempt failed since the last success: a grant's round trip is
+	// the path's. Else the failed attempt's keepalive may still wait on a
+	// stream that went silent (a frozen member, a link cut without a
+	// reset), so the first keepalive of this one leaves that stream for a
+	// new one if it does: a keeper that never hedges (held mode) would
+	// otherwise wait on the silent stream attempt after attempt.
+	clean bool
 }
 
 // result is what one attempt did.
@@ -104,7 +104,6 @@ func (l *leaseLoop) fire() {
 	a := attempt{start: now, id: l.lease.id, renew: l.lease.id != 0 && !l.lease.gone, deadline: l.lease.deadline,
 		tm: l.timingLocked(), live: l.liveLocked(now)}
 	a.timeout, a.rtt, a.held, a.clean = a.tm.renewTimeout, l.path.ka.srtt, l.path.held(), l.fails.n == 0
-	a.leave = !a.clean
 	a.learn = a.live && l.path.learning()
 	if a.live && !a.held && !a.learn {
 		// Leave room for a second attempt before the degrade threshold,
@@ -281,10 +280,10 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 }
 
 // probe asks the server how long lease id has left, on a goroutine of its
-// own, unless a probe runs already: it goes all the way to etcd, through a gRPC proxy too, so its round
-// trip keeps b, the bound on a leg of the path, in step with a leg that
-// became slower since the last unary call, and its answer may move D
-// (timeLeft). A lease the server does not know any more is lost, as for
+// own, unless a probe runs already: it goes all the way to etcd, through a
+// gRPC proxy too, so its round trip keeps b, the bound on a leg of the
+// path, in step with a leg that became slower since the last unary call,
+// and its answer may move D (timeLeft). A lease the server does not know any more is lost, as for
 // any other call.
 func (l *leaseLoop) probe(id clientv3.LeaseID) {
 	if l.probing || !l.k.life.begin() {

@@ -145,7 +145,7 @@ func (k *keepAliveRun) addLocked() *keepAliveReq {
 	} else {
 		req = new(keepAliveReq)
 	}
-	*req = keepAliveReq{sent: time.Now(), hedge: k.n > 0 || k.a.leave}
+	*req = keepAliveReq{sent: time.Now(), hedge: k.n > 0 || !k.a.clean}
 	k.reqs = append(k.reqs, req)
 	k.n++
 	return req

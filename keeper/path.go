@@ -46,7 +46,7 @@ import (
 // the keeper is Degraded. Against a path that holds keepalives the keeper
 // does not hedge within an attempt: a second stream joins the wait for the
 // same answer. The attempt after a failed one still leaves a stream its
-// keepalive waits on (attempt.leave), and one without a live lease sends a
+// keepalive waits on (attempt.clean), and one without a live lease sends a
 // fresh keepalive once per wait bound.
 
 // pathState is what one keeper learned of its path. Guarded by
