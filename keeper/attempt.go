@@ -394,8 +394,10 @@ const gridPoints = 8
 // that answers within the renew timeout never makes the keeper Degraded.
 //
 // The grid's points are the multiples, on the wall clock, of an eighth of
-// that latest interval, the same for every keeper of the process with the
-// same timing. A keeper on the grid renews exactly at the latest point, so
+// that latest interval, shifted by the hub's phase: the same for every
+// keeper of one client with the same timing, and apart for keepers of
+// different clients, so that a fleet of processes with synchronised clocks
+// does not renew in one burst on every grid point. A keeper on the grid renews exactly at the latest point, so
 // it stays on the grid; one that is not yet (after a grant) joins it at
 // its next renewal. Keepers on one grid point renew together: the hub's
 // stream carries their keepalives in one write, and etcd reads them in one
@@ -404,26 +406,37 @@ const gridPoints = 8
 // etcd's own lessor gathers its keepalives the same way, on a 500 ms tick.
 // With the default timing a renewal is due 0.375 TTL after the one before
 // (3.75s at a TTL of 10s) on a grid of 469ms.
-func renewalDue(sent time.Time, ttl time.Duration, tm timing) time.Time {
+func renewalDue(sent time.Time, ttl time.Duration, tm timing, phase time.Duration) time.Time {
 	early := sent.Add(ttl / 3)
 	latest := sent.Add(ttl - tm.margin - tm.threshold - tm.renewTimeout)
 	step := latest.Sub(sent) / gridPoints
 	if !latest.After(early) || step <= 0 {
 		return early
 	}
-	due := onGrid(early, step)
+	due := onGrid(early, step, phase)
 	if due.After(latest) {
 		due = due.Add(-step)
 	}
 	return due
 }
 
-// onGrid rounds t up to a multiple of step on the wall clock.
-func onGrid(t time.Time, step time.Duration) time.Time {
-	if rem := t.UnixNano() % int64(step); rem != 0 {
-		t = t.Add(step - time.Duration(rem))
+// onGrid rounds t up to a multiple of step on the wall clock, shifted by
+// phase.
+func onGrid(t time.Time, step, phase time.Duration) time.Time {
+	if rem := gridOffset(t, step, phase); rem != 0 {
+		t = t.Add(step - rem)
 	}
 	return t
+}
+
+// gridOffset is how far t is past the last point of the grid of step
+// shifted by phase.
+func gridOffset(t time.Time, step, phase time.Duration) time.Duration {
+	rem := (t.UnixNano() - int64(phase)) % int64(step)
+	if rem < 0 {
+		rem += int64(step)
+	}
+	return time.Duration(rem)
 }
 
 // applyLocked feeds an attempt's result to the state machine and schedules

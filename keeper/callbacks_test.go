@@ -179,7 +179,7 @@ func TestDegradeAfterConsecutiveFailures(t *testing.T) {
 		// the last of them.
 		sent := k.Deadline().Add(-10*time.Second + 250*time.Millisecond)
 		require.Equal(t, time.Duration(0), sent.Sub(start), "last keepalive of Start")
-		next := dueAfter(sent, 10*time.Second).Sub(start)
+		next := dueAfter(k, sent, 10*time.Second).Sub(start)
 		// Errors that return at once: the count, not the time, degrades.
 		f.setErr(rpctypes.ErrNoLeader)
 		time.Sleep(next + 2*time.Second - time.Since(start))

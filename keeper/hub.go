@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -23,9 +24,10 @@ type hub struct {
 	key    any // the client, or the tests' fake backend
 	b      backend
 	watch  *watchHub
-	timers alarm.Set  // the keepers' timers
-	calls  callTiming // the round trips of unary calls (rtt.go)
-	refs   int        // keepers joined; guarded by hubs.mu
+	timers alarm.Set     // the keepers' timers
+	calls  callTiming    // the round trips of unary calls (rtt.go)
+	refs   int           // keepers joined; guarded by hubs.mu
+	phase  time.Duration // shifts the hub's renewal grid off other hubs' (renewalDue)
 
 	// configs are the configs keepers of the hub share, guarded by hubs.mu:
 	// keepers configured alike, without callbacks or observers, point at one
@@ -145,7 +147,7 @@ func joinHub(key any, newBackend func() backend, cfg *Config) (*hub, *Config) {
 	h := hubs.m[key]
 	if h == nil {
 		b := newBackend()
-		h = &hub{key: key, b: b, watch: newWatchHub(b)}
+		h = &hub{key: key, b: b, watch: newWatchHub(b), phase: time.Duration(rand.Int64N(int64(time.Hour)))}
 		hubs.m[key] = h
 	}
 	h.refs++

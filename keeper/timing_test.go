@@ -262,7 +262,7 @@ func TestSilentMemberIsHedged(t *testing.T) {
 		}
 		// The hedge was sent a third of the renew timeout after the
 		// renewal; D counts from its send time.
-		hedgeSent := firstDueAfter(start, 10*time.Second, defaultTiming(10*time.Second)).Add(time.Second / 3)
+		hedgeSent := firstDueAfter(k, start, 10*time.Second, defaultTiming(10*time.Second)).Add(time.Second / 3)
 		if got, want := k.Deadline(), hedgeSent.Add(9750*time.Millisecond); !got.Equal(want) {
 			t.Errorf("Deadline() = %v, want %v", got.Sub(start), want.Sub(start))
 		}
@@ -328,8 +328,8 @@ func TestSlowLinkNeverFails(t *testing.T) {
 
 // dueAfter is when a renewal is due after one sent at sent with the
 // default timing for ttl.
-func dueAfter(sent time.Time, ttl time.Duration) time.Time {
-	return renewalDue(sent, ttl, defaultTiming(ttl))
+func dueAfter(k *Keeper, sent time.Time, ttl time.Duration) time.Time {
+	return renewalDue(sent, ttl, defaultTiming(ttl), k.hub.phase)
 }
 
 // TestRenewalsOnTheGrid: keepers that started apart join the renewal grid
@@ -355,7 +355,7 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 			synctest.Wait()
 			for _, k := range ks {
 				sent := k.Deadline().Add(-ttl + ttl/40)
-				assert.Zero(t, sent.UnixNano()%int64(step), "renewal sent off the grid at %v", sent)
+				assert.Zero(t, gridOffset(sent, step, k.hub.phase), "renewal sent off the grid at %v", sent)
 				assert.WithinDuration(t, time.Now(), sent, ttl*375/1000, "no renewal in the last interval")
 			}
 		}
@@ -375,29 +375,36 @@ func TestRenewalDue(t *testing.T) {
 	require.Equal(t, 3750*time.Millisecond, latest)
 	step := latest / gridPoints
 	base := time.Unix(1_700_000_000, 0)
-	for _, off := range []time.Duration{0, time.Millisecond, step / 2, step - time.Nanosecond, 3 * step / 2} {
-		sent := base.Add(off)
-		due := renewalDue(sent, ttl, tm)
-		assert.False(t, due.After(sent.Add(latest)), "off %v: due %v after the latest point", off, due.Sub(sent))
-		assert.Zero(t, due.UnixNano()%int64(step), "off %v: due off the grid", off)
-		assert.Greater(t, due.Sub(sent), latest-step, "off %v: due %v too early", off, due.Sub(sent))
+	// Two hubs' grids: the wall clock's multiples, and one shifted by a
+	// phase of more than a step, as a random hub's is.
+	for _, phase := range []time.Duration{0, 7*step + step/3} {
+		for _, off := range []time.Duration{0, time.Millisecond, step / 2, step - time.Nanosecond, 3 * step / 2} {
+			sent := base.Add(off)
+			due := renewalDue(sent, ttl, tm, phase)
+			assert.False(t, due.After(sent.Add(latest)), "phase %v, off %v: due %v after the latest point", phase, off, due.Sub(sent))
+			assert.Zero(t, gridOffset(due, step, phase), "phase %v, off %v: due off the grid", phase, off)
+			assert.Greater(t, due.Sub(sent), latest-step, "phase %v, off %v: due %v too early", phase, off, due.Sub(sent))
+		}
+		// On the grid it stays there, a whole interval later.
+		onGridSent := base.Add(-gridOffset(base, step, phase))
+		assert.Equal(t, onGridSent.Add(latest), renewalDue(onGridSent.Add(time.Millisecond), ttl, tm, phase), "phase %v", phase)
 	}
-	// On the grid it stays there, a whole interval later.
-	onGridSent := base.Add(-time.Duration(base.UnixNano() % int64(step)))
-	assert.Equal(t, onGridSent.Add(latest), renewalDue(onGridSent.Add(time.Millisecond), ttl, tm))
+	// The shifted grid's points are the phase's offset off the wall
+	// clock's.
+	assert.Equal(t, step/3, gridOffset(base.Add(-gridOffset(base, step, 0)), step, step*2/3))
 	// No room past TTL/3 (a long renew timeout): TTL/3, off the grid.
 	tm.renewTimeout = 2 * time.Second
-	assert.Equal(t, base.Add(ttl/3), renewalDue(base, ttl, tm))
+	assert.Equal(t, base.Add(ttl/3), renewalDue(base, ttl, tm, 0))
 }
 
 // firstDueAfter is when a keeper's first renewal is due after the grant
 // sent at sent with timing tm: before any keepalive was answered, half way
 // from the grant to the degrade threshold before its deadline (path.go).
-func firstDueAfter(sent time.Time, ttl time.Duration, tm timing) time.Time {
+func firstDueAfter(k *Keeper, sent time.Time, ttl time.Duration, tm timing) time.Time {
 	// The keeper learned its path in the instant after Start, on a fake
 	// that answers at once (path.go): its first renewal after that is on
 	// the grid.
-	return renewalDue(sent, ttl, tm)
+	return renewalDue(sent, ttl, tm, k.hub.phase)
 }
 
 func defaultTiming(ttl time.Duration) timing {
