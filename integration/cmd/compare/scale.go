@@ -37,6 +37,8 @@ type usage struct {
 	proxy    time.Duration
 	upBytes  int64
 	episodes int64
+	calls    string // requests sent in the window, by method (calls.since)
+	setup    string // requests sent from the holders' start to the window
 }
 
 // episodes counts the holders' episodes in this process (usage.episodes).
@@ -156,11 +158,13 @@ func scaleFigures(bin string, o options, r *report) error {
 			"its context: beside it the keepers' client CPU is %s, etcd CPU %s, bytes %s and heap %s.\n\n",
 			compared(kc.cpu.Seconds(), tc.cpu.Seconds(), "s"), compared(kc.server.Seconds(), tc.server.Seconds(), "s"),
 			compared(float64(kc.bytes)/1024, float64(tc.bytes)/1024, "KiB"), compared(float64(kc.heap)/(1<<20), float64(tc.heap)/(1<<20), "MiB")) +
+		requests(o.leases, []named{{"leasekeeper", kc}, {"Lease.KeepAlive", ac}, {"Lease.KeepAlive, context never canceled", tc}}) +
 		heapNote(kc, ac) +
 		fmt.Sprintf("### A fleet: %d clients with one lease each\n\n", o.fleet) +
 		table(header, [][]string{row("leasekeeper", kf), row("Lease.KeepAlive", af)}) +
-		fmt.Sprintf("\nTarget, etcd CPU and bytes no more than `KeepAlive`'s: etcd CPU %s, bytes %s.\n",
+		fmt.Sprintf("\nTarget, etcd CPU and bytes no more than `KeepAlive`'s: etcd CPU %s, bytes %s.\n\n",
 			verdict(kf.server <= af.server), verdict(kf.bytes <= af.bytes)) +
+		requests(o.fleet, []named{{"leasekeeper", kf}, {"Lease.KeepAlive", af}}) +
 		proxyFleet(o, kp, ap))
 
 	progress("re-write of %d keys", o.keys)
@@ -330,7 +334,12 @@ func costIn(target string, m *testbed.Member, clients, n int, d time.Duration, k
 	}
 	var u usage
 	var cpu, server, proxy int64
-	if _, err := fmt.Sscan(string(out), &cpu, &server, &u.goroutines, &u.heap, &u.stacks, &u.bytes,
+	lines := strings.Split(string(out), "\n")
+	if len(lines) < 3 {
+		return usage{}, fmt.Errorf("cost of %d %s: reading %q: want three lines", n, kind, out)
+	}
+	u.calls, u.setup = lines[1], lines[2]
+	if _, err := fmt.Sscan(lines[0], &cpu, &server, &u.goroutines, &u.heap, &u.stacks, &u.bytes,
 		&proxy, &u.upBytes, &u.episodes); err != nil {
 		return usage{}, fmt.Errorf("cost of %d %s: reading %q: %w", n, kind, out, err)
 	}
@@ -350,6 +359,8 @@ func costChild(o options) error {
 		return err
 	}
 	fmt.Println(int64(u.cpu), int64(u.server), u.goroutines, u.heap, u.stacks, u.bytes, int64(u.proxy), u.upBytes, u.episodes)
+	fmt.Println(u.calls)
+	fmt.Println(u.setup)
 	return nil
 }
 
@@ -400,7 +411,7 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 		}
 	}()
 	for i := range clis {
-		if clis[i], err = newClient([]string{p.URL()}); err != nil {
+		if clis[i], err = newClient([]string{p.URL()}, counted.options()...); err != nil {
 			return usage{}, err
 		}
 		if _, err := clis[i].Get(context.Background(), "warm-up"); err != nil {
@@ -419,6 +430,7 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 		return usage{}, err
 	}
 	idle := measure(p, serverPid)
+	atStart := counted.snapshot()
 	var stops []func()
 	defer func() {
 		for _, stop := range stops {
@@ -432,18 +444,36 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 			return usage{}, err
 		}
 	}
-	return window(p, serverPid, f, idle, d), nil
+	// Behind a gRPC proxy, a keeper learns in its first TTLs that the path
+	// holds keepalives (path.go), with a probe or two: the window begins
+	// after that, and the requests of the start are counted apart.
+	settle := settleDirect
+	if f.gp != nil {
+		settle = settleProxy
+	}
+	time.Sleep(settle)
+	before := counted.snapshot()
+	u := window(p, serverPid, f, idle, d)
+	u.calls, u.setup = since(before, counted.snapshot()), since(atStart, before)
+	return u, nil
 }
 
-// settle is how long the setup settles before a window: more than the
-// renewal interval of a TTL of 10 s, so that every lease was renewed once
-// and every client opened its renewal stream before the window.
-const settle = 5 * time.Second
+// counted counts the requests of a cost child's clients.
+var counted calls
 
-// window measures the cost of d of steady state, after the setup settled:
-// CPU and bytes over d, goroutines and heap above idle at its end.
+// settleDirect is how long the setup settles before a window: more than
+// the renewal interval of a TTL of 10 s, so that every lease was renewed
+// once and every client opened its renewal stream before the window.
+// settleProxy is as long behind a gRPC proxy: three TTLs of 10 s, so that
+// every keeper learned the proxy's schedule.
+const (
+	settleDirect = 5 * time.Second
+	settleProxy  = 30 * time.Second
+)
+
+// window measures the cost of d of steady state, from now: CPU and bytes
+// over d, goroutines and heap above idle at its end.
 func window(p *testbed.Proxy, serverPid int, f front, idle usage, d time.Duration) usage {
-	time.Sleep(settle)
 	start := measure(p, serverPid)
 	f.add(&start)
 	eps := episodes.Load()
@@ -613,5 +643,24 @@ func proxyFleet(o options, k, a usage) string {
 		fmt.Sprintf("\nTarget, 0 false episodes, and etcd CPU, proxy CPU and bytes on both sides no more than `KeepAlive`'s: "+
 			"episodes %s, etcd CPU %s, proxy CPU %s, bytes proxy–etcd %s, bytes clients–proxy %s.\n",
 			verdict(k.episodes == 0), verdict(k.server <= a.server), verdict(k.proxy <= a.proxy),
-			verdict(k.upBytes <= a.upBytes), verdict(k.bytes <= a.bytes))
+			verdict(k.upBytes <= a.upBytes), verdict(k.bytes <= a.bytes)) +
+		fmt.Sprintf("\nEach row's window begins %s after its clients started, when every keeper has learned that the path holds "+
+			"keepalives; from the start to then the keepers sent, per lease: %s; `KeepAlive`: %s.\n\n",
+			settleProxy, perLease(k.setup, o.fleet), perLease(a.setup, o.fleet)) +
+		requests(o.fleet, []named{{"leasekeeper", k}, {"Lease.KeepAlive", a}})
+}
+
+// named is a row's holder and what it used.
+type named struct {
+	name string
+	u    usage
+}
+
+// requests says what each holder's clients sent in the window, per lease.
+func requests(leases int, rows []named) string {
+	var parts []string
+	for _, r := range rows {
+		parts = append(parts, fmt.Sprintf("%s: %s", r.name, perLease(r.u.calls, leases)))
+	}
+	return "Requests per lease in the window (a keepalive is one message on a `LeaseKeepAlive` stream): " + strings.Join(parts, "; ") + ".\n\n"
 }

@@ -101,7 +101,7 @@ func soakFigure(bin string, o options, r *report) error {
 	for i, k := range ks {
 		watches[i].k.Store(k)
 	}
-	time.Sleep(settle)
+	time.Sleep(settleDirect)
 	progress("many keepers: %d keepers for %s", o.soakKeepers, o.soakFor)
 	s.measuring.Store(true)
 	before := measure(nil, m.Pid())
