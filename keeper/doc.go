@@ -18,9 +18,11 @@
 // send time, never the receive time (deadlineLocked says why it holds on
 // every path). A renewal is due t/3 after the send time of the last
 // successful one, then waits for the next point of a grid the keepers of
-// the process share (see Transport), but never past the latest point that
-// leaves a whole renew timeout before the degrade threshold: 0.375 t with
-// the defaults, where a keeper on the grid renews. Each attempt has its
+// one client share (see Transport; each client's grid has a phase of its
+// own, so that clients whose clocks agree do not renew in one burst), but
+// never past the latest point that leaves a whole renew timeout before the
+// degrade threshold: 0.375 t with the defaults, where a keeper on the grid
+// renews. Each attempt has its
 // own deadline (the renew timeout, never past D), so an attempt stuck on a
 // silent member is abandoned, and while a keepalive has no reply a fresh
 // one goes out every third of the renew timeout on a new stream, which the

@@ -160,7 +160,8 @@ func TestProxyUpstreamStall(t *testing.T) {
 
 // TestProxyUpstreamSlowsDown: when the link between the proxy and etcd
 // becomes slow after Start, the keeper's probes of the path (a time to
-// live every few renewals, which goes all the way to etcd) raise b, the
+// live, which goes all the way to etcd, after the answer the slower leg
+// delayed) raise b, the
 // bound on a leg that D allows for, and D never passes the server's
 // expiry.
 func TestProxyUpstreamSlowsDown(t *testing.T) {
