@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -83,13 +84,39 @@ func faultFigures(bin string, o options, r *report) error {
 	var runs []faultRun
 	for i := range o.runs {
 		progress("fault run %d/%d", i+1, o.runs)
-		fr, err := oneFault(c, o.ttl, i, o.runs)
+		fr, err := oneFault(c, "direct", c.Endpoints(), o.ttl, i, o.runs)
 		if err != nil {
 			return err
 		}
 		runs = append(runs, fr)
 	}
 	r.add(faultSections(runs, o.ttl))
+	if o.skipProxy {
+		return nil
+	}
+	// The same partition behind an etcd gRPC proxy: the clients reach the
+	// member through one proxy of the same binary, and the link between
+	// it and the member stalls.
+	dir, err := os.MkdirTemp("", "leasekeeper-compare-proxy")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	gp, err := testbed.StartGRPCProxy(bin, filepath.Join(dir, "grpc-proxy.log"), c.Endpoints())
+	if err != nil {
+		return err
+	}
+	defer gp.Kill()
+	var proxied []faultRun
+	for i := range o.runs {
+		progress("fault run %d/%d behind an etcd gRPC proxy", i+1, o.runs)
+		fr, err := oneFault(c, "grpc-proxy", []string{gp.URL}, o.ttl, i, o.runs)
+		if err != nil {
+			return err
+		}
+		proxied = append(proxied, fr)
+	}
+	r.add(proxyFaultSection(proxied, o.ttl))
 	return nil
 }
 
@@ -120,12 +147,15 @@ func newClient(endpoints []string, opts ...grpc.DialOption) (*clientv3.Client, e
 // the median of the first signal is not left to the luck of the draw (with
 // 7 points drawn from the whole cycle, one run in six would put the median
 // past the third quarter of the cycle).
-func oneFault(c *testbed.Cluster, ttl time.Duration, run, runs int) (faultRun, error) {
+//
+// The clients reach the member at endpoints: its fault proxy, or an etcd
+// gRPC proxy in front of that; their keys are under cmp/<path>/<run>/.
+func oneFault(c *testbed.Cluster, path string, endpoints []string, ttl time.Duration, run, runs int) (faultRun, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	proxy := c.Members[0].Proxy
 	m := &marks{at: map[string][]time.Time{}}
-	prefix := fmt.Sprintf("cmp/%d/", run)
+	prefix := fmt.Sprintf("cmp/%s/%d/", path, run)
 	kKey, sKey, aKey := prefix+"keeper", prefix+"session", prefix+"keepalive"
 
 	obs, err := newClient(c.DirectEndpoints())
@@ -146,7 +176,7 @@ func oneFault(c *testbed.Cluster, ttl time.Duration, run, runs int) (faultRun, e
 	}()
 
 	// The keeper.
-	kcli, err := newClient(c.Endpoints(), testbed.ShortReconnect)
+	kcli, err := newClient(endpoints, testbed.ShortReconnect)
 	if err != nil {
 		return faultRun{}, err
 	}
@@ -168,7 +198,7 @@ func oneFault(c *testbed.Cluster, ttl time.Duration, run, runs int) (faultRun, e
 
 	// concurrency.Session, and the loop users write on it: on Done, a new
 	// session and the key again.
-	scli, err := newClient(c.Endpoints(), testbed.ShortReconnect)
+	scli, err := newClient(endpoints, testbed.ShortReconnect)
 	if err != nil {
 		return faultRun{}, err
 	}
@@ -212,7 +242,7 @@ func oneFault(c *testbed.Cluster, ttl time.Duration, run, runs int) (faultRun, e
 	defer cancel()
 
 	// Lease.KeepAlive.
-	acli, err := newClient(c.Endpoints(), testbed.ShortReconnect)
+	acli, err := newClient(endpoints, testbed.ShortReconnect)
 	if err != nil {
 		return faultRun{}, err
 	}
@@ -283,7 +313,13 @@ func renewalCycle(k *keeper.Keeper, limit time.Duration) (last time.Time, cycle 
 	return seen[2], seen[2].Sub(seen[1]), nil
 }
 
-func faultSections(runs []faultRun, ttl time.Duration) string {
+// faultStats are the fault runs' figures, gathered per client.
+type faultStats struct {
+	keeperSig, sessSig, kaSig, keeperMargin, sessMargin, kaMargin, keeperRec, loopRec []time.Duration
+	keeperAlwaysFirst                                                                 bool
+}
+
+func gather(runs []faultRun) faultStats {
 	var keeperSig, sessSig, kaSig, keeperMargin, sessMargin, kaMargin, keeperRec, loopRec []time.Duration
 	keeperAlwaysFirst := true
 	for _, r := range runs {
@@ -315,6 +351,13 @@ func faultSections(runs []faultRun, ttl time.Duration) string {
 			loopRec = append(loopRec, r.loopRecovery)
 		}
 	}
+	return faultStats{keeperSig, sessSig, kaSig, keeperMargin, sessMargin, kaMargin, keeperRec, loopRec, keeperAlwaysFirst}
+}
+
+func faultSections(runs []faultRun, ttl time.Duration) string {
+	g := gather(runs)
+	keeperSig, sessSig, kaSig, keeperMargin, sessMargin, kaMargin, keeperRec, loopRec, keeperAlwaysFirst :=
+		g.keeperSig, g.sessSig, g.kaSig, g.keeperMargin, g.sessMargin, g.kaMargin, g.keeperRec, g.loopRec, g.keeperAlwaysFirst
 	sig := summarize(fractions(keeperSig, ttl))
 	rec := summarize(seconds(keeperRec))
 	out := "## 1. Time from a silent partition to the first signal\n\n" +
@@ -341,4 +384,26 @@ func faultSections(runs []faultRun, ttl time.Duration) string {
 			{"Session + re-register loop", summarize(seconds(loopRec)).format("s", 3), fmt.Sprint(len(loopRec)), "(anchor)"},
 		}) + "\n"
 	return out
+}
+
+// proxyFaultSection gives the fault runs behind an etcd gRPC proxy: the
+// first signal, the margin before the server deleted the key, and the
+// recovery, for the keeper and both anchors.
+func proxyFaultSection(runs []faultRun, ttl time.Duration) string {
+	g := gather(runs)
+	row := func(name string, sig, margin, rec []time.Duration, target string) []string {
+		return []string{name, summarize(fractions(sig, ttl)).format("", 2), summarize(seconds(margin)).format("s", 3),
+			summarize(seconds(rec)).format("s", 3), fmt.Sprint(len(runs)), target}
+	}
+	return "## 3b. The same partition behind an etcd gRPC proxy\n\n" +
+		"The clients reach the member through one `etcd grpc-proxy start` of the same binary, and the link between " +
+		"the proxy and the member stalls every byte, as in figures 1 to 3 (the keeper's signal is `degraded`, " +
+		"its margin counts from `failed`). The proxy answers keepalives from its own renewals and goes silent " +
+		"while its link is stalled. Each run's partition starts after the keeper's third renewal through the proxy.\n\n" +
+		table([]string{"client", "first signal (× TTL)", "margin (s)", "recovery (s)", "runs", "target"}, [][]string{
+			row("leasekeeper", g.keeperSig, g.keeperMargin, g.keeperRec,
+				fmt.Sprintf("failed before the server deletes the key in every run: %s", verdict(g.keeperAlwaysFirst && len(g.keeperMargin) == len(runs)))),
+			row("concurrency.Session", g.sessSig, g.sessMargin, g.loopRec, "(anchor; recovery: the re-register loop)"),
+			row("Lease.KeepAlive", g.kaSig, g.kaMargin, nil, "(anchor)"),
+		}) + "\n"
 }
