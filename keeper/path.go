@@ -61,8 +61,7 @@ type pathState struct {
 	last   time.Time     // when the last keepalive was answered
 	asked  time.Time     // when the first attempt since then began; zero before it
 	thr    time.Duration // the degrade threshold for the cycle under way; zero: the configured one
-	probe  bool          // in held mode, a probe is due (probeDue)
-	ref    time.Duration // in held mode, the longest period (most) when the last probe was due
+	probes uint8         // renewals in held mode since the last probe
 	proved time.Time     // when the keepalive that D rests on was sent
 	fresh  bool          // the lease was just granted: no keepalive of it answered yet
 }
@@ -71,39 +70,32 @@ const (
 	heldAfter  = 1  // held renewals, less prompt ones, that put the keeper in held mode
 	leaveAfter = 8  // prompt replies in a row that take it out
 	trustAfter = 16 // periods seen before the longest seen alone bounds the next
+	probeEvery = 8  // renewals in held mode between two probes of the path's legs
 )
 
 // probeDue reports whether a renewal just done should be followed by a
-// probe of the path's legs (leaseLoop.probe): when the keeper enters held
-// mode, when an answer of a held path came more than half the margin later
-// after the one before than the longest gap the path had shown at the last
-// probe (slower), and after a renewal whose cycle has the lowest degrade
-// threshold. etcd's gRPC proxy sends its renewals on its own tick, whatever
-// its leg to etcd takes, and answers a round trip later, so a leg that
-// became slower by some time shows once as a gap longer by as much; a
-// change of less than half the margin is within what the margin absorbs
-// beside b, which is a whole round trip where D needs one leg. Only in held mode can a reply carry a
-// renewal older than its keepalive, and only there does b, which the unary
-// calls set, need to follow a leg that became slower since the last one. A
-// path whose answers keep their rhythm costs etcd no call beyond the
-// proxy's own renewals, as a KeepAlive behind it does.
+// probe of the path's legs (leaseLoop.probe): in held mode, every
+// probeEvery renewals, and after a renewal whose cycle has the lowest
+// degrade threshold. Only there can a reply carry a renewal older than
+// its keepalive, and only there does b, which the unary calls set, need to
+// follow a leg that became slower since the last one.
 func (p *pathState) probeDue(base timing) bool {
-	if !p.held() {
-		p.probe = false
-		return false
-	}
-	if p.thr > 0 && p.thr <= base.renewTimeout {
+	if p.held() && p.thr > 0 && p.thr <= base.renewTimeout {
 		// A weak cycle: the keepalive waited so long that the D it
 		// proved barely outlasts the next answer. The server's word may
 		// give more.
-		p.probe = true
+		p.probes = 0
+		return true
 	}
-	due := p.probe
-	if due {
-		p.ref = p.most
+	if !p.held() {
+		p.probes = 0
+		return false
 	}
-	p.probe = false
-	return due
+	if p.probes++; p.probes < probeEvery {
+		return false
+	}
+	p.probes = 0
+	return true
 }
 
 // holdSlack is how much longer than the path's unary calls a keepalive may
@@ -204,7 +196,7 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 			// Probe at once (probeDue): the keepalive that showed the
 			// hold waited a whole period, so the D it proves may not
 			// last until the next answer; the server's own word may.
-			p.probe = true
+			p.probes = probeEvery - 1
 		}
 	case at.Sub(asked) <= holdSlack(base):
 		// Answered sooner than the lead before the answer it was sent
@@ -238,11 +230,6 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 			p.period += (gap - p.period) / 8
 		default:
 			p.period += (gap - p.period) / 64
-		}
-		if gap > p.ref+base.margin/2 {
-			// Later than the path answered when b was last measured:
-			// its leg to etcd may have become slower (probeDue).
-			p.probe = true
 		}
 		if gap > p.most {
 			p.most = gap

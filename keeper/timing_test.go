@@ -365,6 +365,32 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 	})
 }
 
+// TestClientsRenewOffEachOthersGrid: keepers of two clients (two hubs)
+// renew on grids of different phases, so that a fleet of processes whose
+// clocks agree does not renew in one burst, while keepers of one client
+// share their grid.
+func TestClientsRenewOffEachOthersGrid(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ttl := 10 * time.Second
+		step := ttl * 375 / 1000 / gridPoints
+		f1, f2 := newFake(), newFake()
+		a, _ := newTest(t, f1, nil)
+		b, _ := newTest(t, f1, nil)
+		c, _ := newTest(t, f2, nil)
+		for i, k := range []*Keeper{a, b, c} {
+			startHealthy(t, k, fmt.Sprintf("svc/%d", i))
+		}
+		time.Sleep(3 * ttl)
+		synctest.Wait()
+		sent := func(k *Keeper) time.Time { return k.Deadline().Add(-ttl + ttl/40) }
+		assert.Equal(t, gridOffset(sent(a), step, 0), gridOffset(sent(b), step, 0), "keepers of one client off each other's grid")
+		assert.NotEqual(t, gridOffset(sent(a), step, 0), gridOffset(sent(c), step, 0), "keepers of two clients on one grid")
+		for _, k := range []*Keeper{a, b, c} {
+			mustClose(t, k)
+		}
+	})
+}
+
 // TestRenewalDue: a renewal is due no sooner than TTL/3 after the last one
 // was sent, except when it joins the grid, and no later than the latest
 // point that leaves a whole renew timeout before the degrade threshold.
