@@ -283,8 +283,8 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 // own, unless a probe runs already: it goes all the way to etcd, through a
 // gRPC proxy too, so its round trip keeps b, the bound on a leg of the
 // path, in step with a leg that became slower since the last unary call,
-// and its answer may move D (timeLeft). A lease the server does not know any more is lost, as for
-// any other call.
+// and its answer may move D (timeLeft). A lease the server does not know
+// any more is lost, as for any other call.
 func (l *leaseLoop) probe(id clientv3.LeaseID) {
 	if l.probing || !l.k.life.begin() {
 		return
@@ -397,8 +397,8 @@ const gridPoints = 8
 // that latest interval, shifted by the hub's phase: the same for every
 // keeper of one client with the same timing, and apart for keepers of
 // different clients, so that a fleet of processes with synchronised clocks
-// does not renew in one burst on every grid point. A keeper on the grid renews exactly at the latest point, so
-// it stays on the grid; one that is not yet (after a grant) joins it at
+// does not renew in one burst on every grid point. A keeper on the grid
+// renews exactly at the latest point, so it stays on the grid; one that is not yet (after a grant) joins it at
 // its next renewal. Keepers on one grid point renew together: the hub's
 // stream carries their keepalives in one write, and etcd reads them in one
 // read and answers them in one write, instead of a system call and a

@@ -356,32 +356,30 @@ func gather(runs []faultRun) faultStats {
 
 func faultSections(runs []faultRun, ttl time.Duration) string {
 	g := gather(runs)
-	keeperSig, sessSig, kaSig, keeperMargin, sessMargin, kaMargin, keeperRec, loopRec, keeperAlwaysFirst :=
-		g.keeperSig, g.sessSig, g.kaSig, g.keeperMargin, g.sessMargin, g.kaMargin, g.keeperRec, g.loopRec, g.keeperAlwaysFirst
-	sig := summarize(fractions(keeperSig, ttl))
-	rec := summarize(seconds(keeperRec))
+	sig := summarize(fractions(g.keeperSig, ttl))
+	rec := summarize(seconds(g.keeperRec))
 	out := "## 1. Time from a silent partition to the first signal\n\n" +
 		"The proxy in front of the only member stalls every byte. Signal: the keeper's `degraded`; " +
 		"`Session.Done()` closing; the `KeepAlive` channel closing. Fraction of the TTL, min / median / max.\n\n" +
 		table([]string{"client", "first signal (× TTL)", "runs", "target"}, [][]string{
 			{"leasekeeper", sig.format("", 2), fmt.Sprint(sig.n), fmt.Sprintf("median ≤ 0.35, max ≤ 0.5: %s", verdict(sig.n == len(runs) && sig.med <= 0.35 && sig.max <= 0.5))},
-			{"concurrency.Session", summarize(fractions(sessSig, ttl)).format("", 2), fmt.Sprint(len(sessSig)), "(anchor)"},
-			{"Lease.KeepAlive", summarize(fractions(kaSig, ttl)).format("", 2), fmt.Sprint(len(kaSig)), "(anchor)"},
+			{"concurrency.Session", summarize(fractions(g.sessSig, ttl)).format("", 2), fmt.Sprint(len(g.sessSig)), "(anchor)"},
+			{"Lease.KeepAlive", summarize(fractions(g.kaSig, ttl)).format("", 2), fmt.Sprint(len(g.kaSig)), "(anchor)"},
 		}) + "\n"
 	out += "## 2. Failed before the server deletes the keys\n\n" +
 		"Time from the client's \"registration lost\" signal (keeper: `failed`; anchors: as above) to the server " +
 		"deleting its key, seen by a watcher on the member. Positive: the client knew first.\n\n" +
 		table([]string{"client", "margin (s)", "runs", "target"}, [][]string{
-			{"leasekeeper", summarize(seconds(keeperMargin)).format("s", 3), fmt.Sprint(len(keeperMargin)), fmt.Sprintf("positive in every run: %s", verdict(keeperAlwaysFirst))},
-			{"concurrency.Session", summarize(seconds(sessMargin)).format("s", 3), fmt.Sprint(len(sessMargin)), "(anchor)"},
-			{"Lease.KeepAlive", summarize(seconds(kaMargin)).format("s", 3), fmt.Sprint(len(kaMargin)), "(anchor)"},
+			{"leasekeeper", summarize(seconds(g.keeperMargin)).format("s", 3), fmt.Sprint(len(g.keeperMargin)), fmt.Sprintf("positive in every run: %s", verdict(g.keeperAlwaysFirst))},
+			{"concurrency.Session", summarize(seconds(g.sessMargin)).format("s", 3), fmt.Sprint(len(g.sessMargin)), "(anchor)"},
+			{"Lease.KeepAlive", summarize(seconds(g.kaMargin)).format("s", 3), fmt.Sprint(len(g.kaMargin)), "(anchor)"},
 		}) + "\n"
 	out += "## 3. Recovery after etcd answers again\n\n" +
 		"Time from the end of the partition to the key being back with a live lease: the keeper heals by " +
 		"itself; the anchor is the loop users write (on `Done`, a new session and the key again).\n\n" +
 		table([]string{"client", "recovery (s)", "runs", "target"}, [][]string{
 			{"leasekeeper", rec.format("s", 3), fmt.Sprint(rec.n), fmt.Sprintf("median < 0.2 s: %s", verdict(rec.n > 0 && rec.med < 0.2))},
-			{"Session + re-register loop", summarize(seconds(loopRec)).format("s", 3), fmt.Sprint(len(loopRec)), "(anchor)"},
+			{"Session + re-register loop", summarize(seconds(g.loopRec)).format("s", 3), fmt.Sprint(len(g.loopRec)), "(anchor)"},
 		}) + "\n"
 	return out
 }
