@@ -55,7 +55,7 @@ type pathState struct {
 	ka     rttEstimator  // latency of the first keepalive of each attempt, when answered
 	holds  uint8         // held replies in a row, outside held mode
 	prompt uint8         // prompt replies in a row, in held mode
-	period time.Duration // in held mode, the shortest time between the path's answers; zero outside it
+	period time.Duration // in held mode, at most the shortest time between the path's answers; zero outside it
 	most   time.Duration // in held mode, the longest
 	seen   uint8         // periods seen in held mode, up to trustAfter
 	last   time.Time     // when the last keepalive was answered
@@ -217,20 +217,19 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 			p.seen++
 		}
 		// One period: the path answers between period and most after its
-		// last answer (etcd's gRPC proxy, whose 500 ms tick drifts against
-		// its renewal, alternates, and may answer at the later one only
-		// once in many). Each bound follows a new extreme at once and
-		// drifts back slowly, most the slowest.
+		// last answer. etcd's gRPC proxy renews on the first tick of its
+		// lessor a third of the TTL after its last answer; the tick is a
+		// 500 ms sleep after each round, so it drifts against the answers,
+		// and the gap is half a tick longer than the third most of the
+		// time, the third itself only when a round ran late. A keepalive
+		// sent for the usual gap misses the rare short one, and waits a
+		// whole period more: past the degrade threshold at short TTLs. So
+		// period follows a shorter gap at once and never drifts back up
+		// (it started at two thirds of a gap, below the shortest): a
+		// keepalive sent early only waits longer for the same answer. most
+		// follows a longer gap at once and drifts back slowly.
 		gap = answerPeriod(gap, ttl)
-		switch {
-		case gap < p.period:
-			p.period = gap
-		case p.seen < trustAfter:
-			// Started low on purpose (two thirds of a gap): catch up.
-			p.period += (gap - p.period) / 8
-		default:
-			p.period += (gap - p.period) / 64
-		}
+		p.period = min(p.period, gap)
 		if gap > p.most {
 			p.most = gap
 		} else {

@@ -32,6 +32,14 @@ type proxyFake struct {
 	healed  chan struct{} // closed when a stall ends
 	hedges  int           // keepalives asked to go another way
 	cutNext bool          // stall the link as soon as the server made its next renewal
+	// early makes every early-th renewal of a lease go a third of the TTL
+	// after the last answer exactly, not on the next tick: the real
+	// proxy's lessor tick is a 500 ms sleep after each round, so it drifts
+	// against the answers, and a round that ran late puts a tick right
+	// after the earliest time (1 s and 1.5 s gaps at a TTL of 3 s, the
+	// shorter rare).
+	early   int
+	rounds  int
 	sent    int           // keepalives the proxy got
 	renewed int           // keepalives the proxy sent upstream
 	closed  bool
@@ -142,7 +150,11 @@ func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
 		return
 	}
 	if ttl > 0 {
-		p.scheduleLocked(id, l, nextTick(time.Now().Add(time.Duration(ttl)*time.Second/3)))
+		at := time.Now().Add(time.Duration(ttl) * time.Second / 3)
+		if p.rounds++; p.early == 0 || p.rounds%p.early != 0 {
+			at = nextTick(at)
+		}
+		p.scheduleLocked(id, l, at)
 	} else {
 		delete(p.loops, id) // the proxy's lessor lets an expired lease go
 	}

@@ -122,6 +122,33 @@ func TestProxySteady(t *testing.T) {
 	}
 }
 
+// TestProxyAnswersEarlyAtTimes: the proxy's own renewal goes a whole tick
+// sooner now and then (its lessor's tick drifts against its answers), so
+// its answers come a third of the TTL apart among many half a tick longer.
+// The keeper's keepalive must be there for the early answer too: a missed
+// answer leaves it waiting a whole period more, past the degrade
+// threshold.
+func TestProxyAnswersEarlyAtTimes(t *testing.T) {
+	for _, ttl := range []time.Duration{3 * time.Second, 10 * time.Second} {
+		t.Run(fmt.Sprintf("ttl %v", ttl), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := newProxyFake(time.Millisecond)
+				p.early = 40
+				k, rec := newProxyTest(t, p, ttl)
+				late := watchDeadline(p, k)
+				startHealthy(t, k, "svc/a")
+				time.Sleep(3 * ttl)
+				learned := time.Now()
+				time.Sleep(60 * ttl)
+				synctest.Wait()
+				assert.Zero(t, late(), "checks that found D later than the server's expiry")
+				assert.Zero(t, episodes(rec, learned), "episodes in 60 TTLs once learned: %v", rec.path())
+				closeProxyTest(t, k, p)
+			})
+		})
+	}
+}
+
 // TestProxyUpstreamStall: when the link between the proxy and etcd stalls
 // for two TTLs the proxy goes silent; the keeper is Failed before the
 // server's expiry, and Healthy again within one proxy period of the link
