@@ -270,6 +270,10 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 	d := l.deadlineLocked(sent, at, time.Duration(ttl)*time.Second)
 	l.path.proved = sent
 	l.path.answered(sent, at, false, l.lease.ttl, base, b)
+	if ce := l.k.logger().Check(zap.DebugLevel, "late reply"); ce != nil {
+		ce.Write(zap.String("lease", strconv.FormatInt(int64(id), 16)), zap.Duration("answered", at.Sub(sent)),
+			zap.Duration("proves", d.Sub(now)), zap.Duration("left", l.lease.deadline.Sub(now)))
+	}
 	if d.After(l.lease.deadline) {
 		l.lease.deadline = d
 		l.rearmCheckLocked(now)
@@ -329,6 +333,10 @@ func (l *leaseLoop) timeLeft(id clientv3.LeaseID, sent time.Time, ttl int64) {
 		return
 	}
 	d := sent.Add(time.Duration(ttl)*time.Second - l.k.cfg.timingFor(l.lease.ttl).margin)
+	if ce := l.k.logger().Check(zap.DebugLevel, "time to live"); ce != nil {
+		ce.Write(zap.String("lease", strconv.FormatInt(int64(id), 16)), zap.Int64("ttl", ttl),
+			zap.Duration("answered", now.Sub(sent)), zap.Duration("proves", d.Sub(now)), zap.Duration("left", l.lease.deadline.Sub(now)))
+	}
 	if d.After(l.lease.deadline) {
 		l.lease.deadline = d
 		l.rearmCheckLocked(now)
@@ -458,6 +466,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		}
 	}
 	if r.err == nil {
+		l.traceLocked(r, now)
 		l.fails = failures{}
 		if l.m.State() != statemachine.Healthy && !now.Before(l.lease.deadline.Add(-l.timingLocked().threshold)) {
 			// The reply came long after its request was sent (it waited out
@@ -673,4 +682,19 @@ func (l *leaseLoop) discardSpare(sp *spare) {
 		defer cancel()
 		_ = l.k.hub.b.revoke(ctx, sp.id)
 	}()
+}
+
+// traceLocked logs a successful attempt at debug level: what D it proved
+// and what the keeper knows of its path, for a reader who asks why a
+// keeper went Degraded.
+func (l *leaseLoop) traceLocked(r result, now time.Time) {
+	ce := l.k.logger().Check(zap.DebugLevel, "lease renewed")
+	if ce == nil {
+		return
+	}
+	ce.Write(zap.String("lease", strconv.FormatInt(int64(r.id), 16)), zap.Bool("granted", r.granted),
+		zap.Duration("answered", now.Sub(r.sent)), zap.Duration("left", l.lease.deadline.Sub(now)),
+		zap.Duration("b", l.k.hub.calls.leg()), zap.Bool("held", l.path.held()),
+		zap.Duration("period", l.path.period), zap.Duration("most", l.path.most),
+		zap.Duration("threshold", l.timingLocked().threshold), zap.String("state", l.m.State().String()))
 }

@@ -42,6 +42,7 @@ type options struct {
 	ttl      time.Duration
 	verbose  bool
 	heapDir  string // where to write heap profiles at the first and the last quiet point
+	logPath  string // where the keepers log at debug level; empty: nowhere
 }
 
 func main() {
@@ -54,6 +55,7 @@ func main() {
 	flag.DurationVar(&o.ttl, "ttl", 3*time.Second, "lease TTL of every keeper")
 	flag.BoolVar(&o.verbose, "v", false, "log every fault and violation as it happens")
 	flag.StringVar(&o.heapDir, "heap-profiles", "", "write heap profiles first.pprof and last.pprof to this directory")
+	flag.StringVar(&o.logPath, "log", "", "write every keeper's debug log, JSON lines with its number, to this file")
 	flag.Parse()
 	switch {
 	case o.keepers < 40 || o.shared < 0 || o.shared > o.keepers-40 || o.shared%4 != 0 || o.proxied < 0 || o.proxied > o.keepers-40-o.shared:

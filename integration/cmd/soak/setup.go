@@ -27,6 +27,7 @@ type soak struct {
 	c     *testbed.Cluster
 	gp    *testbed.GRPCProxy // in front of every member's proxy, for the proxied keepers
 	obs   *clientv3.Client   // straight to the members
+	log   *zap.Logger        // the keepers' debug log, with -log
 	cls   []*client
 	subs  []*subject
 	excl  map[string][]*subject // exclusive key -> the keepers contending for it
@@ -82,6 +83,13 @@ func setUp(o options, bin, dir string) (*soak, error) {
 	s := &soak{o: o, rng: rand.New(rand.NewPCG(o.seed, 0x5eed)), began: time.Now(),
 		excl: map[string][]*subject{}, faults: map[string]int{}}
 	var err error
+	if o.logPath != "" {
+		zc := zap.NewProductionConfig()
+		zc.Level, zc.OutputPaths, zc.Sampling = zap.NewAtomicLevelAt(zap.DebugLevel), []string{o.logPath}, nil
+		if s.log, err = zc.Build(); err != nil {
+			return nil, err
+		}
+	}
 	if s.c, err = testbed.StartCluster(bin, dir, 3); err != nil {
 		return nil, err
 	}
@@ -188,6 +196,9 @@ func (s *soak) newSubject(i int, cl *client) (*subject, error) {
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = s.o.ttl
 	cfg.Callbacks.OnTransition = sub.record
+	if s.log != nil {
+		cfg.Logger = s.log.With(zap.Int("keeper", i))
+	}
 	var err error
 	if sub.k, err = keeper.New(cl.cli, cfg); err != nil {
 		return nil, err
