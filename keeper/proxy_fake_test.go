@@ -40,8 +40,8 @@ type proxyFake struct {
 	// shorter rare).
 	early   int
 	rounds  int
-	sent    int           // keepalives the proxy got
-	renewed int           // keepalives the proxy sent upstream
+	sent    int // keepalives the proxy got
+	renewed int // keepalives the proxy sent upstream
 	closed  bool
 }
 
