@@ -241,7 +241,7 @@ func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	if l.lease.id == a.id {
 		l.path.proved = ka.sent
 		base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
-		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.lease.ttl, base, b)
+		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.fails.n > 0, l.lease.ttl, base, b)
 	}
 	if l.lease.id == a.id && !l.lease.gone && r.deadline.After(l.lease.deadline) {
 		l.lease.deadline = r.deadline
@@ -269,7 +269,7 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 	base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
 	d := l.deadlineLocked(sent, at, time.Duration(ttl)*time.Second)
 	l.path.proved = sent
-	l.path.answered(sent, at, false, l.lease.ttl, base, b)
+	l.path.answered(sent, at, false, l.fails.n > 1, l.lease.ttl, base, b)
 	if ce := l.k.logger().Check(zap.DebugLevel, "late reply"); ce != nil {
 		ce.Write(zap.String("lease", strconv.FormatInt(int64(id), 16)), zap.Duration("answered", at.Sub(sent)),
 			zap.Duration("proves", d.Sub(now)), zap.Duration("left", l.lease.deadline.Sub(now)))

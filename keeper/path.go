@@ -149,11 +149,15 @@ func (p *pathState) asking(now time.Time) {
 // answered takes in a keepalive sent at sent and answered at at, on a path
 // whose unary calls take up to b, for a lease of ttl. first says the reply
 // answered the first keepalive of its attempt: only then is its latency a
-// sample (Karn's rule). Whether the path held the renewal counts from the
+// sample (Karn's rule). outage says attempts failed since the last answer
+// (beyond the one a late reply answers): the wait and the gap span the
+// outage, and tell nothing of how the path answers. Counted, the first
+// reply after a cluster came back put a keeper straight to a member in
+// held mode, renewing every eighth of the TTL until it left. Whether the path held the renewal counts from the
 // first attempt since the last answer: attempts that timed out on a path
 // that answers late, and a fresh keepalive on another stream answered at
 // once, say nothing of how long the path waited to answer.
-func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, base timing, b time.Duration) {
+func (p *pathState) answered(sent, at time.Time, first, outage bool, ttl time.Duration, base timing, b time.Duration) {
 	if first {
 		p.ka.sample(at.Sub(sent))
 	}
@@ -169,6 +173,10 @@ func (p *pathState) answered(sent, at time.Time, first bool, ttl time.Duration, 
 		// starts the lease's schedule with it, so the time since the grant
 		// is no period.
 		p.fresh, p.last, p.asked = false, at, time.Time{}
+		return
+	}
+	if outage {
+		p.last = at
 		return
 	}
 	if hadLast && gap < holdSlack(base) {

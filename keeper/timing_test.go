@@ -496,3 +496,36 @@ func TestLongCallDoesNotHoldDeadlineDown(t *testing.T) {
 		mustClose(t, k)
 	})
 }
+
+// TestDirectPathStaysDirectAfterOutage: the first reply after a silent
+// partition comes long after its attempt began, on a path that answers at
+// once; it must not make the keeper take the path for one that holds
+// keepalives, which would renew every eighth of the TTL until it left.
+func TestDirectPathStaysDirectAfterOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		k, _ := newTest(t, f, nil)
+		startHealthy(t, k, "svc/a")
+		ttl := k.cfg.TTL
+		keepalives := func() int {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return f.calls["keepalive"]
+		}
+		time.Sleep(3 * ttl)
+		before := keepalives()
+		time.Sleep(3 * ttl)
+		steady := keepalives() - before
+
+		f.setStalled(true)
+		time.Sleep(ttl * 7 / 10) // past the degrade threshold, not D
+		f.setStalled(false)
+		time.Sleep(ttl / 2)
+		synctest.Wait()
+		require.Equal(t, statemachine.Healthy, k.State())
+		after := keepalives()
+		time.Sleep(3 * ttl)
+		assert.LessOrEqual(t, keepalives()-after, steady+1, "keepalives in 3 TTLs after the outage, against %d before it", steady)
+		mustClose(t, k)
+	})
+}
