@@ -133,7 +133,7 @@ func StartCluster(bin, dir string, n int) (*Cluster, error) {
 			"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
 			"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
-			"--initial-cluster-token", filepath.Base(dir), "--log-level", "error",
+			"--initial-cluster-token", filepath.Base(dir), "--log-level", logLevel(),
 		}
 		if m.Proxy, err = NewProxy(strings.TrimPrefix(m.ClientURL, "http://")); err != nil {
 			c.Close()
@@ -334,4 +334,14 @@ func ProcessCPU(pid int) (time.Duration, error) {
 	}
 	// Clock ticks: 100 per second on every Linux this runs on (USER_HZ).
 	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// logLevel is the members' log level: error, unless
+// LEASEKEEPER_ETCD_LOG_LEVEL says otherwise (info shows elections and
+// lease revocations, for a reader who asks what the cluster did).
+func logLevel() string {
+	if l := os.Getenv("LEASEKEEPER_ETCD_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "error"
 }

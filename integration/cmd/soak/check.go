@@ -54,16 +54,24 @@ type checker struct {
 	// their keys' deletions are no expiry, however late the keeper
 	// hears of them.
 	revoked map[clientv3.LeaseID]bool
+	// touched are the keys the soak deleted or overwrote behind the
+	// keepers' backs: their deletions are the soak's.
+	touched map[string]bool
+	// early are the deletions of a keeper's key, on the lease it held,
+	// that neither the soak nor an expiry the keeper's D foresaw made:
+	// the server revoked the lease while D was still ahead.
+	early []string
 }
 
 type seen struct {
-	lease clientv3.LeaseID
-	at    time.Time
+	lease    clientv3.LeaseID
+	at       time.Time
+	deadline time.Time // the keeper's D then
 }
 
 func newChecker(s *soak) *checker {
 	return &checker{s: s, checks: map[string]int{}, failures: map[string][]string{},
-		suspects: map[string]time.Time{}, live: map[int]seen{}, revoked: map[clientv3.LeaseID]bool{}}
+		suspects: map[string]time.Time{}, live: map[int]seen{}, revoked: map[clientv3.LeaseID]bool{}, touched: map[string]bool{}}
 }
 
 func (c *checker) count(inv string) {
@@ -86,10 +94,12 @@ func (c *checker) violate(inv, format string, args ...any) {
 // revoke, not by an expiry the keeper had to see coming.
 func (c *checker) external(key string, lease clientv3.LeaseID) {
 	c.s.logf("behind the keepers' backs: %s %x", key, int64(lease))
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if lease != 0 {
-		c.mu.Lock()
 		c.revoked[lease] = true
-		c.mu.Unlock()
+	} else {
+		c.touched[key] = true
 	}
 }
 
@@ -151,7 +161,7 @@ func (c *checker) sampleOnce(ctx context.Context) {
 		}
 		if after.state == statemachine.Healthy || after.state == statemachine.Degraded {
 			c.mu.Lock()
-			c.live[sub.i] = seen{after.lease, now}
+			c.live[sub.i] = seen{after.lease, now, sub.k.Deadline()}
 			c.mu.Unlock()
 		}
 		if after.state != statemachine.Healthy {
@@ -243,6 +253,10 @@ func (c *checker) watchDeletions(ctx context.Context) {
 }
 
 func (c *checker) deleted(key string, lease clientv3.LeaseID, rev int64, at time.Time) {
+	c.mu.Lock()
+	touched := c.touched[key]
+	delete(c.touched, key)
+	c.mu.Unlock()
 	for _, sub := range c.s.owners(key) {
 		if d := sub.k.Deadline(); sub.k.LeaseID() == lease {
 			c.s.logf("%s deleted with lease %x at revision %d, %v before keeper %d's deadline", key, int64(lease), rev, d.Sub(at).Round(time.Millisecond), sub.i)
@@ -254,8 +268,24 @@ func (c *checker) deleted(key string, lease clientv3.LeaseID, rev int64, at time
 		if !ok || last.lease != lease || revoked {
 			continue // not on the lease this keeper last held, or revoked by the soak
 		}
-		if d := sub.k.Deadline(); sub.k.LeaseID() == lease && at.Before(d) {
-			continue // revoked or deleted, not expired
+		// The D the keeper had for the lease when the key went: its D now
+		// if it still holds the lease (D only moves later), else the D
+		// of the last sample that saw it live (it may have moved on to a
+		// new lease by the time this event is read).
+		d := last.deadline
+		if sub.k.LeaseID() == lease {
+			d = sub.k.Deadline()
+		}
+		if at.Before(d) {
+			// Not an expiry the keeper could see coming: the soak deleted
+			// the key, or the server revoked the lease while D was ahead.
+			if !touched {
+				c.mu.Lock()
+				c.early = append(c.early, fmt.Sprintf("%8.3fs  keeper %d: %s deleted with lease %x, %v before its D",
+					at.Sub(c.s.began).Seconds(), sub.i, key, int64(lease), d.Sub(at).Round(time.Millisecond)))
+				c.mu.Unlock()
+			}
+			continue
 		}
 		c.count(invExpiry)
 		if !sub.failedBetween(last.at, at) {

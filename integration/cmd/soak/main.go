@@ -43,6 +43,7 @@ type options struct {
 	verbose  bool
 	heapDir  string // where to write heap profiles at the first and the last quiet point
 	logPath  string // where the keepers log at debug level; empty: nowhere
+	keep     bool   // leave the members' data and logs behind
 }
 
 func main() {
@@ -56,6 +57,7 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "log every fault and violation as it happens")
 	flag.StringVar(&o.heapDir, "heap-profiles", "", "write heap profiles first.pprof and last.pprof to this directory")
 	flag.StringVar(&o.logPath, "log", "", "write every keeper's debug log, JSON lines with its number, to this file")
+	flag.BoolVar(&o.keep, "keep", false, "leave the directory with the members' data and logs behind, and print its name")
 	flag.Parse()
 	switch {
 	case o.keepers < 40 || o.shared < 0 || o.shared > o.keepers-40 || o.shared%4 != 0 || o.proxied < 0 || o.proxied > o.keepers-40-o.shared:
@@ -88,7 +90,11 @@ func run(o options) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
+	if o.keep {
+		fmt.Println("soak: members' data and logs in", dir)
+	} else {
+		defer func() { _ = os.RemoveAll(dir) }()
+	}
 	fmt.Printf("soak: seed %d, %v of faults, %d keepers (%d behind an etcd gRPC proxy), TTL %v\n", o.seed, o.duration, o.keepers, o.proxied, o.ttl)
 	s, err := setUp(o, bin, dir)
 	if err != nil {
