@@ -241,7 +241,7 @@ func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	if l.lease.id == a.id {
 		l.path.proved = ka.sent
 		base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
-		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.fails.n > 0, l.lease.ttl, base, b)
+		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.fails.n > 1 || l.fails.n > 0 && !l.path.held(), l.lease.ttl, base, b)
 	}
 	if l.lease.id == a.id && !l.lease.gone && r.deadline.After(l.lease.deadline) {
 		l.lease.deadline = r.deadline
@@ -383,7 +383,7 @@ func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.T
 	l.lease = lease{id: id, ttl: r.ttl, deadline: r.deadline}
 	// The new lease is renewed on the path's schedule from now on: a path
 	// that holds keepalives starts a schedule for it at its first one.
-	l.path.last, l.path.asked, l.path.thr, l.path.fresh = time.Now(), time.Time{}, 0, true
+	l.path.last, l.path.asked, l.path.thr, l.path.fresh, l.path.second = time.Now(), time.Time{}, 0, true, true
 	tm := l.timingLocked()
 	l.mu.Unlock()
 	l.k.logger().Debug("lease granted", zap.Int64("lease", int64(id)), zap.Int64("replaces", int64(a.id)), zap.Duration("ttl", r.ttl))

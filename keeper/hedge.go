@@ -304,6 +304,14 @@ func earlier(a, b time.Time) time.Time {
 	return b
 }
 
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // attemptEnd is when an attempt that starts at now ends: after timeout,
 // or at limit if limit is set, still ahead and sooner.
 func attemptEnd(now time.Time, timeout time.Duration, limit time.Time) time.Time {

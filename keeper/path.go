@@ -61,41 +61,50 @@ type pathState struct {
 	last   time.Time     // when the last keepalive was answered
 	asked  time.Time     // when the first attempt since then began; zero before it
 	thr    time.Duration // the degrade threshold for the cycle under way; zero: the configured one
-	probes uint8         // renewals in held mode since the last probe
+	probe  bool          // in held mode, a probe is due (probeDue)
+	ref    time.Duration // in held mode, the longest period (most) when the last probe was due
 	proved time.Time     // when the keepalive that D rests on was sent
 	fresh  bool          // the lease was just granted: no keepalive of it answered yet
+	second bool          // the next answer is the lease's second: no period ends with it
 }
 
 const (
 	heldAfter  = 1  // held renewals, less prompt ones, that put the keeper in held mode
 	leaveAfter = 8  // prompt replies in a row that take it out
 	trustAfter = 16 // periods seen before the longest seen alone bounds the next
-	probeEvery = 8  // renewals in held mode between two probes of the path's legs
 )
 
 // probeDue reports whether a renewal just done should be followed by a
-// probe of the path's legs (leaseLoop.probe): in held mode, every
-// probeEvery renewals, and after a renewal whose cycle has the lowest
-// degrade threshold. Only there can a reply carry a renewal older than
-// its keepalive, and only there does b, which the unary calls set, need to
-// follow a leg that became slower since the last one.
+// probe of the path's legs (leaseLoop.probe): when the keeper enters held
+// mode, when an answer of a held path came more than half the margin later
+// after the one before than the longest gap the path had shown at the last
+// probe (slower), and after a renewal whose cycle has the lowest degrade
+// threshold. etcd's gRPC proxy sends its renewals on its own tick, whatever
+// its leg to etcd takes, and answers a round trip later, so a leg that
+// became slower by some time shows once as a gap longer by as much; a
+// change of less than half the margin is within what the margin absorbs
+// beside b, which is a whole round trip where D needs one leg. Only in held mode can a reply carry a
+// renewal older than its keepalive, and only there does b, which the unary
+// calls set, need to follow a leg that became slower since the last one. A
+// path whose answers keep their rhythm costs etcd no call beyond the
+// proxy's own renewals, as a KeepAlive behind it does.
 func (p *pathState) probeDue(base timing) bool {
-	if p.held() && p.thr > 0 && p.thr <= base.renewTimeout {
+	if !p.held() {
+		p.probe = false
+		return false
+	}
+	if p.thr > 0 && p.thr <= base.renewTimeout {
 		// A weak cycle: the keepalive waited so long that the D it
 		// proved barely outlasts the next answer. The server's word may
 		// give more.
-		p.probes = 0
-		return true
+		p.probe = true
 	}
-	if !p.held() {
-		p.probes = 0
-		return false
+	due := p.probe
+	if due {
+		p.ref = p.most
 	}
-	if p.probes++; p.probes < probeEvery {
-		return false
-	}
-	p.probes = 0
-	return true
+	p.probe = false
+	return due
 }
 
 // holdSlack is how much longer than the path's unary calls a keepalive may
@@ -149,9 +158,11 @@ func (p *pathState) asking(now time.Time) {
 // answered takes in a keepalive sent at sent and answered at at, on a path
 // whose unary calls take up to b, for a lease of ttl. first says the reply
 // answered the first keepalive of its attempt: only then is its latency a
-// sample (Karn's rule). outage says attempts failed since the last answer
-// (beyond the one a late reply answers): the wait and the gap span the
-// outage, and tell nothing of how the path answers. Counted, the first
+// sample (Karn's rule). outage says attempts failed since the last answer:
+// any on a path that answers at once, more than one on a path that holds
+// keepalives (an attempt that timed out while the path still held its
+// keepalive is no outage), not counting a late reply's own. The wait and
+// the gap then span the outage, and tell nothing of how the path answers. Counted, the first
 // reply after a cluster came back put a keeper straight to a member in
 // held mode, renewing every eighth of the TTL until it left. Whether the path held the renewal counts from the
 // first attempt since the last answer: attempts that timed out on a path
@@ -184,6 +195,18 @@ func (p *pathState) answered(sent, at time.Time, first, outage bool, ttl time.Du
 		// answers every one waiting, given up or not, at once.
 		return
 	}
+	if p.second && !p.held() {
+		// The second answer for a new lease: etcd's gRPC proxy sends its
+		// first renewal of a lease upstream again on its next tick when
+		// etcd is slow to answer it (many leases granted at once), and
+		// answers both: a gap of one tick, far shorter than its period,
+		// which entered held mode with a period that made every
+		// keepalive wait out the next answer. The period is learned from
+		// the gaps after it.
+		p.second, p.last = false, at
+		return
+	}
+	p.second = false
 	p.last = at
 	switch {
 	case !p.held() && !held:
@@ -204,7 +227,7 @@ func (p *pathState) answered(sent, at time.Time, first, outage bool, ttl time.Du
 			// Probe at once (probeDue): the keepalive that showed the
 			// hold waited a whole period, so the D it proves may not
 			// last until the next answer; the server's own word may.
-			p.probes = probeEvery - 1
+			p.probe = true
 		}
 	case at.Sub(asked) <= holdSlack(base):
 		// Answered sooner than the lead before the answer it was sent
@@ -214,11 +237,13 @@ func (p *pathState) answered(sent, at time.Time, first, outage bool, ttl time.Du
 		}
 	default:
 		p.prompt = 0
-		if at.Sub(sent) < gap/2 && gap >= p.period*7/4 {
-			// The keepalive came after the answer it was sent for and
-			// waited for the next: the gap is two periods. (Had it waited
-			// half the gap or more, no answer can have come between: the
-			// gap is one period, however far off the estimate was.)
+		if at.Sub(asked) < gap/2 && gap >= p.period*7/4 {
+			// The cycle's first keepalive came after the answer it was
+			// sent for and waited for the next: the gap is two periods.
+			// (Had it waited half the gap or more, no answer can have come
+			// between: the gap is one period, however far off the
+			// estimate was. A later keepalive of the cycle, sent after the
+			// first timed out, says nothing: the first still waited.)
 			return
 		}
 		if p.seen < trustAfter {
@@ -233,11 +258,27 @@ func (p *pathState) answered(sent, at time.Time, first, outage bool, ttl time.Du
 		// sent for the usual gap misses the rare short one, and waits a
 		// whole period more: past the degrade threshold at short TTLs. So
 		// period follows a shorter gap at once and never drifts back up
-		// (it started at two thirds of a gap, below the shortest): a
-		// keepalive sent early only waits longer for the same answer. most
-		// follows a longer gap at once and drifts back slowly.
+		// towards the usual gap (it starts at two thirds of a gap, below
+		// the shortest): a keepalive sent early only waits longer for the
+		// same answer. While learning it only rises to two thirds of the
+		// longest gap. most follows a longer gap at once and drifts back
+		// slowly.
 		gap = answerPeriod(gap, ttl)
 		p.period = min(p.period, gap)
+		if p.seen < trustAfter {
+			// Still learning: a gap far shorter than the path's period
+			// (two answers of one renewal the proxy sent twice while etcd
+			// was slow to answer the first, at a lease's start) must not
+			// set the period for good. Two thirds of the longest gap is
+			// no more than the shortest of etcd's gRPC proxy at every TTL
+			// from 3 s (1 s of 1.5 s, 2.67 s against 3.33 s at 10 s).
+			p.period = max(p.period, answerPeriod(max(gap, p.most), ttl)*2/3)
+		}
+		if gap > p.ref+base.margin/2 {
+			// Later than the path answered when b was last measured:
+			// its leg to etcd may have become slower (probeDue).
+			p.probe = true
+		}
 		if gap > p.most {
 			p.most = gap
 		} else {
@@ -329,7 +370,7 @@ func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b t
 		// answers on its own tick), and the keeper renews on its schedule
 		// from then on. Until then a reply may take learnWait.
 		due = sent
-		answer = due.Add(tm.renewTimeout)
+		answer = later(due, p.last).Add(max(tm.renewTimeout, learnWait(ttl)))
 	case p.fresh || p.ka.n == 0:
 		// No keepalive of the lease answered yet: the path may answer far
 		// later than it answers a grant (a gRPC proxy answers the first

@@ -38,8 +38,14 @@ type proxyFake struct {
 	// against the answers, and a round that ran late puts a tick right
 	// after the earliest time (1 s and 1.5 s gaps at a TTL of 3 s, the
 	// shorter rare).
-	early   int
-	rounds  int
+	early  int
+	rounds int
+	// twice makes the proxy renew each lease a second time one tick after
+	// its first renewal, as the real one does when etcd answers the first
+	// later than its lessor's next tick (under the load of many new
+	// leases): two answers a tick and its round trip apart at the lease's
+	// start.
+	twice   bool
 	sent    int // keepalives the proxy got
 	renewed int // keepalives the proxy sent upstream
 	closed  bool
@@ -48,8 +54,9 @@ type proxyFake struct {
 // proxyLoop is the proxy's keepalive of one lease and the keepalives
 // waiting for its answer.
 type proxyLoop struct {
-	waiting []*proxyCall
-	next    *time.Timer
+	waiting  []*proxyCall
+	next     *time.Timer
+	renewals int // upstream renewals of the lease so far
 }
 
 type proxyCall struct {
@@ -153,6 +160,9 @@ func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
 		at := time.Now().Add(time.Duration(ttl) * time.Second / 3)
 		if p.rounds++; p.early == 0 || p.rounds%p.early != 0 {
 			at = nextTick(at)
+		}
+		if l.renewals++; p.twice && l.renewals == 1 {
+			at = time.Now().Add(proxyTick + 20*time.Millisecond)
 		}
 		p.scheduleLocked(id, l, at)
 	} else {

@@ -149,6 +149,30 @@ func TestProxyAnswersEarlyAtTimes(t *testing.T) {
 	}
 }
 
+// TestProxyAnswersTwiceAtStart: the proxy answers a new lease twice half a
+// second apart (it sent its first renewal upstream again while etcd was slow
+// to answer); the keeper must not take that for the path's period, and
+// stays Healthy once it learned the real one.
+func TestProxyAnswersTwiceAtStart(t *testing.T) {
+	for _, ttl := range []time.Duration{3 * time.Second, 10 * time.Second} {
+		t.Run(fmt.Sprintf("ttl %v", ttl), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := newProxyFake(time.Millisecond)
+				p.twice = true
+				k, rec := newProxyTest(t, p, ttl)
+				late := watchDeadline(p, k)
+				startHealthy(t, k, "svc/a")
+				started := time.Now()
+				time.Sleep(30 * ttl)
+				synctest.Wait()
+				assert.Zero(t, late(), "checks that found D later than the server's expiry")
+				assert.Zero(t, episodes(rec, started), "episodes in 30 TTLs from Start: %v", rec.path())
+				closeProxyTest(t, k, p)
+			})
+		})
+	}
+}
+
 // TestProxyUpstreamStall: when the link between the proxy and etcd stalls
 // for two TTLs the proxy goes silent; the keeper is Failed before the
 // server's expiry, and Healthy again within one proxy period of the link
@@ -187,7 +211,8 @@ func TestProxyUpstreamStall(t *testing.T) {
 
 // TestProxyUpstreamSlowsDown: when the link between the proxy and etcd
 // becomes slow after Start, the keeper's probes of the path (a time to
-// live every few renewals, which goes all the way to etcd) raise b, the
+// live, which goes all the way to etcd, after the answer the slower leg
+// delayed) raise b, the
 // bound on a leg that D allows for, and D never passes the server's
 // expiry.
 func TestProxyUpstreamSlowsDown(t *testing.T) {
@@ -355,4 +380,31 @@ func TestHeldPathStreamGoesSilent(t *testing.T) {
 		s.mu.Unlock()
 		closeProxyTest(t, k, p)
 	})
+}
+
+// TestProxySteadyCostsNoProbes: behind a proxy whose answers keep their
+// rhythm, the keeper asks etcd nothing beyond the keepalives the proxy
+// answers from its own renewals once it has learned the path: a probe (a
+// time to live, which goes all the way to etcd) follows only an answer
+// later than the path had shown.
+func TestProxySteadyCostsNoProbes(t *testing.T) {
+	for _, ttl := range []time.Duration{3 * time.Second, 10 * time.Second} {
+		t.Run(ttl.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p := newProxyFake(time.Millisecond)
+				k, rec := newProxyTest(t, p, ttl)
+				late := watchDeadline(p, k)
+				startHealthy(t, k, "svc/a")
+				time.Sleep(10 * ttl)
+				learned := p.count("ttl")
+				time.Sleep(60 * ttl)
+				synctest.Wait()
+				t.Logf("probes while learning %d, after %d", learned, p.count("ttl")-learned)
+				assert.Zero(t, p.count("ttl")-learned, "probes after the keeper learned the path")
+				assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
+				assert.Zero(t, late(), "checks that found D later than the server's expiry")
+				closeProxyTest(t, k, p)
+			})
+		})
+	}
 }
