@@ -241,7 +241,7 @@ func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 	if l.lease.id == a.id {
 		l.path.proved = ka.sent
 		base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
-		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.fails.n > 1 || l.fails.n > 0 && !l.path.held(), l.lease.ttl, base, b)
+		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.fails.n, l.lease.ttl, base, b)
 	}
 	if l.lease.id == a.id && !l.lease.gone && r.deadline.After(l.lease.deadline) {
 		l.lease.deadline = r.deadline
@@ -269,9 +269,9 @@ func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at
 	base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
 	d := l.deadlineLocked(sent, at, time.Duration(ttl)*time.Second)
 	l.path.proved = sent
-	l.path.answered(sent, at, false, l.fails.n > 1, l.lease.ttl, base, b)
+	l.path.answered(sent, at, false, l.fails.n-1, l.lease.ttl, base, b)
 	if ce := l.k.logger().Check(zap.DebugLevel, "late reply"); ce != nil {
-		ce.Write(zap.String("lease", strconv.FormatInt(int64(id), 16)), zap.Duration("answered", at.Sub(sent)),
+		ce.Write(leaseField(id), zap.Duration("answered", at.Sub(sent)),
 			zap.Duration("proves", d.Sub(now)), zap.Duration("left", l.lease.deadline.Sub(now)))
 	}
 	if d.After(l.lease.deadline) {
@@ -334,7 +334,7 @@ func (l *leaseLoop) timeLeft(id clientv3.LeaseID, sent time.Time, ttl int64) {
 	}
 	d := sent.Add(time.Duration(ttl)*time.Second - l.k.cfg.timingFor(l.lease.ttl).margin)
 	if ce := l.k.logger().Check(zap.DebugLevel, "time to live"); ce != nil {
-		ce.Write(zap.String("lease", strconv.FormatInt(int64(id), 16)), zap.Int64("ttl", ttl),
+		ce.Write(leaseField(id), zap.Int64("ttl", ttl),
 			zap.Duration("answered", now.Sub(sent)), zap.Duration("proves", d.Sub(now)), zap.Duration("left", l.lease.deadline.Sub(now)))
 	}
 	if d.After(l.lease.deadline) {
@@ -627,7 +627,7 @@ const failureLogEvery = 30 * time.Second
 // after a success and then at most one every failureLogEvery, so an outage
 // does not flood the log; every attempt at debug level.
 func (l *leaseLoop) logFailureLocked(r result, kind lkerrors.Kind, now time.Time) {
-	fields := []zap.Field{zap.String("lease", strconv.FormatInt(int64(r.id), 16)), zap.Int("failures", l.fails.n),
+	fields := []zap.Field{leaseField(r.id), zap.Int("failures", l.fails.n),
 		zap.String("kind", kind.String()), zap.Error(r.err)}
 	if l.fails.warnedAt == 0 || now.Sub(time.Unix(0, l.fails.warnedAt)) >= failureLogEvery {
 		l.fails.warnedAt = now.UnixNano()
@@ -692,9 +692,14 @@ func (l *leaseLoop) traceLocked(r result, now time.Time) {
 	if ce == nil {
 		return
 	}
-	ce.Write(zap.String("lease", strconv.FormatInt(int64(r.id), 16)), zap.Bool("granted", r.granted),
+	ce.Write(leaseField(r.id), zap.Bool("granted", r.granted),
 		zap.Duration("answered", now.Sub(r.sent)), zap.Duration("left", l.lease.deadline.Sub(now)),
 		zap.Duration("b", l.k.hub.calls.leg()), zap.Bool("held", l.path.held()),
 		zap.Duration("period", l.path.period), zap.Duration("most", l.path.most),
 		zap.Duration("threshold", l.timingLocked().threshold), zap.String("state", l.m.State().String()))
+}
+
+// leaseField is a lease ID as the keeper's log lines give it, in hex.
+func leaseField(id clientv3.LeaseID) zap.Field {
+	return zap.String("lease", strconv.FormatInt(int64(id), 16))
 }

@@ -158,17 +158,18 @@ func (p *pathState) asking(now time.Time) {
 // answered takes in a keepalive sent at sent and answered at at, on a path
 // whose unary calls take up to b, for a lease of ttl. first says the reply
 // answered the first keepalive of its attempt: only then is its latency a
-// sample (Karn's rule). outage says attempts failed since the last answer:
-// any on a path that answers at once, more than one on a path that holds
-// keepalives (an attempt that timed out while the path still held its
-// keepalive is no outage), not counting a late reply's own. The wait and
-// the gap then span the outage, and tell nothing of how the path answers. Counted, the first
-// reply after a cluster came back put a keeper straight to a member in
-// held mode, renewing every eighth of the TTL until it left. Whether the path held the renewal counts from the
-// first attempt since the last answer: attempts that timed out on a path
-// that answers late, and a fresh keepalive on another stream answered at
-// once, say nothing of how long the path waited to answer.
-func (p *pathState) answered(sent, at time.Time, first, outage bool, ttl time.Duration, base timing, b time.Duration) {
+// sample (Karn's rule). fails is how many attempts failed since the last
+// answer, a late reply's own not counted. Any on a path that answers at
+// once, more than one on a path that holds keepalives (an attempt that
+// timed out while the path still held its keepalive is no outage), make an
+// outage: the wait and the gap span it, and tell nothing of how the path
+// answers. Counted, the first reply after a cluster came back put a keeper
+// straight to a member in held mode, renewing every eighth of the TTL until
+// it left. Whether the path held the renewal counts from the first attempt
+// since the last answer: attempts that timed out on a path that answers
+// late, and a fresh keepalive on another stream answered at once, say
+// nothing of how long the path waited to answer.
+func (p *pathState) answered(sent, at time.Time, first bool, fails int, ttl time.Duration, base timing, b time.Duration) {
 	if first {
 		p.ka.sample(at.Sub(sent))
 	}
@@ -186,7 +187,7 @@ func (p *pathState) answered(sent, at time.Time, first, outage bool, ttl time.Du
 		p.fresh, p.last, p.asked = false, at, time.Time{}
 		return
 	}
-	if outage {
+	if fails > 1 || fails > 0 && !p.held() {
 		p.last = at
 		return
 	}
