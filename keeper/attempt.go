@@ -395,34 +395,54 @@ func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.T
 // spans.
 const gridPoints = 8
 
+// gridSlack is the part of the latest renewal interval the grid leaves for
+// what the path adds to the margin and the renew timeout (b, a learned
+// bound) and for the alarm's lateness: on a LAN these are milliseconds, and
+// a keeper on the grid renews every gridPoints steps.
+const gridSlack = 64
+
+// gridStep is the step of the renewal grid of a lease of ttl with the
+// configured timing base: an eighth of the latest renewal interval base
+// allows, less its gridSlack-th part. It derives from the configuration
+// alone, never from what a keeper learned of its path, so that every
+// keeper of one client with the same TTL and configuration shares the
+// grid.
+func gridStep(ttl time.Duration, base timing) time.Duration {
+	interval := ttl - base.margin - base.threshold - base.renewTimeout
+	return (interval - interval/gridSlack) / gridPoints
+}
+
 // renewalDue is when the renewal after one sent at sent is due, for a lease
-// of ttl renewed with timing tm: TTL/3 later, then on the next point of the
-// renewal grid, but no later than the latest point that still leaves a
-// whole renew timeout before the degrade threshold, so that a slow link
-// that answers within the renew timeout never makes the keeper Degraded.
+// of ttl renewed with timing tm (base is the configured timing): TTL/3
+// later, then on the next point of the renewal grid, but no later than the
+// latest point that still leaves a whole renew timeout before the degrade
+// threshold, so that a slow link that answers within the renew timeout
+// never makes the keeper Degraded.
 //
-// The grid's points are the multiples, on the wall clock, of an eighth of
-// that latest interval, shifted by the hub's phase: the same for every
-// keeper of one client with the same timing, and apart for keepers of
-// different clients, so that a fleet of processes with synchronised clocks
-// does not renew in one burst on every grid point. A keeper on the grid
-// renews exactly at the latest point, so it stays on the grid; one that is not yet (after a grant) joins it at
-// its next renewal. Keepers on one grid point renew together: the hub's
-// stream carries their keepalives in one write, and etcd reads them in one
-// read and answers them in one write, instead of a system call and a
-// wake-up on both sides for each, which is most of what a renewal costs.
-// etcd's own lessor gathers its keepalives the same way, on a 500 ms tick.
-// With the default timing a renewal is due 0.375 TTL after the one before
-// (3.75s at a TTL of 10s) on a grid of 469ms.
-func renewalDue(sent time.Time, ttl time.Duration, tm timing, phase time.Duration) time.Time {
+// The grid's points are the multiples, on the wall clock, of gridStep,
+// shifted by the hub's phase: the same for every keeper of one client with
+// the same timing, and apart for keepers of different clients, so that a
+// fleet of processes with synchronised clocks does not renew in one burst
+// on every grid point. A keeper on the grid renews gridPoints steps after
+// its last renewal, so it stays on the grid; one that is not yet (after a
+// grant) joins it at its next renewal. Keepers on one grid point renew
+// together: the hub's stream carries their keepalives in one write, and
+// etcd reads them in one read and answers them in one write, instead of a
+// system call and a wake-up on both sides for each, which is most of what
+// a renewal costs. etcd's own lessor gathers its keepalives the same way,
+// on a 500 ms tick. With the default timing a renewal is due 0.369 TTL
+// after the one before (3.69s at a TTL of 10s) on a grid of 461ms. Where
+// the path leaves less room (a far link, a long b), the renewal goes a
+// step or more earlier, on the grid still.
+func renewalDue(sent time.Time, ttl time.Duration, tm, base timing, phase time.Duration) time.Time {
 	early := sent.Add(ttl / 3)
 	latest := sent.Add(ttl - tm.margin - tm.threshold - tm.renewTimeout)
-	step := latest.Sub(sent) / gridPoints
+	step := gridStep(ttl, base)
 	if !latest.After(early) || step <= 0 {
 		return early
 	}
 	due := onGrid(early, step, phase)
-	if due.After(latest) {
+	for due.After(latest) {
 		due = due.Add(-step)
 	}
 	return due

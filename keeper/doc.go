@@ -18,11 +18,11 @@
 // send time, never the receive time (deadlineLocked says why it holds on
 // every path). A renewal is due t/3 after the send time of the last
 // successful one, then waits for the next point of a grid the keepers of
-// one client share (see Transport; each client's grid has a phase of its
-// own, so that clients whose clocks agree do not renew in one burst), but
+// one client share (see Transport; each process's grid has a phase of its
+// own, so that processes whose clocks agree do not renew in one burst), but
 // never past the latest point that leaves a whole renew timeout before the
-// degrade threshold: 0.375 t with the defaults, where a keeper on the grid
-// renews. Each attempt has its
+// degrade threshold, less a 64th for what the path adds: 0.369 t with
+// the defaults, where a keeper on the grid renews. Each attempt has its
 // own deadline (the renew timeout, never past D), so an attempt stuck on a
 // silent member is abandoned, and while a keepalive has no reply a fresh
 // one goes out every third of the renew timeout on a new stream, which the
@@ -69,8 +69,9 @@
 // it, so a silent member never holds the client's renewals hostage. The
 // renewal grid makes the keepers due within one step renew together: one
 // write carries their keepalives, and etcd reads and answers them in one
-// go. Its step is an eighth of the renewal interval, 469ms at a TTL of
-// 10s.
+// go. Its step is an eighth of the renewal interval, 461ms at a TTL of
+// 10s, and it derives from the configuration alone, so that keepers that
+// learned different paths still share it.
 //
 // Once no live lease is left to protect, a request is always in flight:
 // each attempt stays outstanding for its backoff, sends a fresh keepalive

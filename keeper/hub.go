@@ -131,6 +131,10 @@ func keyOf(cfg *Config) (configKey, bool) {
 		cfg.DisableRecovery, cfg.DisableWatch, cfg.MaxTxnOps, cfg.Logger}, true
 }
 
+// gridPhase shifts the renewal grid of every hub in this process off
+// other processes' (renewalDue).
+var gridPhase = time.Duration(rand.Int64N(int64(time.Hour)))
+
 // hubs holds the hub of every client in use.
 var hubs = struct {
 	sync.Mutex
@@ -147,7 +151,7 @@ func joinHub(key any, newBackend func() backend, cfg *Config) (*hub, *Config) {
 	h := hubs.m[key]
 	if h == nil {
 		b := newBackend()
-		h = &hub{key: key, b: b, watch: newWatchHub(b), phase: time.Duration(rand.Int64N(int64(time.Hour)))}
+		h = &hub{key: key, b: b, watch: newWatchHub(b), phase: gridPhase}
 		hubs.m[key] = h
 	}
 	h.refs++

@@ -378,13 +378,13 @@ func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b t
 		// on its own tick, and starts the lease's schedule with it).
 		// Renew half way to the degrade threshold, so that a late first
 		// answer is no fault.
-		due = earlier(renewalDue(sent, ttl, tm, phase), sent.Add((d.Sub(sent)-base.threshold)/2))
+		due = earlier(renewalDue(sent, ttl, tm, base, phase), sent.Add((d.Sub(sent)-base.threshold)/2))
 		answer = due.Add(tm.renewTimeout)
 	case p.held():
 		due = p.last.Add(p.period - p.lead(base, b))
 		answer = p.last.Add(p.latest() + holdSlack(base))
 	default:
-		due = renewalDue(sent, ttl, tm, phase)
+		due = renewalDue(sent, ttl, tm, base, phase)
 		answer = due.Add(tm.renewTimeout)
 	}
 	p.thr = 0

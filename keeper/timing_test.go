@@ -12,11 +12,11 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// With the defaults (TTL 10s): renew every 3.75s on the renewal grid
-// (3.28s to 3.75s after the grant), attempt timeout 1s, margin 0.25s,
+// With the defaults (TTL 10s): renew every 3.69s on the renewal grid
+// (3.23s to 3.69s after the grant), attempt timeout 1s, margin 0.25s,
 // degraded below 5s left.
 
-// TestRenewsOnScheduleForAnHour: renewals go out every 0.375 TTL once on
+// TestRenewsOnScheduleForAnHour: renewals go out every 0.369 TTL once on
 // the renewal grid (TTL/3, then the grid's next point), and the lease never
 // changes.
 func TestRenewsOnScheduleForAnHour(t *testing.T) {
@@ -29,9 +29,9 @@ func TestRenewsOnScheduleForAnHour(t *testing.T) {
 		assert.Equal(t, learnAfter, learned, "keepalives that learned the path")
 		time.Sleep(time.Hour)
 		synctest.Wait()
-		// 3600s / 3.75s = 960 renewals.
-		if got := f.count("keepalive") - learned; got < 958 || got > 961 {
-			t.Errorf("keepalives in an hour = %d, want about 960", got)
+		// 3600s / 3.69s = 975 renewals.
+		if got := f.count("keepalive") - learned; got < 973 || got > 976 {
+			t.Errorf("keepalives in an hour = %d, want about 975", got)
 		}
 		if got := k.LeaseID(); got != id {
 			t.Errorf("LeaseID() = %d, want %d (unchanged)", got, id)
@@ -329,18 +329,19 @@ func TestSlowLinkNeverFails(t *testing.T) {
 // dueAfter is when a renewal is due after one sent at sent with the
 // default timing for ttl.
 func dueAfter(k *Keeper, sent time.Time, ttl time.Duration) time.Time {
-	return renewalDue(sent, ttl, defaultTiming(ttl), k.hub.phase)
+	return renewalDue(sent, ttl, defaultTiming(ttl), defaultTiming(ttl), k.hub.phase)
 }
 
 // TestRenewalsOnTheGrid: keepers that started apart join the renewal grid
 // at their second renewal (the first goes early: no keepalive was answered
-// yet) and stay on it, renewing every 0.375 TTL (the
-// latest that leaves a whole renew timeout before the degrade threshold),
+// yet) and stay on it, renewing every eight grid steps (0.369 TTL, short
+// of the latest that leaves a whole renew timeout before the degrade
+// threshold),
 // so that the keepalives of keepers on one grid point go out together.
 func TestRenewalsOnTheGrid(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ttl := 10 * time.Second
-		step := ttl * 375 / 1000 / gridPoints
+		step := gridStep(ttl, defaultTiming(ttl))
 		f := newFake()
 		var ks []*Keeper
 		for i := range 3 {
@@ -349,14 +350,14 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 			ks = append(ks, k)
 			time.Sleep(step / 3) // apart by a third of a step
 		}
-		time.Sleep(ttl * 375 / 1000) // the first renewal, half way to the degrade threshold
+		time.Sleep(gridPoints * step) // the first renewal, half way to the degrade threshold
 		for range 3 {
-			time.Sleep(ttl * 375 / 1000)
+			time.Sleep(gridPoints * step)
 			synctest.Wait()
 			for _, k := range ks {
 				sent := k.Deadline().Add(-ttl + ttl/40)
 				assert.Zero(t, gridOffset(sent, step, k.hub.phase), "renewal sent off the grid at %v", sent)
-				assert.WithinDuration(t, time.Now(), sent, ttl*375/1000, "no renewal in the last interval")
+				assert.WithinDuration(t, time.Now(), sent, gridPoints*step, "no renewal in the last interval")
 			}
 		}
 		for _, k := range ks {
@@ -365,27 +366,29 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 	})
 }
 
-// TestClientsRenewOffEachOthersGrid: keepers of two clients (two hubs)
-// renew on grids of different phases, so that a fleet of processes whose
-// clocks agree does not renew in one burst, while keepers of one client
-// share their grid.
-func TestClientsRenewOffEachOthersGrid(t *testing.T) {
+// TestClientsOfOneProcessShareTheGrid: keepers of two clients (two hubs)
+// in one process renew on one grid, so that the process wakes once per
+// grid point for all of them; the grid's phase is drawn once per process,
+// so that a fleet of processes whose clocks agree does not renew in one
+// burst.
+func TestClientsOfOneProcessShareTheGrid(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ttl := 10 * time.Second
-		step := ttl * 375 / 1000 / gridPoints
+		step := gridStep(ttl, defaultTiming(ttl))
 		f1, f2 := newFake(), newFake()
 		a, _ := newTest(t, f1, nil)
 		b, _ := newTest(t, f1, nil)
 		c, _ := newTest(t, f2, nil)
+		require.NotSame(t, a.hub, c.hub)
 		for i, k := range []*Keeper{a, b, c} {
 			startHealthy(t, k, fmt.Sprintf("svc/%d", i))
+			time.Sleep(step / 3) // apart by a third of a step
 		}
 		time.Sleep(3 * ttl)
 		synctest.Wait()
 		sent := func(k *Keeper) time.Time { return k.Deadline().Add(-ttl + ttl/40) }
-		assert.Equal(t, gridOffset(sent(a), step, 0), gridOffset(sent(b), step, 0), "keepers of one client off each other's grid")
-		assert.NotEqual(t, gridOffset(sent(a), step, 0), gridOffset(sent(c), step, 0), "keepers of two clients on one grid")
 		for _, k := range []*Keeper{a, b, c} {
+			assert.Zero(t, gridOffset(sent(k), step, gridPhase), "renewal sent off the process's grid at %v", sent(k))
 			mustClose(t, k)
 		}
 	})
@@ -393,34 +396,48 @@ func TestClientsRenewOffEachOthersGrid(t *testing.T) {
 
 // TestRenewalDue: a renewal is due no sooner than TTL/3 after the last one
 // was sent, except when it joins the grid, and no later than the latest
-// point that leaves a whole renew timeout before the degrade threshold.
+// point that leaves a whole renew timeout before the degrade threshold; a
+// keeper on the grid renews eight steps later, whatever its path added to
+// its margin and renew timeout within the grid's slack, so that keepers
+// that learned different paths still share the grid.
 func TestRenewalDue(t *testing.T) {
 	ttl := 10 * time.Second
 	tm := defaultTiming(ttl)
 	latest := ttl - tm.margin - tm.threshold - tm.renewTimeout
 	require.Equal(t, 3750*time.Millisecond, latest)
-	step := latest / gridPoints
+	step := gridStep(ttl, tm)
+	require.InDelta(t, 3.6914, (gridPoints * step).Seconds(), 1e-4)
 	base := time.Unix(1_700_000_000, 0)
 	// Two hubs' grids: the wall clock's multiples, and one shifted by a
 	// phase of more than a step, as a random hub's is.
 	for _, phase := range []time.Duration{0, 7*step + step/3} {
 		for _, off := range []time.Duration{0, time.Millisecond, step / 2, step - time.Nanosecond, 3 * step / 2} {
 			sent := base.Add(off)
-			due := renewalDue(sent, ttl, tm, phase)
+			due := renewalDue(sent, ttl, tm, tm, phase)
 			assert.False(t, due.After(sent.Add(latest)), "phase %v, off %v: due %v after the latest point", phase, off, due.Sub(sent))
 			assert.Zero(t, gridOffset(due, step, phase), "phase %v, off %v: due off the grid", phase, off)
 			assert.Greater(t, due.Sub(sent), latest-step, "phase %v, off %v: due %v too early", phase, off, due.Sub(sent))
 		}
-		// On the grid it stays there, a whole interval later.
+		// On the grid it stays there, eight steps later, with a b of 20ms
+		// in its margin and a renew timeout learned 30ms longer too.
 		onGridSent := base.Add(-gridOffset(base, step, phase))
-		assert.Equal(t, onGridSent.Add(latest), renewalDue(onGridSent.Add(time.Millisecond), ttl, tm, phase), "phase %v", phase)
+		learned := tm
+		learned.margin += 20 * time.Millisecond
+		learned.renewTimeout += 30 * time.Millisecond
+		for _, in := range []timing{tm, learned} {
+			assert.Equal(t, onGridSent.Add(gridPoints*step), renewalDue(onGridSent.Add(time.Millisecond), ttl, in, tm, phase), "phase %v", phase)
+		}
+		// A far path leaves less room: a step earlier, on the grid still.
+		far := tm
+		far.renewTimeout += 100 * time.Millisecond
+		assert.Equal(t, onGridSent.Add((gridPoints-1)*step), renewalDue(onGridSent.Add(time.Millisecond), ttl, far, tm, phase), "phase %v", phase)
 	}
 	// The shifted grid's points are the phase's offset off the wall
 	// clock's.
-	assert.Equal(t, step/3, gridOffset(base.Add(-gridOffset(base, step, 0)), step, step*2/3))
+	assert.Equal(t, step-step*2/3, gridOffset(base.Add(-gridOffset(base, step, 0)), step, step*2/3))
 	// No room past TTL/3 (a long renew timeout): TTL/3, off the grid.
 	tm.renewTimeout = 2 * time.Second
-	assert.Equal(t, base.Add(ttl/3), renewalDue(base, ttl, tm, 0))
+	assert.Equal(t, base.Add(ttl/3), renewalDue(base, ttl, tm, tm, 0))
 }
 
 // firstDueAfter is when a keeper's first renewal is due after the grant
@@ -430,7 +447,7 @@ func firstDueAfter(k *Keeper, sent time.Time, ttl time.Duration, tm timing) time
 	// The keeper learned its path in the instant after Start, on a fake
 	// that answers at once (path.go): its first renewal after that is on
 	// the grid.
-	return renewalDue(sent, ttl, tm, k.hub.phase)
+	return renewalDue(sent, ttl, tm, defaultTiming(ttl), k.hub.phase)
 }
 
 func defaultTiming(ttl time.Duration) timing {
