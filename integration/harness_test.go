@@ -138,6 +138,7 @@ func (s *scenario) newSubject(prefix string, endpoints []string, opts ...grpc.Di
 	}
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = s.ttl
+	cfg.WatchKeys = true // the suite deletes keys behind the keepers' backs too
 	cfg.Callbacks.OnTransition = sub.record
 	cfg.Observers = []keeper.Observer{sub}
 	if sub.k, err = keeper.New(sub.cli, cfg); err != nil {

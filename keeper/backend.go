@@ -5,9 +5,12 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 )
 
 // putResult is what a successful put wrote: the revision of its
@@ -53,9 +56,8 @@ type backend interface {
 	acquire(ctx context.Context, id clientv3.LeaseID, p kv) (acquireResult, error)
 	// read reads the keys in [start, end) and the revision it read them at.
 	read(ctx context.Context, start, end string) (int64, []*mvccpb.KeyValue, error)
-	// watch watches [start, end) from revision rev, with the previous
-	// values of deleted keys.
-	watch(ctx context.Context, start, end string, rev int64) clientv3.WatchChan
+	// watch watches [start, end) from revision rev, until ctx ends.
+	watch(ctx context.Context, start, end string, rev int64) (keyStream, error)
 	// watches reports whether watch works; the tests' fake cannot watch.
 	watches() bool
 	// del deletes key if it is attached to lease id.
@@ -75,17 +77,26 @@ type backend interface {
 	close()
 }
 
+// keyStream is a watch's stream of changes.
+type keyStream interface {
+	// recv returns the watch's next response, or why it ended. A response
+	// that says the watch was canceled ends it too.
+	recv() (*pb.WatchResponse, error)
+}
+
 // clientBackend is the backend over a real etcd client.
 type clientBackend struct {
 	cli      *clientv3.Client
 	lease    pb.LeaseClient
+	watcher  pb.WatchClient
 	renewals *renewals
 }
 
 // newClientBackend returns the backend over cli; the keepers on cli share
 // it through their hub.
 func newClientBackend(cli *clientv3.Client) *clientBackend {
-	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli), renewals: newRenewals(cli)}
+	return &clientBackend{cli: cli, lease: clientv3.RetryLeaseClient(cli), watcher: pb.NewWatchClient(cli.ActiveConnection()),
+		renewals: newRenewals(cli)}
 }
 
 // grant waits for a ready connection like clientv3's Grant, but returns
@@ -186,8 +197,50 @@ func (b *clientBackend) read(ctx context.Context, start, end string) (int64, []*
 
 func (b *clientBackend) watches() bool { return true }
 
-func (b *clientBackend) watch(ctx context.Context, start, end string, rev int64) clientv3.WatchChan {
-	return b.cli.Watch(clientv3.WithRequireLeader(ctx), start, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithPrevKV())
+// watch opens a Watch stream of its own for the one watch of the hub,
+// rather than going through clientv3's Watcher: the Watcher runs four
+// goroutines and keeps buffers per client for a watch that changes rarely,
+// where a stream read by the hub's own goroutine costs gRPC's one. It
+// asks for a leader, so that a member cut off from its cluster ends the
+// watch instead of holding it silent.
+func (b *clientBackend) watch(ctx context.Context, start, end string, rev int64) (keyStream, error) {
+	st, err := b.watcher.Watch(clientv3.WithRequireLeader(ctx))
+	if err != nil {
+		return nil, err
+	}
+	create := &pb.WatchCreateRequest{Key: []byte(start), RangeEnd: []byte(end), StartRevision: rev}
+	if err := st.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: create}}); err != nil {
+		if _, rerr := st.Recv(); rerr != nil {
+			err = rerr // a broken stream's Send says only EOF
+		}
+		return nil, err
+	}
+	return grpcKeyStream{st}, nil
+}
+
+// grpcKeyStream is a keyStream over a Watch stream that carries one watch.
+type grpcKeyStream struct{ st pb.Watch_WatchClient }
+
+func (s grpcKeyStream) recv() (*pb.WatchResponse, error) {
+	resp, err := s.st.Recv()
+	if err != nil {
+		return nil, err
+	}
+	return resp, watchEnded(resp)
+}
+
+// watchEnded is why a response ends its watch, as clientv3's Watcher
+// tells it, or nil.
+func watchEnded(resp *pb.WatchResponse) error {
+	switch {
+	case resp.CompactRevision != 0:
+		return rpctypes.ErrCompacted
+	case !resp.Canceled:
+		return nil
+	case resp.CancelReason != "":
+		return rpctypes.Error(status.Error(codes.FailedPrecondition, resp.CancelReason))
+	}
+	return rpctypes.ErrFutureRev
 }
 
 func (b *clientBackend) del(ctx context.Context, id clientv3.LeaseID, key string) error {

@@ -49,11 +49,18 @@ type Config struct {
 	// background once it is Failed. Default false: the keeper heals itself.
 	DisableRecovery bool
 
-	// DisableWatch stops the keeper from watching its keys. Default false:
-	// from Start on, one goroutine watches the smallest key range holding
-	// every registered key (keep a keeper's keys under one prefix) and acts
-	// on keys deleted or overwritten behind its back by their Policy.
-	DisableWatch bool
+	// WatchKeys has the keeper watch its keys from Start on, and act on
+	// keys deleted or overwritten behind its back by their Policy; it
+	// reports each change as a KeyEvent, and retakes an exclusive key the
+	// moment its holder lets it go. The keepers of one client share one
+	// watch of the smallest key range that holds all their keys (keep them
+	// under one prefix). Default false: the watch costs the cluster a
+	// stream per client, and each client a stream and a goroutine, that
+	// etcd's own KeepAlive does not; without it the keeper writes its keys
+	// at Start, on Register and after a re-grant, and retries an exclusive
+	// key by the backoff. Turn it on where others may delete or take the
+	// keys.
+	WatchKeys bool
 
 	// MaxTxnOps is the number of keys written per transaction when all keys
 	// are written again; it must not exceed the server's --max-txn-ops.

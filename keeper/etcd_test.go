@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -234,7 +236,10 @@ func TestEtcdCloseFromCallbacks(t *testing.T) {
 			func(c *keeper.Config, call func()) { c.Observers = []keeper.Observer{attemptHook(call)} },
 			func(*testing.T, *keeper.Keeper) {}},
 		{"OnKeyEvent after a delete behind its back",
-			func(c *keeper.Config, call func()) { c.Callbacks.OnKeyEvent = func(keeper.KeyEvent) { call() } },
+			func(c *keeper.Config, call func()) {
+				c.WatchKeys = true
+				c.Callbacks.OnKeyEvent = func(keeper.KeyEvent) { call() }
+			},
 			func(t *testing.T, k *keeper.Keeper) {
 				if _, err := cli.Delete(context.Background(), "svc/close/"+t.Name()+"/a"); err != nil {
 					t.Fatal(err)
@@ -313,3 +318,60 @@ type attemptHook func()
 
 func (h attemptHook) ObserveAttempt(string, time.Duration, error) { h() }
 func (attemptHook) ObserveTransition(statemachine.Transition)     {}
+
+// TestEtcdWatchRestoresKeys: on a real etcd the keeper's watch puts back a
+// key deleted or overwritten behind its back, whether the key was
+// registered before Start or after it outside the range watched until
+// then (the hub watches the wider range from then on), and after etcd
+// compacted the history the watch was at.
+func TestEtcdWatchRestoresKeys(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := context.Background()
+	cfg := keeper.DefaultConfig()
+	cfg.TTL = 3 * time.Second
+	cfg.WatchKeys = true
+	events := make(chan keeper.KeyEvent, 16)
+	cfg.Callbacks.OnKeyEvent = func(ev keeper.KeyEvent) { events <- ev }
+	k, err := keeper.New(cli, cfg)
+	require.NoError(t, err)
+	defer func() { _ = k.Close(ctx) }()
+	require.NoError(t, k.Register(ctx, "svc/m", "m"))
+	require.NoError(t, k.Start(ctx))
+	// Outside [svc/m, svc/m\x00): the hub widens its watch.
+	require.NoError(t, k.Register(ctx, "svc/a", "a"))
+	require.NoError(t, k.Register(ctx, "svc/z", "z"))
+	restored := func(key, value string) {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for ours := false; !ours; {
+			select {
+			case ev := <-events:
+				require.Equal(t, key, ev.Key, "event %+v", ev)
+				ours = ev.Ours
+			case <-timeout:
+				t.Fatalf("no key event saying %s is restored", key)
+			}
+		}
+		v, l, ok := keyLease(t, cli, key)
+		assert.True(t, ok, "%s absent", key)
+		assert.Equal(t, value, v)
+		assert.Equal(t, k.LeaseID(), l)
+	}
+	// Deleted before or after the widened watch starts, the key is put
+	// back: a new watch reads its range first.
+	_, err = cli.Delete(ctx, "svc/z")
+	require.NoError(t, err)
+	restored("svc/z", "z")
+	_, err = cli.Put(ctx, "svc/a", "theirs")
+	require.NoError(t, err)
+	restored("svc/a", "a")
+	// Compact past the watch's revision, then delete again.
+	resp, err := cli.Get(ctx, "svc/m")
+	require.NoError(t, err)
+	_, err = cli.Compact(ctx, resp.Header.Revision)
+	require.NoError(t, err)
+	_, err = cli.Delete(ctx, "svc/m")
+	require.NoError(t, err)
+	restored("svc/m", "m")
+	assert.Equal(t, statemachine.Healthy, k.State())
+}

@@ -2,10 +2,12 @@ package keeper
 
 import (
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -327,10 +329,10 @@ func (f *fakeBackend) watches() bool {
 }
 
 // watch sends the changes in [start, end) from revision rev on, as etcd's
-// watch does. The stream breaks (the channel closes) when the connection
-// goes down; a revision compacted away gets a response saying so.
-func (f *fakeBackend) watch(ctx context.Context, start, end string, rev int64) clientv3.WatchChan {
-	ch := make(chan clientv3.WatchResponse)
+// watch does. The stream breaks when the connection goes down; a revision
+// compacted away gets a response saying so.
+func (f *fakeBackend) watch(ctx context.Context, start, end string, rev int64) (keyStream, error) {
+	ch := make(chan *pb.WatchResponse)
 	go func() {
 		defer close(ch)
 		for {
@@ -340,7 +342,7 @@ func (f *fakeBackend) watch(ctx context.Context, start, end string, rev int64) c
 				return
 			}
 			if rev <= f.compacted {
-				resp := clientv3.WatchResponse{CompactRevision: f.compacted}
+				resp := &pb.WatchResponse{Canceled: true, CompactRevision: f.compacted}
 				f.mu.Unlock()
 				select {
 				case ch <- resp:
@@ -348,7 +350,7 @@ func (f *fakeBackend) watch(ctx context.Context, start, end string, rev int64) c
 				}
 				return
 			}
-			var evs []*clientv3.Event
+			var evs []*mvccpb.Event
 			if !f.stalled {
 				for _, e := range f.events {
 					if e.rev >= rev && e.key >= start && e.key < end {
@@ -364,7 +366,7 @@ func (f *fakeBackend) watch(ctx context.Context, start, end string, rev int64) c
 			if len(evs) > 0 {
 				rev = evs[len(evs)-1].Kv.ModRevision + 1
 				select {
-				case ch <- clientv3.WatchResponse{Events: evs}:
+				case ch <- &pb.WatchResponse{Events: evs}:
 				case <-ctx.Done():
 					return
 				}
@@ -378,17 +380,36 @@ func (f *fakeBackend) watch(ctx context.Context, start, end string, rev int64) c
 			}
 		}
 	}()
-	return ch
+	return fakeKeyStream{ctx, ch}, nil
+}
+
+// fakeKeyStream is the fake's watch stream: it ends with the context it
+// was opened on, or with io.EOF when the fake's watch ended.
+type fakeKeyStream struct {
+	ctx context.Context
+	ch  <-chan *pb.WatchResponse
+}
+
+func (s fakeKeyStream) recv() (*pb.WatchResponse, error) {
+	select {
+	case resp, ok := <-s.ch:
+		if !ok {
+			return nil, io.EOF
+		}
+		return resp, watchEnded(resp)
+	case <-s.ctx.Done():
+		return nil, s.ctx.Err()
+	}
 }
 
 // event is e as the watch delivers it.
-func (e fakeEvent) event() *clientv3.Event {
+func (e fakeEvent) event() *mvccpb.Event {
 	kv := &mvccpb.KeyValue{Key: []byte(e.key), ModRevision: e.rev}
 	if !e.put {
-		return &clientv3.Event{Type: mvccpb.DELETE, Kv: kv}
+		return &mvccpb.Event{Type: mvccpb.DELETE, Kv: kv}
 	}
 	kv.Value, kv.Lease, kv.CreateRevision = []byte(e.kv.value), int64(e.kv.lease), e.kv.create
-	return &clientv3.Event{Type: mvccpb.PUT, Kv: kv}
+	return &mvccpb.Event{Type: mvccpb.PUT, Kv: kv}
 }
 
 // deleteKey deletes key behind the keeper's back.

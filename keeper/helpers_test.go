@@ -65,6 +65,9 @@ func newTest(t *testing.T, b backend, mutate func(*Config)) (*Keeper, *recorder)
 	rec := &recorder{}
 	cfg := DefaultConfig()
 	cfg.Callbacks.OnTransition = rec.record
+	if f, ok := b.(*fakeBackend); ok && f.watches() {
+		cfg.WatchKeys = true // a fake made to be watched is for tests of the watch
+	}
 	if mutate != nil {
 		mutate(&cfg)
 	}

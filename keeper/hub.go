@@ -114,7 +114,7 @@ type configKey struct {
 	DegradeThreshold time.Duration
 	Backoff          BackoffConfig
 	DisableRecovery  bool
-	DisableWatch     bool
+	WatchKeys        bool
 	MaxTxnOps        int
 	Logger           *zap.Logger
 }
@@ -128,7 +128,7 @@ func keyOf(cfg *Config) (configKey, bool) {
 		return configKey{}, false
 	}
 	return configKey{cfg.TTL, cfg.RenewTimeout, cfg.Margin, cfg.DegradeAfter, cfg.DegradeThreshold, cfg.Backoff,
-		cfg.DisableRecovery, cfg.DisableWatch, cfg.MaxTxnOps, cfg.Logger}, true
+		cfg.DisableRecovery, cfg.WatchKeys, cfg.MaxTxnOps, cfg.Logger}, true
 }
 
 // gridPhase shifts the renewal grid of every hub in this process off

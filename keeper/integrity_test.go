@@ -35,6 +35,7 @@ func integrityKeeper(t *testing.T, cli *clientv3.Client, policy keeper.Policy, k
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = 5 * time.Second
 	cfg.Backoff.MaxDelay = time.Second
+	cfg.WatchKeys = true
 	evs := newRecorded[keeper.KeyEvent]()
 	cfg.Callbacks.OnKeyEvent = evs.record
 	k, err := keeper.New(cli, cfg)

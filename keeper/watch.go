@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.uber.org/zap"
 
@@ -39,7 +41,7 @@ type keyWatch struct {
 
 // start joins the hub's watch, once, unless watching is off.
 func (w *keyWatch) start() {
-	if w.k.cfg.DisableWatch || !w.k.hub.watch.b.watches() {
+	if !w.k.cfg.WatchKeys || !w.k.hub.watch.b.watches() {
 		return
 	}
 	if w.k.life.closed() || !w.on.CompareAndSwap(false, true) {
@@ -100,7 +102,7 @@ func (w *keyWatch) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
 // calls a keeper while holding it.
 type watchHub struct {
 	b       backend
-	rewatch chan struct{} // a key outside the range was registered
+	rewatch chan struct{} // a key outside the range was registered: wakes a hub that watches nothing
 	wake    chan struct{} // an attempt succeeded: a broken watch need not wait out its backoff
 
 	mu      sync.Mutex
@@ -108,6 +110,7 @@ type watchHub struct {
 	owners  owners      // each key watched, and the keepers that registered it
 	rng     [2]string
 	outside bool               // a key outside rng was added since rng was set
+	cut     context.CancelFunc // ends the running watch of rng; nil while none runs
 	cancel  context.CancelFunc // ends the goroutine; nil while none runs
 	done    chan struct{}      // closed when it ended
 }
@@ -155,6 +158,9 @@ func (h *watchHub) add(w *keyWatch, key string) {
 	if key >= h.rng[0] && key < h.rng[1] {
 		return
 	}
+	if !h.outside && h.cut != nil {
+		time.AfterFunc(rewatchDelay, h.cut)
+	}
 	h.outside = true
 	select {
 	case h.rewatch <- struct{}{}:
@@ -174,6 +180,13 @@ func (h *watchHub) kick() {
 	case h.wake <- struct{}{}:
 	default:
 	}
+}
+
+// running reports whether the hub's watch goroutine runs.
+func (h *watchHub) running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cancel != nil
 }
 
 // close ends the watch and waits, within ctx, for its goroutine.
@@ -325,43 +338,55 @@ func (h *watchHub) once(ctx context.Context, start, end string) error {
 			w.reconcile(o.key, found[o.key], rev)
 		}
 	}
-	ch := h.b.watch(ctx, start, end, rev+1)
-	for {
+	if h.cutOnWiden(cancel) {
+		// Gather the keys registered in the same burst.
+		t := time.NewTimer(rewatchDelay)
+		defer t.Stop()
 		select {
-		case <-h.rewatch:
-			if !h.widened() {
-				continue // the key came in before the range was set
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		return nil
+	}
+	defer h.cutOnWiden(nil)
+	st, err := h.b.watch(ctx, start, end, rev+1)
+	for err == nil {
+		var resp *pb.WatchResponse
+		if resp, err = st.recv(); resp != nil && resp.CompactRevision != 0 {
+			return fmt.Errorf("%w: at revision %d", errCompacted, resp.CompactRevision)
+		}
+		if err != nil {
+			break
+		}
+		for _, ev := range resp.Events {
+			var obs *mvccpb.KeyValue
+			if ev.Type == mvccpb.PUT {
+				obs = ev.Kv
 			}
-			// Gather the keys registered in the same burst.
-			t := time.NewTimer(rewatchDelay)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-			}
-			t.Stop()
-			return nil
-		case resp, ok := <-ch:
-			if !ok {
-				return errWatchClosed
-			}
-			if resp.CompactRevision != 0 {
-				return fmt.Errorf("%w: at revision %d", errCompacted, resp.CompactRevision)
-			}
-			if err := resp.Err(); err != nil {
-				return lkerrors.ClassifyConn(err, h.b.connState())
-			}
-			for _, ev := range resp.Events {
-				var obs *mvccpb.KeyValue
-				if ev.Type == mvccpb.PUT {
-					obs = ev.Kv
-				}
-				key := string(ev.Kv.Key)
-				for _, w := range h.ownersOf(key) {
-					w.reconcile(key, obs, ev.Kv.ModRevision)
-				}
+			key := string(ev.Kv.Key)
+			for _, w := range h.ownersOf(key) {
+				w.reconcile(key, obs, ev.Kv.ModRevision)
 			}
 		}
 	}
+	if ctx.Err() != nil && h.widened() {
+		return nil // cut to watch a wider range
+	}
+	if errors.Is(err, io.EOF) {
+		err = errWatchClosed
+	}
+	return lkerrors.ClassifyConn(err, h.b.connState())
+}
+
+// cutOnWiden makes cut what ends the watch running when a key outside its
+// range is added, and reports whether one was added already; nil says no
+// watch runs. The watch is cut rewatchDelay after the first such key, so
+// that the keys registered in one burst come into one new watch.
+func (h *watchHub) cutOnWiden(cut context.CancelFunc) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cut = cut
+	return cut != nil && h.outside
 }
 
 // owners maps each watched key to the keepers that registered it: its

@@ -41,6 +41,38 @@ func TestFakeWatchRestoresDeletedKey(t *testing.T) {
 	})
 }
 
+// TestNoWatchUnlessAsked: with the default config the keeper opens no
+// watch: a key deleted behind its back stays deleted and is not reported,
+// and the hub runs no watch goroutine. The keeper still writes every key
+// again after a re-grant.
+func TestNoWatchUnlessAsked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchingFake()
+		evs := &keyEventLog{}
+		k, _ := newTest(t, f, func(c *Config) {
+			c.WatchKeys = false
+			c.Callbacks.OnKeyEvent = evs.record
+		})
+		require.NoError(t, k.Register(context.Background(), "svc/a", "mine"))
+		require.NoError(t, k.Start(context.Background()))
+		f.deleteKey("svc/a")
+		time.Sleep(3 * k.cfg.TTL)
+		synctest.Wait()
+		_, ok := f.get("svc/a")
+		assert.False(t, ok, "svc/a restored without a watch")
+		assert.Empty(t, evs.changes("svc/a"))
+		assert.False(t, k.hub.watch.running(), "the hub runs a watch")
+		assert.Equal(t, statemachine.Healthy, k.State())
+		require.NoError(t, f.revoke(context.Background(), k.LeaseID()))
+		time.Sleep(k.cfg.TTL)
+		synctest.Wait()
+		kv, ok := f.get("svc/a")
+		require.True(t, ok, "svc/a not written again after the re-grant")
+		assert.Equal(t, k.LeaseID(), kv.lease)
+		mustClose(t, k)
+	})
+}
+
 // TestFakeWatchReportOnly: an overwritten report-only key is reported and
 // left as the other writer made it.
 func TestFakeWatchReportOnly(t *testing.T) {

@@ -158,6 +158,7 @@ func hold(ctx context.Context, cli *clientv3.Client, c common, out *sidecar.Outp
 	m := metrics.New(reg)
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = c.ttl
+	cfg.WatchKeys = c.watchKeys
 	cfg.Logger = out.Logger()
 	cfg.Callbacks.OnTransition = out.OnTransition()
 	cfg.Observers = []keeper.Observer{m}

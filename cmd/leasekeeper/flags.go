@@ -27,12 +27,14 @@ type common struct {
 	healthAddr string
 	logFormat  string
 	drainDelay time.Duration
+	watchKeys  bool
 }
 
 func (c *common) register(fs *flag.FlagSet, ttl time.Duration) {
 	fs.DurationVar(&c.ttl, "ttl", ttl, "lease TTL")
 	fs.StringVar(&c.healthAddr, "health-addr", "", "serve /healthz and /readyz on this address (host:port)")
 	fs.StringVar(&c.logFormat, "log-format", "human", "output format: human or json")
+	fs.BoolVar(&c.watchKeys, "watch-keys", false, "watch the key and write it back at once when it is deleted or overwritten behind the sidecar's back")
 	fs.DurationVar(&c.drainDelay, "drain-delay", time.Second,
 		"on SIGTERM, SIGINT or SIGHUP: how long to keep serving, deregistered, before the command is signalled")
 }

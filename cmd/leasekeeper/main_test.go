@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
 	"github.com/leasekeeper/leasekeeper/internal/testpki"
@@ -47,6 +50,47 @@ func TestRunHoldsKeyUntilSIGTERM(t *testing.T) {
 	}
 	if hasKey(t, cli, "svc/run") {
 		t.Errorf("svc/run present after the sidecar exited, want deleted at once")
+	}
+}
+
+// TestRunWatchKeys: with -watch-keys the sidecar writes its key back the
+// moment it is deleted behind its back; without, it leaves it deleted.
+func TestRunWatchKeys(t *testing.T) {
+	_, cli := etcdServer(t)
+	for _, watch := range []bool{true, false} {
+		key := fmt.Sprintf("svc/watch-%v", watch)
+		args := []string{"run", "--endpoints", cli.Endpoints()[0], "--key", key, "--value", "v", "--ttl", "3s"}
+		if watch {
+			args = append(args, "-watch-keys")
+		}
+		p := start(t, nil, args...)
+		p.waitLine(`registered\s+key=`+key, 20*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		wch := cli.Watch(ctx, key)
+		_, err := cli.Delete(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back := false
+	events:
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypePut {
+					back = true
+					break events
+				}
+			}
+		}
+		cancel()
+		if back != watch {
+			t.Errorf("-watch-keys=%v: key written back within 5s: %v", watch, back)
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := p.wait(10 * time.Second); code != 0 {
+			t.Errorf("exit code after SIGTERM = %d, want 0; stderr:\n%s", code, p.stderr.String())
+		}
 	}
 }
 

@@ -195,6 +195,7 @@ func (s *soak) newSubject(i int, cl *client) (*subject, error) {
 	}
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = s.o.ttl
+	cfg.WatchKeys = true // the soak deletes, overwrites and takes keys behind the keepers' backs
 	cfg.Callbacks.OnTransition = sub.record
 	if s.log != nil {
 		cfg.Logger = s.log.With(zap.Int("keeper", i))
