@@ -125,7 +125,7 @@ func (l *leaseLoop) fire() {
 		// the next attempt starts when this one ends: one is always in flight.
 		// The path's usual timeout, not the wait allowed while learning:
 		// a fresh keepalive goes every BaseDelay while none is answered.
-		a.wait = l.k.cfg.Backoff.delay(max(l.fails.n, 1), lkerrors.KindOf(l.fails.last), rand.Float64())
+		a.wait = l.k.cfg.Backoff.delay(max(l.fails.n, 1), l.fails.kind, rand.Float64())
 		a.tm.renewTimeout = l.usualLocked()
 		a.timeout = max(a.tm.renewTimeout, a.wait)
 	}
@@ -536,14 +536,14 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 	}
 
 	kind := lkerrors.KindOf(r.err)
-	l.fails.last = r.err
+	l.fails.last, l.fails.kind = r.err, kind
 	l.fails.n++
 	l.logFailureLocked(r, kind, now)
 	switch {
 	case kind == lkerrors.LeaseExpired:
 		l.leaseLostLocked(r.err, now)
 		return
-	case permanent(r.err):
+	case policyOf(kind).permanent:
 		l.stepLocked(statemachine.PermanentFailure, r.err, now)
 	default:
 		l.stepLocked(statemachine.RenewFailed, r.err, now)
@@ -585,7 +585,7 @@ func (l *leaseLoop) nextAfterFailureLocked(a attempt, kind lkerrors.Kind, now ti
 // gone between two refused attempts), when the next one keeps the slowest
 // pace it was given.
 func (l *leaseLoop) leaseLostLocked(err error, now time.Time) {
-	refused := permanent(l.fails.last)
+	refused := l.fails.permanent()
 	l.lease.gone, l.fails.n = true, 0
 	l.stepLocked(statemachine.LeaseLost, err, now)
 	if l.recoveringLocked() && !l.running && !refused {

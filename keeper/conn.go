@@ -60,7 +60,7 @@ func (l *leaseLoop) followConn(ctx context.Context) bool {
 			l.k.hub.b.connect()
 		case connectivity.TransientFailure:
 			l.mu.Lock()
-			hopeless := permanent(l.fails.last)
+			hopeless := l.fails.permanent()
 			l.mu.Unlock()
 			if !hopeless {
 				l.k.hub.b.resetConnectBackoff()

@@ -60,7 +60,14 @@ type schedule struct {
 type failures struct {
 	n        int
 	last     error
-	warnedAt int64 // when a failure was last logged as a warning, in Unix nanoseconds; 0 if never
+	kind     lkerrors.Kind // last's, classified once when it came; Unknown with no last
+	warnedAt int64         // when a failure was last logged as a warning, in Unix nanoseconds; 0 if never
+}
+
+// permanent reports whether the last failure says that retrying soon
+// cannot help.
+func (f *failures) permanent() bool {
+	return f.last != nil && policyOf(f.kind).permanent
 }
 
 // leaseView is the lease as the registry writes with it: the lease (0 when
@@ -226,7 +233,7 @@ func (l *leaseLoop) start(ctx context.Context) error {
 	for {
 		l.mu.Lock()
 		st, lastErr := l.m.State(), l.fails.last
-		if st == statemachine.Healthy || st == statemachine.Closed || st == statemachine.Draining || permanent(lastErr) {
+		if st == statemachine.Healthy || st == statemachine.Closed || st == statemachine.Draining || l.fails.permanent() {
 			l.starting = false
 			l.mu.Unlock()
 			switch st {
