@@ -72,14 +72,20 @@ func (f front) add(u *usage) {
 	u.upBytes = f.up.Bytes()
 }
 
+// measure takes the process's figures now. Its heap is the bytes of live
+// objects after two garbage collections: the buffers gRPC keeps in
+// sync.Pools for reuse, which the runtime frees over two collections, are
+// not what a lease holds, and how many are there depends only on how many
+// messages were in flight at once a moment before.
 func measure(p *testbed.Proxy, serverPid int) usage {
+	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	u := usage{cpu: cpu, goroutines: runtime.NumGoroutine(), heap: ms.HeapInuse, stacks: ms.StackInuse}
+	u := usage{cpu: cpu, goroutines: runtime.NumGoroutine(), heap: ms.HeapAlloc, stacks: ms.StackInuse}
 	if p != nil {
 		u.bytes = p.Bytes()
 	}
@@ -90,47 +96,44 @@ func measure(p *testbed.Proxy, serverPid int) usage {
 }
 
 func scaleFigures(bin string, o options, r *report) error {
-	c, stop, err := oneMember(bin)
-	if err != nil {
-		return err
-	}
-	defer stop()
-	m := c.Members[0]
-	target := strings.TrimPrefix(m.ClientURL, "http://")
-
 	progress("renewal cost: %d keepers on one client for %s", o.leases, o.scaleFor)
-	kc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepers", "")
+	kc, err := phase(bin, 1, o.leases, o.scaleFor, "keepers", "")
 	if err != nil {
 		return err
 	}
 	progress("renewal cost: %d KeepAlive leases on one client for %s", o.leases, o.scaleFor)
-	ac, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives", "")
+	ac, err := phase(bin, 1, o.leases, o.scaleFor, "keepalives", "")
 	if err != nil {
 		return err
 	}
 	progress("renewal cost: %d KeepAlive leases on contexts never canceled, on one client for %s", o.leases, o.scaleFor)
-	tc, err := costIn(target, m, 1, o.leases, o.scaleFor, "keepalives-uncanceled", "")
+	tc, err := phase(bin, 1, o.leases, o.scaleFor, "keepalives-uncanceled", "")
 	if err != nil {
 		return err
 	}
 	progress("fleet cost: %d clients with one keeper each for %s", o.fleet, o.scaleFor)
-	kf, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepers", "")
+	kf, err := phase(bin, o.fleet, 1, o.scaleFor, "keepers", "")
 	if err != nil {
 		return err
 	}
 	progress("fleet cost: %d clients with one KeepAlive lease each for %s", o.fleet, o.scaleFor)
-	af, err := costIn(target, m, o.fleet, 1, o.scaleFor, "keepalives", "")
+	af, err := phase(bin, o.fleet, 1, o.scaleFor, "keepalives", "")
+	if err != nil {
+		return err
+	}
+	progress("fleet cost: %d clients with one keeper each, watching its key, for %s", o.fleet, o.scaleFor)
+	kw, err := phase(bin, o.fleet, 1, o.scaleFor, "keepers-watching", "")
 	if err != nil {
 		return err
 	}
 	var kp, ap usage
 	if !o.skipProxy {
 		progress("fleet behind an etcd gRPC proxy: %d clients with one keeper each for %s", o.fleet, o.proxyFor)
-		if kp, err = costIn(target, m, o.fleet, 1, o.proxyFor, "keepers", bin); err != nil {
+		if kp, err = phase(bin, o.fleet, 1, o.proxyFor, "keepers", bin); err != nil {
 			return err
 		}
 		progress("fleet behind an etcd gRPC proxy: %d clients with one KeepAlive lease each for %s", o.fleet, o.proxyFor)
-		if ap, err = costIn(target, m, o.fleet, 1, o.proxyFor, "keepalives", bin); err != nil {
+		if ap, err = phase(bin, o.fleet, 1, o.proxyFor, "keepalives", bin); err != nil {
 			return err
 		}
 	}
@@ -141,12 +144,13 @@ func scaleFigures(bin string, o options, r *report) error {
 	}
 	header := []string{"client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)", "goroutine stacks (MiB)"}
 	r.add(fmt.Sprintf("## 4. Cost of renewing leases for %s\n\n", o.scaleFor) +
-		"TTL 10 s, one key per lease, side by side in one run against one etcd member, each row in a process of its own " +
+		"TTL 10 s, one key per lease, side by side in one run, each row in a process of its own and against an etcd member of its own " +
 		"(so that none inherits what another left in the Go runtime). Client CPU is that " +
 		"process's user+system time and etcd CPU the member process's (from /proc); bytes are counted both " +
-		"ways in a proxy; goroutines, heap (in use after GC) and goroutine stacks are the increase over the idle clients, " +
+		"ways in a proxy; goroutines, heap (the bytes of live objects after two collections, so that the buffers gRPC pools " +
+		"for reuse are not counted) and goroutine stacks are the increase over the idle clients, " +
 		"measured after one lease of the same kind was held and stopped on them (what the process does once is not a lease's cost). " +
-		"The keepers watch their keys (the default); the `KeepAlive` variant drains each channel in a " +
+		"The keepers do not watch their keys (the default); the `KeepAlive` variant drains each channel in a " +
 		"goroutine and stops by canceling its context, as users do.\n\n" +
 		fmt.Sprintf("### %d leases on one client\n\n", o.leases) +
 		table(header, [][]string{row("leasekeeper", kc), row("Lease.KeepAlive", ac), row("Lease.KeepAlive, context never canceled", tc)}) +
@@ -161,12 +165,24 @@ func scaleFigures(bin string, o options, r *report) error {
 		requests(o.leases, []named{{"leasekeeper", kc}, {"Lease.KeepAlive", ac}, {"Lease.KeepAlive, context never canceled", tc}}) +
 		heapNote(kc, ac) +
 		fmt.Sprintf("### A fleet: %d clients with one lease each\n\n", o.fleet) +
-		table(header, [][]string{row("leasekeeper", kf), row("Lease.KeepAlive", af)}) +
-		fmt.Sprintf("\nTarget, etcd CPU and bytes no more than `KeepAlive`'s: etcd CPU %s, bytes %s.\n\n",
-			verdict(kf.server <= af.server), verdict(kf.bytes <= af.bytes)) +
-		requests(o.fleet, []named{{"leasekeeper", kf}, {"Lease.KeepAlive", af}}) +
+		table(header, [][]string{row("leasekeeper", kf), row("Lease.KeepAlive", af), row("leasekeeper, WatchKeys", kw)}) +
+		fmt.Sprintf("\nTarget, etcd CPU, bytes, and heap and goroutines per client no more than `KeepAlive`'s: etcd CPU %s, "+
+			"bytes %s, heap %s (%.1f against %.1f KiB a client), goroutines %s (%.0f against %.0f a client).\n\n",
+			verdict(kf.server <= af.server), verdict(kf.bytes <= af.bytes),
+			verdict(kf.heap <= af.heap), float64(kf.heap)/1024/float64(o.fleet), float64(af.heap)/1024/float64(o.fleet),
+			verdict(kf.goroutines <= af.goroutines), float64(kf.goroutines)/float64(o.fleet), float64(af.goroutines)/float64(o.fleet)) +
+		fmt.Sprintf("With `WatchKeys` (the third row) each client also watches its keeper's key on a Watch stream of its own, "+
+			"which `KeepAlive` does not: %.1f KiB and %.0f goroutines a client.\n\n",
+			float64(kw.heap)/1024/float64(o.fleet), float64(kw.goroutines)/float64(o.fleet)) +
+		requests(o.fleet, []named{{"leasekeeper", kf}, {"Lease.KeepAlive", af}, {"leasekeeper, WatchKeys", kw}}) +
 		proxyFleet(o, kp, ap))
 
+	c, stop, err := oneMember(bin)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	target := strings.TrimPrefix(c.Members[0].ClientURL, "http://")
 	progress("re-write of %d keys", o.keys)
 	first, again, longest, calls, err := rewrite(c, o)
 	if err != nil {
@@ -194,12 +210,12 @@ func scaleFigures(bin string, o options, r *report) error {
 	}
 	r.add(fmt.Sprintf("## 6. Idle footprint of %d keepers on one client\n\n", o.keepers) +
 		"Renewals cost an alarm in the hub's timers, not a goroutine, and the keepers of one client share one watch of their " +
-		"keys: an idle keeper has no goroutine, with its key watched (the default) or not.\n\n" +
+		"keys when they watch them: an idle keeper has no goroutine, with its key watched (WatchKeys) or not (the default).\n\n" +
 		table([]string{"per keeper", "value", "target"}, [][]string{
-			{"goroutines, DisableWatch", fmt.Sprintf("%.4f", g), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(g < 0.01))},
-			{"heap, DisableWatch", fmt.Sprintf("%.0f bytes", h), ""},
-			{"goroutines, watching its key (default)", fmt.Sprintf("%.4f", gw), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(gw < 0.01))},
-			{"heap, watching its key (default)", fmt.Sprintf("%.0f bytes", hw), ""},
+			{"goroutines (the default)", fmt.Sprintf("%.4f", g), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(g < 0.01))},
+			{"heap (the default)", fmt.Sprintf("%.0f bytes", h), ""},
+			{"goroutines, watching its key (WatchKeys)", fmt.Sprintf("%.4f", gw), fmt.Sprintf("no goroutine per idle keeper: %s", verdict(gw < 0.01))},
+			{"heap, watching its key (WatchKeys)", fmt.Sprintf("%.0f bytes", hw), ""},
 		}))
 	return nil
 }
@@ -214,7 +230,7 @@ func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string,
 	for i := range ks {
 		cfg := keeper.DefaultConfig()
 		cfg.TTL = ttl
-		cfg.DisableWatch = !watch
+		cfg.WatchKeys = watch
 		if obs != nil {
 			cfg.Observers = obs(i)
 		}
@@ -257,8 +273,17 @@ func closeKeepers(ks []*keeper.Keeper) {
 type holder func(cli *clientv3.Client, prefix string, n int) (stop func(), err error)
 
 func keepers(cli *clientv3.Client, prefix string, n int) (func(), error) {
+	return holdKeepers(cli, prefix, n, false)
+}
+
+// keepersWatching holds n keepers that watch their keys (WatchKeys).
+func keepersWatching(cli *clientv3.Client, prefix string, n int) (func(), error) {
+	return holdKeepers(cli, prefix, n, true)
+}
+
+func holdKeepers(cli *clientv3.Client, prefix string, n int, watch bool) (func(), error) {
 	count := func(int) []keeper.Observer { return []keeper.Observer{episodeCounter{}} }
-	ks, err := startKeepers(cli, n, 10*time.Second, prefix+"keeper/", true, count)
+	ks, err := startKeepers(cli, n, 10*time.Second, prefix+"keeper/", watch, count)
 	return func() { closeKeepers(ks) }, err
 }
 
@@ -313,7 +338,20 @@ func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv
 }
 
 // holders are the holders a cost child runs, by name.
-var holders = map[string]holder{"keepers": keepers, "keepalives": keepAlives, "keepalives-uncanceled": keepAlivesUncanceled}
+var holders = map[string]holder{"keepers": keepers, "keepers-watching": keepersWatching, "keepalives": keepAlives, "keepalives-uncanceled": keepAlivesUncanceled}
+
+// phase runs costIn on an etcd member of its own, started for it, so that
+// no phase pays for what an earlier one left in the member (its database,
+// its runtime's heap).
+func phase(bin string, clients, n int, d time.Duration, kind, etcdBin string) (usage, error) {
+	c, stop, err := oneMember(bin)
+	if err != nil {
+		return usage{}, err
+	}
+	defer stop()
+	m := c.Members[0]
+	return costIn(strings.TrimPrefix(m.ClientURL, "http://"), m, clients, n, d, kind, etcdBin)
+}
 
 // costIn runs cost in a process of its own (this command again, with
 // -cost), so that no phase inherits what another left in the runtime: the
@@ -620,7 +658,7 @@ func heapNote(kc, ac usage) string {
 	return "Heap: each keeper keeps its own state in the heap (one object with its lease, its deadline, its state " +
 		"machine, its first key and its callbacks' queue; figure 6 gives the bytes per idle keeper), where " +
 		"the cost of a `KeepAlive` lease is mostly its goroutines, whose stacks are outside the heap " +
-		"(the last column). The heap target is not met.\n\n"
+		"(the last column).\n\n"
 }
 
 // proxyFleet is the fleet's figure behind an etcd gRPC proxy: k for the
