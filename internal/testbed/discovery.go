@@ -56,6 +56,7 @@ func StartInstance(endpoints []string, addr, service string, ttl time.Duration) 
 	}
 	cfg := keeper.DefaultConfig()
 	cfg.TTL = ttl
+	cfg.WatchKeys = true // the tests delete an instance's key behind its back
 	cfg.Observers = []keeper.Observer{grpchealth.New(hs, "")}
 	if in.Keeper, err = keeper.New(in.cli, cfg); err != nil {
 		in.Close()
