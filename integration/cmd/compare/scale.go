@@ -96,13 +96,8 @@ func measure(p *testbed.Proxy, serverPid int) usage {
 }
 
 func scaleFigures(bin string, o options, r *report) error {
-	progress("renewal cost: %d keepers on one client for %s", o.leases, o.scaleFor)
-	kc, err := phase(bin, 1, o.leases, o.scaleFor, "keepers", "")
-	if err != nil {
-		return err
-	}
-	progress("renewal cost: %d KeepAlive leases on one client for %s", o.leases, o.scaleFor)
-	ac, err := phase(bin, 1, o.leases, o.scaleFor, "keepalives", "")
+	progress("renewal cost: %d keepers and %d KeepAlive leases on one client, %s each", o.leases, o.leases, o.scaleFor)
+	kc, ac, err := abba(bin, 1, o.leases, o.scaleFor, "keepers", "keepalives", "")
 	if err != nil {
 		return err
 	}
@@ -111,13 +106,8 @@ func scaleFigures(bin string, o options, r *report) error {
 	if err != nil {
 		return err
 	}
-	progress("fleet cost: %d clients with one keeper each for %s", o.fleet, o.scaleFor)
-	kf, err := phase(bin, o.fleet, 1, o.scaleFor, "keepers", "")
-	if err != nil {
-		return err
-	}
-	progress("fleet cost: %d clients with one KeepAlive lease each for %s", o.fleet, o.scaleFor)
-	af, err := phase(bin, o.fleet, 1, o.scaleFor, "keepalives", "")
+	progress("fleet cost: %d clients with one keeper each and %d with one KeepAlive lease each, %s each", o.fleet, o.fleet, o.scaleFor)
+	kf, af, err := abba(bin, o.fleet, 1, o.scaleFor, "keepers", "keepalives", "")
 	if err != nil {
 		return err
 	}
@@ -128,12 +118,8 @@ func scaleFigures(bin string, o options, r *report) error {
 	}
 	var kp, ap usage
 	if !o.skipProxy {
-		progress("fleet behind an etcd gRPC proxy: %d clients with one keeper each for %s", o.fleet, o.proxyFor)
-		if kp, err = phase(bin, o.fleet, 1, o.proxyFor, "keepers", bin); err != nil {
-			return err
-		}
-		progress("fleet behind an etcd gRPC proxy: %d clients with one KeepAlive lease each for %s", o.fleet, o.proxyFor)
-		if ap, err = phase(bin, o.fleet, 1, o.proxyFor, "keepalives", bin); err != nil {
+		progress("fleet behind an etcd gRPC proxy: %d clients with one keeper each and with one KeepAlive lease each, %s each", o.fleet, o.proxyFor)
+		if kp, ap, err = abba(bin, o.fleet, 1, o.proxyFor, "keepers", "keepalives", bin); err != nil {
 			return err
 		}
 	}
@@ -144,8 +130,10 @@ func scaleFigures(bin string, o options, r *report) error {
 	}
 	header := []string{"client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)", "goroutine stacks (MiB)"}
 	r.add(fmt.Sprintf("## 4. Cost of renewing leases for %s\n\n", o.scaleFor) +
-		"TTL 10 s, one key per lease, side by side in one run, each row in a process of its own and against an etcd member of its own " +
-		"(so that none inherits what another left in the Go runtime). Client CPU is that " +
+		"TTL 10 s, one key per lease, side by side in one run, each phase in a process of its own and against an etcd member of its own " +
+		"(so that none inherits what another left in the Go runtime). The keepers and `KeepAlive` are each measured twice, " +
+		"in the order keepers, `KeepAlive`, `KeepAlive`, keepers, for half the time each, so that neither gains from its place; " +
+		"their rows sum the two phases (and average goroutines and heap). Client CPU is that " +
 		"process's user+system time and etcd CPU the member process's (from /proc); bytes are counted both " +
 		"ways in a proxy; goroutines, heap (the bytes of live objects after two collections, so that the buffers gRPC pools " +
 		"for reuse are not counted) and goroutine stacks are the increase over the idle clients, " +
@@ -339,6 +327,53 @@ func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv
 
 // holders are the holders a cost child runs, by name.
 var holders = map[string]holder{"keepers": keepers, "keepers-watching": keepersWatching, "keepalives": keepAlives, "keepalives-uncanceled": keepAlivesUncanceled}
+
+// abba measures kinds a and b side by side in the order a, b, b, a, each
+// phase for half of d on an etcd member of its own, so that neither gains
+// from going first or last (a member's CPU falls over its first minutes),
+// and returns each kind's figures over its two phases: CPU, bytes,
+// episodes and requests summed (over d in all), goroutines, heap and
+// stacks averaged.
+func abba(bin string, clients, n int, d time.Duration, a, b, etcdBin string) (ua, ub usage, err error) {
+	var us [4]usage
+	for i, kind := range []string{a, b, b, a} {
+		progress("  phase %d of 4: %s for %s", i+1, kind, d/2)
+		if us[i], err = phase(bin, clients, n, d/2, kind, etcdBin); err != nil {
+			return usage{}, usage{}, err
+		}
+	}
+	return both(us[0], us[3]), both(us[1], us[2]), nil
+}
+
+// both is the figures of two phases of one kind, as abba gives them.
+func both(x, y usage) usage {
+	return usage{
+		cpu:        x.cpu + y.cpu,
+		server:     x.server + y.server,
+		goroutines: (x.goroutines + y.goroutines) / 2,
+		heap:       (x.heap + y.heap) / 2,
+		stacks:     (x.stacks + y.stacks) / 2,
+		bytes:      x.bytes + y.bytes,
+		proxy:      x.proxy + y.proxy,
+		upBytes:    x.upBytes + y.upBytes,
+		episodes:   x.episodes + y.episodes,
+		calls:      addCounts(x.calls, y.calls),
+		setup:      addCounts(x.setup, y.setup),
+	}
+}
+
+// addCounts adds two lists of requests by method, as since writes them.
+func addCounts(x, y string) string {
+	sum := map[string]int64{}
+	for _, f := range append(strings.Fields(x), strings.Fields(y)...) {
+		m, n, ok := strings.Cut(f, "=")
+		var v int64
+		if _, err := fmt.Sscan(n, &v); ok && err == nil {
+			sum[m] += v
+		}
+	}
+	return since(nil, sum)
+}
 
 // phase runs costIn on an etcd member of its own, started for it, so that
 // no phase pays for what an earlier one left in the member (its database,
