@@ -60,8 +60,8 @@
 // The keepers made with one *clientv3.Client share its hub, created by the
 // first New and ended by the last Close. It sends the keepalives of all of
 // them on one long-lived LeaseKeepAlive stream, as etcd's own lessor does,
-// and watches the keys of all of them with one watch, so the cluster pays
-// per registration what etcd's own KeepAlive costs it. Each keepalive still
+// so the cluster pays per registration what etcd's own KeepAlive costs it,
+// and, for the keepers with WatchKeys, watches their keys with one watch. Each keepalive still
 // has its own deadline and send time; replies go to requests by lease ID,
 // in the order etcd answers a stream. A keepalive overdue by a third of
 // RenewTimeout goes again on a new stream, which becomes the stream of
@@ -137,14 +137,16 @@
 //     rewrite of every key in flight, never for all of it.
 //   - Renewals are scheduled with timers: a keeper between renewals costs a
 //     timer, not a goroutine, with its keys watched or not. The hub of a
-//     client costs one goroutine for its renewal stream and one for its
-//     watch, however many keepers share it.
+//     client costs one goroutine for its renewal stream and, with
+//     WatchKeys, one for its watch, however many keepers share it.
 //   - Errors are classified (see package errors): errors.Is matches both the
 //     kind and the original cause.
 //
 // # Registration integrity
 //
-// From Start on the keeper acts on a key deleted or overwritten behind its
+// With Config.WatchKeys (off by default: a watch costs the cluster a stream
+// per client that etcd's own KeepAlive does not), from Start on the keeper
+// acts on a key deleted or overwritten behind its
 // back while it holds its lease (its client's hub watches the smallest key
 // range holding the keys of all the client's keepers: keep them under one
 // prefix), by the key's Policy: Restore
@@ -161,8 +163,8 @@
 // An exclusive key is written in one transaction, only if it is absent or
 // already on the keeper's lease. While another holder has it, Register and
 // Token return a *KeyTakenError (errors.Is(err, ErrKeyTaken)), the keeper
-// reports a Taken event and tries again by the backoff, and at once when
-// the watch sees the key deleted. Such a key does not keep the keeper from
+// reports a Taken event and tries again by the backoff, and, with
+// WatchKeys, at once when the watch sees the key deleted. Such a key does not keep the keeper from
 // Healthy: the lease and the other keys are fine; ask Token whether this
 // keeper holds it.
 //
