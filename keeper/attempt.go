@@ -420,10 +420,10 @@ func gridStep(ttl time.Duration, base timing) time.Duration {
 // never makes the keeper Degraded.
 //
 // The grid's points are the multiples, on the wall clock, of gridStep,
-// shifted by the hub's phase: the same for every keeper of one client with
-// the same timing, and apart for keepers of different clients, so that a
-// fleet of processes with synchronised clocks does not renew in one burst
-// on every grid point. A keeper on the grid renews gridPoints steps after
+// shifted by phase (gridPhase, drawn once per process): the same for every
+// keeper of the process with the same timing, and apart for keepers of
+// different processes, so that a fleet of processes with synchronised
+// clocks does not renew in one burst on every grid point. A keeper on the grid renews gridPoints steps after
 // its last renewal, so it stays on the grid; one that is not yet (after a
 // grant) joins it at its next renewal. Keepers on one grid point renew
 // together: the hub's stream carries their keepalives in one write, and

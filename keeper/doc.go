@@ -61,8 +61,8 @@
 // first New and ended by the last Close. It sends the keepalives of all of
 // them on one long-lived LeaseKeepAlive stream, as etcd's own lessor does,
 // so the cluster pays per registration what etcd's own KeepAlive costs it,
-// and, for the keepers with WatchKeys, watches their keys with one watch. Each keepalive still
-// has its own deadline and send time; replies go to requests by lease ID,
+// and, for the keepers with WatchKeys, watches their keys with one watch.
+// Each keepalive still has its own deadline and send time; replies go to requests by lease ID,
 // in the order etcd answers a stream. A keepalive overdue by a third of
 // RenewTimeout goes again on a new stream, which becomes the stream of
 // every keepalive after it; the overdue stream ends once nothing waits on
@@ -164,9 +164,9 @@
 // already on the keeper's lease. While another holder has it, Register and
 // Token return a *KeyTakenError (errors.Is(err, ErrKeyTaken)), the keeper
 // reports a Taken event and tries again by the backoff, and, with
-// WatchKeys, at once when the watch sees the key deleted. Such a key does not keep the keeper from
-// Healthy: the lease and the other keys are fine; ask Token whether this
-// keeper holds it.
+// WatchKeys, at once when the watch sees the key deleted. Such a key does
+// not keep the keeper from Healthy: the lease and the other keys are fine;
+// ask Token whether this keeper holds it.
 //
 // A lease is not a lock. The holder of an exclusive key can be paused (GC,
 // SIGSTOP, a suspended VM) past its lease's expiry, another keeper takes

@@ -24,10 +24,9 @@ type hub struct {
 	key    any // the client, or the tests' fake backend
 	b      backend
 	watch  *watchHub
-	timers alarm.Set     // the keepers' timers
-	calls  callTiming    // the round trips of unary calls (rtt.go)
-	refs   int           // keepers joined; guarded by hubs.mu
-	phase  time.Duration // shifts the hub's renewal grid off other hubs' (renewalDue)
+	timers alarm.Set  // the keepers' timers
+	calls  callTiming // the round trips of unary calls (rtt.go)
+	refs   int        // keepers joined; guarded by hubs.mu
 
 	// configs are the configs keepers of the hub share, guarded by hubs.mu:
 	// keepers configured alike, without callbacks or observers, point at one
@@ -151,7 +150,7 @@ func joinHub(key any, newBackend func() backend, cfg *Config) (*hub, *Config) {
 	h := hubs.m[key]
 	if h == nil {
 		b := newBackend()
-		h = &hub{key: key, b: b, watch: newWatchHub(b), phase: gridPhase}
+		h = &hub{key: key, b: b, watch: newWatchHub(b)}
 		hubs.m[key] = h
 	}
 	h.refs++

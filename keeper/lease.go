@@ -208,7 +208,7 @@ func (l *leaseLoop) nextDueLocked(sent time.Time) time.Time {
 	base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
 	tm := l.timingLocked()
 	tm.threshold = base.threshold
-	return l.path.next(sent, l.lease.ttl, tm, base, b, l.lease.deadline, l.k.hub.phase)
+	return l.path.next(sent, l.lease.ttl, tm, base, b, l.lease.deadline, gridPhase)
 }
 
 // start schedules the first attempt and waits until the keeper is Healthy,

@@ -329,7 +329,7 @@ func TestSlowLinkNeverFails(t *testing.T) {
 // dueAfter is when a renewal is due after one sent at sent with the
 // default timing for ttl.
 func dueAfter(k *Keeper, sent time.Time, ttl time.Duration) time.Time {
-	return renewalDue(sent, ttl, defaultTiming(ttl), defaultTiming(ttl), k.hub.phase)
+	return renewalDue(sent, ttl, defaultTiming(ttl), defaultTiming(ttl), gridPhase)
 }
 
 // TestRenewalsOnTheGrid: keepers that started apart join the renewal grid
@@ -356,7 +356,7 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 			synctest.Wait()
 			for _, k := range ks {
 				sent := k.Deadline().Add(-ttl + ttl/40)
-				assert.Zero(t, gridOffset(sent, step, k.hub.phase), "renewal sent off the grid at %v", sent)
+				assert.Zero(t, gridOffset(sent, step, gridPhase), "renewal sent off the grid at %v", sent)
 				assert.WithinDuration(t, time.Now(), sent, gridPoints*step, "no renewal in the last interval")
 			}
 		}
@@ -447,7 +447,7 @@ func firstDueAfter(k *Keeper, sent time.Time, ttl time.Duration, tm timing) time
 	// The keeper learned its path in the instant after Start, on a fake
 	// that answers at once (path.go): its first renewal after that is on
 	// the grid.
-	return renewalDue(sent, ttl, tm, defaultTiming(ttl), k.hub.phase)
+	return renewalDue(sent, ttl, tm, defaultTiming(ttl), gridPhase)
 }
 
 func defaultTiming(ttl time.Duration) timing {

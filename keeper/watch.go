@@ -182,13 +182,6 @@ func (h *watchHub) kick() {
 	}
 }
 
-// running reports whether the hub's watch goroutine runs.
-func (h *watchHub) running() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.cancel != nil
-}
-
 // close ends the watch and waits, within ctx, for its goroutine.
 func (h *watchHub) close(ctx context.Context) error {
 	h.mu.Lock()

@@ -178,3 +178,10 @@ func TestOwnersOfSharedKeys(t *testing.T) {
 	assert.Len(t, o.one, 1)
 	assert.Equal(t, []*keyWatch{b}, o.of("other"))
 }
+
+// running reports whether the hub's watch goroutine runs.
+func (h *watchHub) running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cancel != nil
+}
