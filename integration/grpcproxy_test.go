@@ -3,12 +3,13 @@ package integration
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -50,9 +51,9 @@ func newProxyScenario(t *testing.T, name string, ttl time.Duration, setup func(*
 	// The gRPC proxy's process, and its connections through the member's
 	// fault proxy, outlive the keepers: they go with the test's cleanup.
 	s.ignore = append(s.ignore,
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/testbed.reapProcess"),
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/testbed.(*Proxy).pipe"),
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/testbed.(*Proxy).pipe.func1"))
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.reapProcess"),
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.(*Proxy).pipe"),
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.(*Proxy).pipe.func1"))
 	return &proxyScenario{scenario: s, gp: gp}
 }
 
@@ -171,9 +172,10 @@ func TestGRPCProxySlowUpstream(t *testing.T) {
 		s.hold(2 * s.ttl)
 		p.Heal()
 		s.endFault()
-		m, ok := s.failedBeforeDeletion(s.faults[len(s.faults)-1])
-		if !ok {
-			t.Errorf("stall %d: the server deleted the keys before the keeper reported failed (%v)", i+1, m)
+		m, late := s.failedBeforeDeletion(s.faults[len(s.faults)-1])
+		if len(late) > 0 {
+			t.Errorf("stall %d: the server deleted the keys before the keeper reported failed: %s", i+1, strings.Join(late, "; "))
+			s.debug()
 		}
 		margins = append(margins, m)
 		// Both keepers, not only the one with a short reconnect: a keeper
@@ -207,7 +209,7 @@ func TestSlowDirectLink(t *testing.T) {
 	s := newScenarioOn(t, "direct link, RTT TTL/6", ttl1, c.Endpoints(), c.DirectEndpoints())
 	s.c = c
 	// The fault proxy's delayed writes outlive the keepers by a delay.
-	s.ignore = append(s.ignore, goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/testbed.(*Proxy).pipe.func1"))
+	s.ignore = append(s.ignore, goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.(*Proxy).pipe.func1"))
 	s.hold(6 * s.ttl)
 	steady := s.episodes(time.Time{})
 	s.startFault()
@@ -238,29 +240,38 @@ func (s *scenario) waitRenewal(sub *subject) {
 
 // failedBeforeDeletion checks, for every keeper, that the first deletion
 // of its keys after sp began came after it reported Failed, and returns by
-// how much for the keeper with a short reconnect (negative: it did not).
+// how much for the keeper with a short reconnect (negative: it did not),
+// and a line for every keeper that failed late or never.
 // A keeper whose keys were not deleted has nothing to check.
-func (s *scenario) failedBeforeDeletion(sp span) (time.Duration, bool) {
-	ok, margin := true, time.Duration(-1)
+func (s *scenario) failedBeforeDeletion(sp span) (time.Duration, []string) {
+	var late []string
+	margin := time.Duration(-1)
 	for end := time.Now().Add(s.ttl); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 		if _, deleted := s.deletionAfter(sp.start); deleted {
 			break
 		}
 	}
-	for _, sub := range s.subjects() {
+	for i, sub := range s.subjects() {
 		del, deleted := sub.deletionAfter(sp.start)
 		if !deleted {
 			continue
 		}
 		failed, f := sub.firstAt(statemachine.Failed, sp.start)
-		if !f || !failed.Before(del) {
-			ok = false
+		switch {
+		case !f:
+			late = append(late, fmt.Sprintf("keeper %d: keys deleted +%v, never failed", i, del.Sub(sp.start).Round(time.Millisecond)))
+		case !failed.Before(del):
+			late = append(late, fmt.Sprintf("keeper %d: keys deleted +%v, failed +%v", i,
+				del.Sub(sp.start).Round(time.Millisecond), failed.Sub(sp.start).Round(time.Millisecond)))
 		}
 		if sub == s.subject && f {
 			margin = del.Sub(failed)
 		}
+		if f {
+			s.t.Logf("keeper %d: failed %v before the server deleted its keys", i, del.Sub(failed).Round(time.Millisecond))
+		}
 	}
-	return margin, ok
+	return margin, late
 }
 
 // deletionAfter returns the first deletion of sub's keys at or after since.
