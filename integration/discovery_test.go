@@ -16,8 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/leasekeeper/leasekeeper/internal/freeport"
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 

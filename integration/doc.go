@@ -2,7 +2,7 @@
 // real faults: a fault proxy in front of each member, SIGSTOP and SIGKILL of
 // members, and a second client acting behind the keeper's back. The
 // machinery that builds and drives etcd with nothing installed is in
-// internal/testbed.
+// internal/test/testbed.
 //
 // Run the suite and print its results table with:
 //

@@ -12,9 +12,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/leasekeeper/leasekeeper/internal/freeport"
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
-	"github.com/leasekeeper/leasekeeper/internal/testpki"
+	"github.com/leasekeeper/leasekeeper/internal/test/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testpki"
 )
 
 // TestDockerTLS runs the compose file's "tls" profile: three members that

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -90,7 +90,7 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 	s := &scenario{t: t, name: name, ttl: ttl, ignore: []goleak.Option{
 		goleak.IgnoreCurrent(),
 		// Members restarted during the scenario get a new process waiter.
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/testbed.(*Member).reap"),
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.(*Member).reap"),
 	}}
 	var err error
 	s.obs, err = clientv3.New(clientv3.Config{

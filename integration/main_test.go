@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 )
 
 var (

@@ -15,7 +15,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 

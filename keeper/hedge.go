@@ -8,7 +8,7 @@ import (
 	"time"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
-	"github.com/leasekeeper/leasekeeper/internal/alarm"
+	"github.com/leasekeeper/leasekeeper/keeper/internal/alarm"
 )
 
 // keepAlive renews lease a.id and gives once the TTL and the send time of

@@ -8,7 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/leasekeeper/leasekeeper/internal/alarm"
+	"github.com/leasekeeper/leasekeeper/keeper/internal/alarm"
 )
 
 // hub is the transport the keepers of one etcd client share: the backend
@@ -18,7 +18,7 @@ import (
 // first keeper; Close leaves it, and the last keeper to leave ends its
 // stream and watch. So the cluster serves one renewal stream and one watch
 // per client, as for etcd's own KeepAlive, however many keepers the client
-// has. The keepers' timers run off one runtime timer too (internal/alarm): an
+// has. The keepers' timers run off one runtime timer too (keeper/internal/alarm): an
 // idle keeper costs two alarms in its own state, not a goroutine.
 type hub struct {
 	key    any // the client, or the tests' fake backend

@@ -8,7 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
-	"github.com/leasekeeper/leasekeeper/internal/alarm"
+	"github.com/leasekeeper/leasekeeper/keeper/internal/alarm"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
@@ -49,7 +49,7 @@ type lease struct {
 
 // schedule is when the loop acts next: the alarm of the next attempt, and
 // the alarm that moves the state at the degrade threshold and at D. Both
-// are in the hub's timers (internal/alarm).
+// are in the hub's timers (keeper/internal/alarm).
 type schedule struct {
 	attempt alarm.Alarm // rings fire
 	check   alarm.Alarm // rings onCheck

@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/stats"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
-	"github.com/leasekeeper/leasekeeper/internal/secureetcd"
-	"github.com/leasekeeper/leasekeeper/internal/testpki"
+	"github.com/leasekeeper/leasekeeper/internal/test/secureetcd"
+	"github.com/leasekeeper/leasekeeper/internal/test/testpki"
 	"github.com/leasekeeper/leasekeeper/keeper"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )

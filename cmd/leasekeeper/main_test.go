@@ -16,7 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
-	"github.com/leasekeeper/leasekeeper/internal/testpki"
+	"github.com/leasekeeper/leasekeeper/internal/test/testpki"
 )
 
 func TestDemoShowsOutageAndRecovery(t *testing.T) {

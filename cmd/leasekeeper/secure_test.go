@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leasekeeper/leasekeeper/internal/secureetcd"
+	"github.com/leasekeeper/leasekeeper/internal/test/secureetcd"
 )
 
 // The tests in this file run the command against an etcd that requires

@@ -12,7 +12,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
-	"github.com/leasekeeper/leasekeeper/internal/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/test/freeport"
 )
 
 // Server is a running single-member etcd.

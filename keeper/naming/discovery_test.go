@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper/naming"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )

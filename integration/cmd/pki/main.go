@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 )
 
 func main() {

@@ -30,7 +30,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/leasekeeper/leasekeeper/internal/testbed"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 )
 
 type options struct {

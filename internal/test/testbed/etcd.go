@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
-	"github.com/leasekeeper/leasekeeper/internal/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/test/freeport"
 )
 
 // EtcdEnv names the environment variable that picks the etcd the tests

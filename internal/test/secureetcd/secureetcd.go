@@ -22,7 +22,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
-	"github.com/leasekeeper/leasekeeper/internal/testpki"
+	"github.com/leasekeeper/leasekeeper/internal/test/testpki"
 )
 
 // Cluster is a running secure etcd and the identities made for it.

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/leasekeeper/leasekeeper/internal/freeport"
+	"github.com/leasekeeper/leasekeeper/internal/test/freeport"
 )
 
 // GRPCProxy is etcd's own gRPC proxy (`etcd grpc-proxy start`), run from

@@ -3,7 +3,7 @@ package testbed
 import (
 	"fmt"
 
-	"github.com/leasekeeper/leasekeeper/internal/testpki"
+	"github.com/leasekeeper/leasekeeper/internal/test/testpki"
 )
 
 // PKI are the files the compose file's TLS profile mounts at /tls.
