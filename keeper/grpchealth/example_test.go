@@ -33,3 +33,18 @@ func Example() {
 	// SERVING
 	// NOT_SERVING
 }
+
+// Take an instance out of rotation whenever its registration is at risk,
+// where a call to an instance that may have lost it is worse than no call:
+// Strict says SERVING only while healthy; WithStatus changes one state.
+func ExampleStrict() {
+	strict := grpchealth.New(health.NewServer(), "", grpchealth.Strict(healthpb.HealthCheckResponse_NOT_SERVING))
+	failedOnly := grpchealth.New(health.NewServer(), "", grpchealth.WithStatus(statemachine.Failed, healthpb.HealthCheckResponse_NOT_SERVING))
+	for _, s := range []statemachine.State{statemachine.Healthy, statemachine.Degraded, statemachine.Failed} {
+		fmt.Println(s, strict.Status(s), failedOnly.Status(s))
+	}
+	// Output:
+	// healthy SERVING SERVING
+	// degraded NOT_SERVING SERVING
+	// failed NOT_SERVING NOT_SERVING
+}
