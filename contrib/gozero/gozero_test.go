@@ -33,10 +33,11 @@ import (
 
 const key = "greeter.rpc"
 
-// TestMain runs a zrpc server registered by gozero.MustNewServer when the
-// test binary is started as one (serve), so that the tests can stop
-// servers as a supervisor does, with SIGTERM, which go-zero's proc package
-// handles for the whole process.
+// TestMain runs a zrpc server registered by gozero.MustNewServer (or, for
+// the comparison, by go-zero's own Publisher) when the test binary is
+// started as one (serve), so that the tests can stop servers as a
+// supervisor does, with SIGTERM, which go-zero's proc package handles for
+// the whole process.
 func TestMain(m *testing.M) {
 	logx.Disable()
 	if os.Getenv("LK_GOZERO_SERVE") != "" {
@@ -55,8 +56,12 @@ func serve() {
 		os.Exit(2)
 	}
 	ttl, _ := time.ParseDuration(os.Getenv("LK_TTL"))
-	s := gozero.MustNewServer(c, func(*grpc.Server) {}, gozero.TTL(ttl))
-	s.Start()
+	if os.Getenv("LK_GOZERO_SERVE") == publisher {
+		discov.TimeToLive = int64(ttl / time.Second)
+		zrpc.MustNewServer(c, func(*grpc.Server) {}).Start()
+	} else {
+		gozero.MustNewServer(c, func(*grpc.Server) {}, gozero.TTL(ttl)).Start()
+	}
 	fmt.Println("stopped")
 }
 
@@ -175,11 +180,18 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func startServer(t *testing.T, srv *etcdtest.Server, cli *clientv3.Client, ttl time.Duration) *server {
+// The registrations compared: leasekeeper's, and go-zero's own Publisher.
+const (
+	leasekeeper = "leasekeeper contrib/gozero"
+	publisher   = "go-zero discov.Publisher"
+)
+
+// startServerBy starts a server registered by reg, leasekeeper or publisher.
+func startServerBy(t *testing.T, reg string, srv *etcdtest.Server, cli *clientv3.Client, ttl time.Duration) *server {
 	t.Helper()
 	s := &server{addr: freeAddr(t), out: make(chan []string, 1)}
 	s.cmd = exec.Command(os.Args[0], "-test.run=^$")
-	s.cmd.Env = append(os.Environ(), "LK_GOZERO_SERVE=1", "LK_LISTEN="+s.addr,
+	s.cmd.Env = append(os.Environ(), "LK_GOZERO_SERVE="+reg, "LK_LISTEN="+s.addr,
 		"LK_ETCD="+etcdConf(srv).Hosts[0], "LK_TTL="+ttl.String())
 	stdout, err := s.cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -281,51 +293,82 @@ func (c *caller) waitCalls(t *testing.T, n int64) {
 	require.Eventually(t, func() bool { return c.ok.Load() >= base+n }, 10*time.Second, 5*time.Millisecond, "calls answered: %d", c.ok.Load())
 }
 
-func TestRollingRestartWithZrpcClient(t *testing.T) {
-	srv, cli := startEtcd(t)
-	servers := []*server{startServer(t, srv, cli, 3*time.Second), startServer(t, srv, cli, 3*time.Second), startServer(t, srv, cli, 3*time.Second)}
-	c := startCaller(t, srv)
-	for range 2 {
-		for i, s := range servers {
-			s.stop(t)
-			servers[i] = startServer(t, srv, cli, 3*time.Second)
+// TestAgainstGoZeroPublisher runs leasekeeper's registration and go-zero's
+// own Publisher through the same scenarios, with a zrpc client calling all
+// along: a rolling restart of three servers by SIGTERM (2 rounds), a key
+// deleted behind a server's back, and an etcd outage of 20 s, more than
+// the TTL, which the Publisher survives under a new key (its lease ID),
+// and prints a row for each. It asserts leasekeeper's figures: no failed
+// call, the key put back, every server under its key after the outage and
+// no other key; the Publisher is the anchor. (Two servers stay through
+// the outage: the delete of the only one's key would leave the client no
+// address until it is back, which is what etcd said.)
+func TestAgainstGoZeroPublisher(t *testing.T) {
+	var rows []string
+	for _, reg := range []string{leasekeeper, publisher} {
+		t.Run(reg, func(t *testing.T) {
+			srv, cli := startEtcd(t)
+			start := func() *server { return startServerBy(t, reg, srv, cli, 3*time.Second) }
+			servers := []*server{start(), start(), start()}
+			c := startCaller(t, srv)
+			for range 2 {
+				for i, s := range servers {
+					s.stop(t)
+					servers[i] = start()
+					c.waitCalls(t, 20)
+				}
+			}
+			rollOK, rollFailed := c.ok.Load(), c.failed.Load()
+
+			k := servers[0].key(t, cli)
+			_, err := cli.Delete(context.Background(), k)
+			require.NoError(t, err)
+			restored := "not back within 5s"
+			if waitFor(5*time.Second, func() bool { return keys(t, cli)[k] == servers[0].addr }) {
+				restored = "back under the same key"
+			}
+
+			before := keys(t, cli)
+			srv.Stop()
+			time.Sleep(20 * time.Second)
+			require.NoError(t, srv.Restart())
+			// Past the TTL after etcd is back, a lease left behind is gone.
+			waitFor(10*time.Second, func() bool { return len(keys(t, cli)) == len(servers) })
+			time.Sleep(2 * 3 * time.Second)
+			after := keys(t, cli)
+			same := 0
+			for key, v := range before {
+				if after[key] == v {
+					same++
+				}
+			}
 			c.waitCalls(t, 20)
-		}
+			outFailed := c.failed.Load() - rollFailed
+			rows = append(rows, fmt.Sprintf("| %s | %d | %d | %s | %d of %d under the same key, %d keys in all | %d |",
+				reg, rollOK+rollFailed, rollFailed, restored, same, len(before), len(after), outFailed))
+			if reg == leasekeeper {
+				assert.Zero(t, rollFailed, "failed calls in the rolling restart: %v", c.failures())
+				assert.Equal(t, "back under the same key", restored)
+				assert.Equal(t, before, after, "keys after the outage")
+				assert.Zero(t, outFailed, "failed calls through the outage: %v", c.failures())
+				for _, s := range servers {
+					s.stop(t)
+				}
+				assert.Empty(t, keys(t, cli), "keys once every server drained")
+			}
+		})
 	}
-	assert.Len(t, keys(t, cli), 3, "keys after the restarts: %v", keys(t, cli))
-	t.Logf("rolling restart, 2 rounds × 3 servers: %d calls answered, %d failed", c.ok.Load(), c.failed.Load())
-	assert.Zero(t, c.failed.Load(), "failed calls: %v", c.failures())
+	t.Logf("\n| registration | rolling restart: calls | failed | key deleted behind its back | after a 20s outage (TTL 3s) | failed calls through the outage |\n|---|---|---|---|---|---|\n%s",
+		strings.Join(rows, "\n"))
 }
 
-// TestOutageLongerThanGoZeroSurvives stops etcd for 20 s, twice go-zero's
-// TTL, after which its Publisher comes back under a new key (its lease
-// ID): the servers serve throughout, the client keeps its list, and once
-// etcd is back each server is there under the same key, and only there.
-// Then a key is deleted behind its server's back, and put back. (Two
-// servers: the delete of the only one's key would leave the client with
-// no address until it is back, which is what etcd said.)
-func TestOutageLongerThanGoZeroSurvives(t *testing.T) {
-	srv, cli := startEtcd(t)
-	s1 := startServer(t, srv, cli, 3*time.Second)
-	s2 := startServer(t, srv, cli, 3*time.Second)
-	c := startCaller(t, srv)
-	before := keys(t, cli)
-	require.Len(t, before, 2)
-
-	srv.Stop()
-	time.Sleep(20 * time.Second)
-	c.waitCalls(t, 20) // still served from the list the client kept
-	require.NoError(t, srv.Restart())
-	require.Eventually(t, func() bool { return len(keys(t, cli)) == 2 }, 10*time.Second, 10*time.Millisecond, "the keys are not back: %v", keys(t, cli))
-	assert.Equal(t, before, keys(t, cli), "keys after the outage")
-
-	k := s1.key(t, cli)
-	_, err := cli.Delete(context.Background(), k)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool { return keys(t, cli)[k] == s1.addr }, 5*time.Second, 5*time.Millisecond, "the deleted key was not put back")
-	c.waitCalls(t, 20)
-	assert.Zero(t, c.failed.Load(), "failed calls: %v", c.failures())
-	s1.stop(t)
-	s2.stop(t)
-	assert.Empty(t, keys(t, cli), "keys after the drains")
+// waitFor polls cond until it holds or limit passes, and reports whether
+// it held.
+func waitFor(limit time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return false
 }

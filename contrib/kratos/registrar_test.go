@@ -3,29 +3,24 @@ package kratos_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	kratosapp "github.com/go-kratos/kratos/v2"
 	"github.com/go-kratos/kratos/v2/log"
 	"github.com/go-kratos/kratos/v2/registry"
-	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/leasekeeper/leasekeeper/contrib/kratos"
+	"github.com/leasekeeper/leasekeeper/contrib/kratos/internal/kratostest"
 	"github.com/leasekeeper/leasekeeper/keeper/etcdtest"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-const service = "greeter"
+const service = kratostest.Service
 
 func TestMain(m *testing.M) {
 	// kratos's resolver logs every list it is handed; keep errors only.
@@ -121,112 +116,30 @@ func TestBadInput(t *testing.T) {
 	assert.Error(t, err)
 }
 
-// app is a kratos application serving gRPC health, registered through a
-// Registrar on a client of its own.
-type app struct {
-	id   string
-	app  *kratosapp.App
-	reg  *kratos.Registrar
-	done chan error
-
-	once sync.Once
-	err  error
-}
-
-func startApp(t *testing.T, srv *etcdtest.Server, id string, opts ...kratos.Option) *app {
+// newRegistrar returns a Registrar on a client of its own, as a process of
+// its own would have, at TTL 3s.
+func newRegistrar(t *testing.T, srv *etcdtest.Server) *kratos.Registrar {
 	t.Helper()
-	r, err := kratos.New(client(t, srv), append([]kratos.Option{kratos.TTL(3 * time.Second), kratos.DrainDelay(500 * time.Millisecond)}, opts...)...)
+	r, err := kratos.New(client(t, srv), kratos.TTL(3*time.Second), kratos.DrainDelay(500*time.Millisecond))
 	require.NoError(t, err)
-	gs := kgrpc.NewServer(kgrpc.Address("127.0.0.1:0"))
-	a := &app{id: id, reg: r, done: make(chan error, 1),
-		app: kratosapp.New(kratosapp.ID(id), kratosapp.Name(service), kratosapp.Server(gs), kratosapp.Registrar(r))}
-	go func() { a.done <- a.app.Run() }()
-	require.Eventually(t, func() bool { return r.Keeper().State() == statemachine.Healthy }, 10*time.Second, 5*time.Millisecond, "app %s not registered", id)
-	t.Cleanup(func() { _ = a.stop() })
-	return a
+	return r
 }
 
-// stop stops the app, as kratos does on a signal, and waits for Run to
-// return; a second stop returns the first one's error.
-func (a *app) stop() error {
-	a.once.Do(func() {
-		if a.err = a.app.Stop(); a.err == nil {
-			a.err = <-a.done
-		}
-	})
-	return a.err
-}
-
-// caller calls the service through kratos's gRPC resolver over a
-// Discovery, every few milliseconds, and counts the calls.
-type caller struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-	stop       context.CancelFunc
-	wg         sync.WaitGroup
-}
-
-func startCaller(t *testing.T, cli *clientv3.Client) *caller {
+func startCaller(t *testing.T, cli *clientv3.Client) *kratostest.Caller {
 	t.Helper()
 	d, err := kratos.NewDiscovery(cli)
 	require.NoError(t, err)
-	conn, err := kgrpc.DialInsecure(context.Background(), kgrpc.WithEndpoint("discovery:///"+service),
-		kgrpc.WithDiscovery(d), kgrpc.WithPrintDiscoveryDebugLog(false), kgrpc.WithTimeout(time.Second))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &caller{stop: cancel}
-	hc := grpc_health_v1.NewHealthClient(conn)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		for ctx.Err() == nil {
-			resp, err := hc.Check(ctx, &grpc_health_v1.HealthCheckRequest{})
-			switch {
-			case ctx.Err() != nil:
-			case err != nil || resp.GetStatus() != grpc_health_v1.HealthCheckResponse_SERVING:
-				c.failed.Add(1)
-				c.mu.Lock()
-				c.errs = append(c.errs, fmt.Sprintf("%v %v", resp.GetStatus(), err))
-				c.mu.Unlock()
-			default:
-				c.ok.Add(1)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
-	t.Cleanup(func() { cancel(); c.wg.Wait(); _ = conn.Close() })
-	// The first call finds an instance.
-	require.Eventually(t, func() bool { return c.ok.Load() > 0 }, 10*time.Second, 5*time.Millisecond, "no call answered")
-	return c
-}
-
-func (c *caller) failures() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.errs...)
-}
-
-// waitCalls waits for n more calls answered.
-func (c *caller) waitCalls(t *testing.T, n int64) {
-	t.Helper()
-	base := c.ok.Load()
-	require.Eventually(t, func() bool { return c.ok.Load() >= base+n }, 10*time.Second, 5*time.Millisecond)
+	return kratostest.StartCaller(t, d)
 }
 
 func TestRollingRestartThroughKratosResolver(t *testing.T) {
 	srv, cli := startEtcd(t)
-	apps := []*app{startApp(t, srv, "a0"), startApp(t, srv, "a1"), startApp(t, srv, "a2")}
+	start := func(id string) *kratostest.App { return kratostest.StartApp(t, cli, id, newRegistrar(t, srv)) }
+	apps := []*kratostest.App{start("a0"), start("a1"), start("a2")}
 	c := startCaller(t, cli)
-	for round := range 2 {
-		for i, a := range apps {
-			require.NoError(t, a.stop(), "stopping %s", a.id)
-			apps[i] = startApp(t, srv, fmt.Sprintf("a%d-%d", i, round+1))
-			c.waitCalls(t, 20)
-		}
-	}
-	t.Logf("rolling restart, 2 rounds × 3 instances: %d calls answered, %d failed", c.ok.Load(), c.failed.Load())
-	assert.Zero(t, c.failed.Load(), "failed calls: %v", c.failures())
+	kratostest.RollingRestart(t, apps, c, 2, start)
+	t.Logf("rolling restart, 2 rounds × 3 instances: %d calls answered, %d failed", c.OK.Load(), c.Failed.Load())
+	assert.Zero(t, c.Failed.Load(), "failed calls: %v", c.Failures())
 }
 
 // TestOutageLongerThanKratosSurvives stops etcd for 20 s, longer than
@@ -236,7 +149,8 @@ func TestRollingRestartThroughKratosResolver(t *testing.T) {
 // deleted behind its back, and put back.
 func TestOutageLongerThanKratosSurvives(t *testing.T) {
 	srv, cli := startEtcd(t)
-	a := startApp(t, srv, "a0")
+	r := newRegistrar(t, srv)
+	kratostest.StartApp(t, cli, "a0", r)
 	c := startCaller(t, cli)
 
 	d, err := kratos.NewDiscovery(client(t, srv))
@@ -262,23 +176,23 @@ func TestOutageLongerThanKratosSurvives(t *testing.T) {
 		}
 	}()
 
-	key := "/microservices/" + service + "/a0"
+	key := kratostest.Key("a0")
 	resp, err := cli.Get(context.Background(), key)
 	require.NoError(t, err)
 	require.Len(t, resp.Kvs, 1)
 	value := string(resp.Kvs[0].Value)
 
 	srv.Stop()
-	require.Eventually(t, func() bool { return a.reg.Keeper().State() == statemachine.Failed }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return r.Keeper().State() == statemachine.Failed }, 10*time.Second, 10*time.Millisecond)
 	time.Sleep(20 * time.Second)
-	c.waitCalls(t, 20) // still served from the list the client kept
+	c.WaitCalls(t, 20) // still served from the list the client kept
 	require.NoError(t, srv.Restart())
-	require.Eventually(t, func() bool { return a.reg.Keeper().State() == statemachine.Healthy }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return r.Keeper().State() == statemachine.Healthy }, 10*time.Second, 10*time.Millisecond)
 	resp, err = cli.Get(context.Background(), key)
 	require.NoError(t, err)
 	require.Len(t, resp.Kvs, 1, "the key is not back after the outage")
 	assert.Equal(t, value, string(resp.Kvs[0].Value))
-	assert.Equal(t, a.reg.Keeper().LeaseID(), clientv3.LeaseID(resp.Kvs[0].Lease))
+	assert.Equal(t, r.Keeper().LeaseID(), clientv3.LeaseID(resp.Kvs[0].Lease))
 
 	deleted := time.Now()
 	_, err = cli.Delete(context.Background(), key)
@@ -287,7 +201,7 @@ func TestOutageLongerThanKratosSurvives(t *testing.T) {
 		resp, err := cli.Get(context.Background(), key)
 		return err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == value
 	}, 5*time.Second, 5*time.Millisecond, "the deleted key was not put back")
-	c.waitCalls(t, 20)
+	c.WaitCalls(t, 20)
 
 	got, err := d.GetService(context.Background(), service)
 	require.NoError(t, err)
@@ -301,5 +215,5 @@ func TestOutageLongerThanKratosSurvives(t *testing.T) {
 		// have emptied the list.
 		assert.False(t, l.n == 0 && l.at.Before(deleted), "the watcher handed an empty list at %v, before the delete", l.at)
 	}
-	assert.Zero(t, c.failed.Load(), "failed calls: %v", c.failures())
+	assert.Zero(t, c.Failed.Load(), "failed calls: %v", c.Failures())
 }

@@ -15,7 +15,10 @@ import (
 
 const root = "../../.."
 
-var goBlock = regexp.MustCompile("(?s)```go\n(.*?)```")
+var (
+	goBlock   = regexp.MustCompile("(?s)```go\n(.*?)```")
+	diffBlock = regexp.MustCompile("(?s)```diff\n(.*?)```")
+)
 
 // lines returns text's lines, trimmed, without the empty ones.
 func lines(text string) []string {
@@ -40,7 +43,10 @@ func contains(in, sub []string) bool {
 
 // TestDocsShowExamples checks that every Go block of README.md and docs/ is
 // a run of lines of one of the repository's example_test.go files, which
-// compile and run (with their // Output:) in `go test`.
+// compile and run (with their // Output:) in `go test`, or of the programs
+// under examples/, which .ci/run runs; and that every line a diff block
+// adds or keeps is a line of one of them (the lines it removes are the
+// framework's own code, which the examples do not hold).
 func TestDocsShowExamples(t *testing.T) {
 	var examples [][]string
 	require.NoError(t, filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
@@ -50,7 +56,7 @@ func TestDocsShowExamples(t *testing.T) {
 		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata") {
 			return filepath.SkipDir
 		}
-		if strings.HasSuffix(path, "example_test.go") {
+		if strings.HasSuffix(path, "example_test.go") || strings.HasSuffix(path, ".go") && strings.Contains(filepath.ToSlash(path), "/examples/") {
 			b, err := os.ReadFile(path)
 			if err != nil {
 				return err
@@ -78,6 +84,26 @@ func TestDocsShowExamples(t *testing.T) {
 				}
 			}
 			assert.True(t, found, "%s: this Go block is in no example_test.go:\n%s", filepath.Base(doc), m[1])
+		}
+		for _, m := range diffBlock.FindAllStringSubmatch(string(b), -1) {
+			blocks++
+			for l := range strings.SplitSeq(m[1], "\n") {
+				if l == "" || l[0] == '-' {
+					continue
+				}
+				line := strings.TrimSpace(l[1:])
+				if line == "" {
+					continue
+				}
+				found := false
+				for _, ex := range examples {
+					if slices.Contains(ex, line) {
+						found = true
+						break
+					}
+				}
+				assert.True(t, found, "%s: this line of a diff is in no example: %s", filepath.Base(doc), line)
+			}
 		}
 	}
 	assert.Positive(t, blocks, "no Go block in the docs")
