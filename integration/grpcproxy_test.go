@@ -131,6 +131,7 @@ func TestGRPCProxyUpstreamStall(t *testing.T) {
 	}
 	if after != 0 {
 		t.Errorf("%d Degraded episodes in 3×TTL after healing, want 0", after)
+		s.debug()
 	}
 }
 
