@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -19,11 +18,7 @@ import (
 // exampleClient starts an embedded etcd for an example and returns a client
 // and a function that stops both.
 func exampleClient() (*clientv3.Client, func()) {
-	dir, err := os.MkdirTemp("", "leasekeeper-example")
-	if err != nil {
-		log.Fatal(err)
-	}
-	srv, err := etcdtest.Start(dir)
+	srv, err := etcdtest.StartTemp()
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -33,8 +28,7 @@ func exampleClient() (*clientv3.Client, func()) {
 	}
 	return cli, func() {
 		_ = cli.Close()
-		srv.Stop()
-		_ = os.RemoveAll(dir)
+		srv.Close()
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"strings"
 	"time"
 
@@ -19,16 +18,11 @@ import (
 // Register an address as go-zero's Publisher does, find it as go-zero's
 // clients do, and drain it.
 func ExampleRegister() {
-	dir, err := os.MkdirTemp("", "gozero-example")
+	srv, err := etcdtest.StartTemp()
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	srv, err := etcdtest.Start(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.Stop()
+	defer srv.Close()
 
 	c := discov.EtcdConf{Hosts: []string{strings.TrimPrefix(srv.Endpoint, "http://")}, Key: "greeter.rpc", ID: 7}
 	r, err := gozero.Register(c, "127.0.0.1:9000", gozero.TTL(5*time.Second))

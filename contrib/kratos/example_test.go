@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
 	"github.com/go-kratos/kratos/v2/registry"
@@ -18,16 +17,11 @@ import (
 // Register an instance as kratos's App does, find it as kratos's resolver
 // does, and deregister it with a drain.
 func Example() {
-	dir, err := os.MkdirTemp("", "kratos-example")
+	srv, err := etcdtest.StartTemp()
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	srv, err := etcdtest.Start(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.Stop()
+	defer srv.Close()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, Logger: zap.NewNop()})
 	if err != nil {
 		log.Fatal(err)

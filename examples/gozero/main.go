@@ -38,16 +38,11 @@ func main() {
 	// exits on its own once it stopped the embedded etcd.
 	proc.SetTimeToForceQuit(time.Minute)
 	if *host == "" {
-		dir, err := os.MkdirTemp("", "gozero-example")
+		srv, err := etcdtest.StartTemp()
 		if err != nil {
 			log.Fatal(err)
 		}
-		defer func() { _ = os.RemoveAll(dir) }()
-		srv, err := etcdtest.Start(dir)
-		if err != nil {
-			log.Fatal(err)
-		}
-		defer srv.Stop()
+		defer srv.Close()
 		*host = strings.TrimPrefix(srv.Endpoint, "http://")
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")

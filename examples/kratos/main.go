@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"os"
 	"strings"
 	"time"
 
@@ -30,16 +29,11 @@ func main() {
 	klog.SetLogger(klog.NewFilter(klog.GetLogger(), klog.FilterLevel(klog.LevelError)))
 	eps := strings.Split(*endpoints, ",")
 	if *endpoints == "" {
-		dir, err := os.MkdirTemp("", "kratos-example")
+		srv, err := etcdtest.StartTemp()
 		if err != nil {
 			log.Fatal(err)
 		}
-		defer func() { _ = os.RemoveAll(dir) }()
-		srv, err := etcdtest.Start(dir)
-		if err != nil {
-			log.Fatal(err)
-		}
-		defer srv.Stop()
+		defer srv.Close()
 		eps = []string{srv.Endpoint}
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, Logger: zap.NewNop()})

@@ -6,10 +6,13 @@
 //	defer srv.Stop()
 //	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}})
 //
+// Examples and programs, which have no t.TempDir, use StartTemp and Close.
+//
 // It is for tests: one member, data in the directory given, no TLS.
 package etcdtest
 
 import (
+	"os"
 	"time"
 
 	"github.com/leasekeeper/leasekeeper/internal/embedetcd"
@@ -23,7 +26,8 @@ type Server struct {
 	// Endpoint is the client URL, for clientv3.Config.Endpoints.
 	Endpoint string
 
-	srv *embedetcd.Server
+	srv  *embedetcd.Server
+	temp string // the directory StartTemp made, which Close removes
 }
 
 // Start starts etcd with its data in dir and returns once it serves. A dir
@@ -34,6 +38,31 @@ func Start(dir string) (*Server, error) {
 		return nil, err
 	}
 	return &Server{Endpoint: srv.Endpoint, srv: srv}, nil
+}
+
+// StartTemp starts etcd with its data in a new temporary directory, which
+// Close removes.
+func StartTemp() (*Server, error) {
+	dir, err := os.MkdirTemp("", "etcdtest")
+	if err != nil {
+		return nil, err
+	}
+	s, err := Start(dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	s.temp = dir
+	return s, nil
+}
+
+// Close stops the server and removes the directory StartTemp made; on a
+// server from Start it is Stop.
+func (s *Server) Close() {
+	s.Stop()
+	if s.temp != "" {
+		_ = os.RemoveAll(s.temp)
+	}
 }
 
 // Stop stops the server as a crash would, for a test of an outage; its

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -19,16 +18,11 @@ import (
 // Register an instance for etcd's resolver, update its metadata, and drain
 // it before stopping.
 func Example() {
-	dir, err := os.MkdirTemp("", "naming-example")
+	srv, err := etcdtest.StartTemp()
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	srv, err := etcdtest.Start(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.Stop()
+	defer srv.Close()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, Logger: zap.NewNop()})
 	if err != nil {
 		log.Fatal(err)
