@@ -1,8 +1,9 @@
 // Command schedule measures how the keeper schedules its renewals: it
-// prints, as a markdown section, the lateness and memory of n pending
-// renewals kept as alarms of one alarm.Set, as time.AfterFunc timers, and
-// as entries of a heap a ticker polls. The compare command runs it for
-// BENCHMARKS.md; it lives here because alarm is the keeper's own.
+// prints, a line each with tab-separated fields (design, lateness p50,
+// lateness p99, bytes per renewal), the figures of n pending renewals kept
+// as alarms of one alarm.Set, as time.AfterFunc timers, and as entries of
+// a heap a ticker polls. The compare command runs it and writes the table
+// of BENCHMARKS.md; it lives here because alarm is the keeper's own.
 package main
 
 import (
@@ -28,33 +29,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "schedule: -timers must be positive")
 		os.Exit(2)
 	}
-	fmt.Print(timerFigure(*n))
+	for _, r := range timerFigure(*n) {
+		fmt.Println(strings.Join(r, "\t"))
+	}
 }
 
 func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
-func table(header []string, rows [][]string) string {
-	var b strings.Builder
-	b.WriteString("| " + strings.Join(header, " | ") + " |\n|")
-	for range header {
-		b.WriteString("---|")
-	}
-	b.WriteString("\n")
-	for _, r := range rows {
-		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
-	}
-	return b.String()
-}
-
 // timerFigure schedules n renewals due over one to eleven seconds
 // (100,000 a second for a million, the rate of a million 30 s leases), as
 // alarms of one alarm.Set (the keeper's design: one runtime timer over a
 // heap, per client), as time.AfterFunc timers, and as entries of a heap
-// that one goroutine polls with a 10 ms ticker, and reports lateness and
-// memory.
-func timerFigure(n int) string {
+// that one goroutine polls with a 10 ms ticker, and returns a row of
+// lateness and memory for each.
+func timerFigure(n int) [][]string {
 	progress("scheduling: %d alarms of one alarm.Set", n)
 	sLate, sMem := alarmSet(n)
 	progress("scheduling: %d AfterFunc timers", n)
@@ -66,14 +56,11 @@ func timerFigure(n int) string {
 		p := func(q float64) string { return late[int(q*float64(len(late)-1))].Round(10 * time.Microsecond).String() }
 		return []string{name, p(0.5), p(0.99), fmt.Sprintf("%.0f", mem)}
 	}
-	return fmt.Sprintf("## 7. Scheduling %d pending renewals\n\n", n) +
-		"Each renewal is due at a random time one to eleven seconds ahead. Lateness is fire time minus due time; " +
-		"memory is the heap in use per pending renewal, with what each design keeps to note its lateness.\n\n" +
-		table([]string{"design", "lateness p50", "lateness p99", "bytes per renewal"}, [][]string{
-			row("one runtime timer over a heap, keeper/internal/alarm (the keeper)", sLate, sMem),
-			row("time.AfterFunc per renewal", aLate, aMem),
-			row("one goroutine, 10 ms ticker over a heap", tLate, tMem),
-		})
+	return [][]string{
+		row("one runtime timer over a heap, keeper/internal/alarm (the keeper)", sLate, sMem),
+		row("time.AfterFunc per renewal", aLate, aMem),
+		row("one goroutine, 10 ms ticker over a heap", tLate, tMem),
+	}
 }
 
 func heapInUse() uint64 {
