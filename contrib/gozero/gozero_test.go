@@ -9,8 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,9 +22,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/leasekeeper/leasekeeper/contrib/gozero"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper/etcdtest"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -238,59 +236,26 @@ func (s *server) stop(t *testing.T) {
 	assert.Contains(t, lines, "stopped", "server %s did not return from Start", s.addr)
 }
 
-// caller calls the service through a zrpc client on go-zero's etcd
-// resolver, every few milliseconds.
-type caller struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-}
-
-func startCaller(t *testing.T, srv *etcdtest.Server) *caller {
+// startCaller calls the service through a zrpc client on go-zero's etcd
+// resolver every 5 ms (testbed.CallHealth: an answer other than SERVING
+// fails), and waits for the first answer.
+func startCaller(t *testing.T, srv *etcdtest.Server) *testbed.Caller {
 	t.Helper()
 	var cc zrpc.RpcClientConf
 	require.NoError(t, conf.LoadFromYamlBytes([]byte(fmt.Sprintf("Etcd:\n  Hosts: [%s]\n  Key: %s\n", etcdConf(srv).Hosts[0], key)), &cc))
 	cl, err := zrpc.NewClient(cc)
 	require.NoError(t, err)
-	hc := grpc_health_v1.NewHealthClient(cl.Conn())
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &caller{}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for ctx.Err() == nil {
-			cctx, ccancel := context.WithTimeout(ctx, time.Second)
-			resp, err := hc.Check(cctx, &grpc_health_v1.HealthCheckRequest{})
-			ccancel()
-			switch {
-			case ctx.Err() != nil:
-			case err != nil || resp.GetStatus() != grpc_health_v1.HealthCheckResponse_SERVING:
-				c.failed.Add(1)
-				c.mu.Lock()
-				c.errs = append(c.errs, fmt.Sprintf("%v %v", resp.GetStatus(), err))
-				c.mu.Unlock()
-			default:
-				c.ok.Add(1)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait(); _ = cl.Conn().Close() })
-	c.waitCalls(t, 1)
+	c := testbed.CallHealth(cl.Conn(), 5*time.Millisecond, true)
+	t.Cleanup(c.Close)
+	waitCalls(t, c, 1)
 	return c
 }
 
-func (c *caller) failures() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.errs...)
-}
-
-func (c *caller) waitCalls(t *testing.T, n int64) {
+// waitCalls waits for n more calls answered.
+func waitCalls(t *testing.T, c *testbed.Caller, n int64) {
 	t.Helper()
-	base := c.ok.Load()
-	require.Eventually(t, func() bool { return c.ok.Load() >= base+n }, 10*time.Second, 5*time.Millisecond, "calls answered: %d", c.ok.Load())
+	base := c.OK.Load()
+	require.Eventually(t, func() bool { return c.OK.Load() >= base+n }, 10*time.Second, 5*time.Millisecond, "calls answered: %d", c.OK.Load())
 }
 
 // TestAgainstGoZeroPublisher runs leasekeeper's registration and go-zero's
@@ -315,10 +280,10 @@ func TestAgainstGoZeroPublisher(t *testing.T) {
 				for i, s := range servers {
 					s.stop(t)
 					servers[i] = start()
-					c.waitCalls(t, 20)
+					waitCalls(t, c, 20)
 				}
 			}
-			rollOK, rollFailed := c.ok.Load(), c.failed.Load()
+			rollOK, rollFailed := c.OK.Load(), c.Failed.Load()
 
 			k := servers[0].key(t, cli)
 			_, err := cli.Delete(context.Background(), k)
@@ -342,15 +307,15 @@ func TestAgainstGoZeroPublisher(t *testing.T) {
 					same++
 				}
 			}
-			c.waitCalls(t, 20)
-			outFailed := c.failed.Load() - rollFailed
+			waitCalls(t, c, 20)
+			outFailed := c.Failed.Load() - rollFailed
 			rows = append(rows, fmt.Sprintf("| %s | %d | %d | %s | %d of %d under the same key, %d keys in all | %d |",
 				reg, rollOK+rollFailed, rollFailed, restored, same, len(before), len(after), outFailed))
 			if reg == leasekeeper {
-				assert.Zero(t, rollFailed, "failed calls in the rolling restart: %v", c.failures())
+				assert.Zero(t, rollFailed, "failed calls in the rolling restart: %v", c.Failures())
 				assert.Equal(t, "back under the same key", restored)
 				assert.Equal(t, before, after, "keys after the outage")
-				assert.Zero(t, outFailed, "failed calls through the outage: %v", c.failures())
+				assert.Zero(t, outFailed, "failed calls through the outage: %v", c.Failures())
 				for _, s := range servers {
 					s.stop(t)
 				}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/leasekeeper/leasekeeper/contrib/kratos"
 	"github.com/leasekeeper/leasekeeper/contrib/kratos/internal/kratostest"
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 	"github.com/leasekeeper/leasekeeper/keeper/etcdtest"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -125,7 +126,7 @@ func newRegistrar(t *testing.T, srv *etcdtest.Server) *kratos.Registrar {
 	return r
 }
 
-func startCaller(t *testing.T, cli *clientv3.Client) *kratostest.Caller {
+func startCaller(t *testing.T, cli *clientv3.Client) *testbed.Caller {
 	t.Helper()
 	d, err := kratos.NewDiscovery(cli)
 	require.NoError(t, err)
@@ -185,7 +186,7 @@ func TestOutageLongerThanKratosSurvives(t *testing.T) {
 	srv.Stop()
 	require.Eventually(t, func() bool { return r.Keeper().State() == statemachine.Failed }, 10*time.Second, 10*time.Millisecond)
 	time.Sleep(20 * time.Second)
-	c.WaitCalls(t, 20) // still served from the list the client kept
+	kratostest.WaitCalls(t, c, 20) // still served from the list the client kept
 	require.NoError(t, srv.Restart())
 	require.Eventually(t, func() bool { return r.Keeper().State() == statemachine.Healthy }, 10*time.Second, 10*time.Millisecond)
 	resp, err = cli.Get(context.Background(), key)
@@ -201,7 +202,7 @@ func TestOutageLongerThanKratosSurvives(t *testing.T) {
 		resp, err := cli.Get(context.Background(), key)
 		return err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == value
 	}, 5*time.Second, 5*time.Millisecond, "the deleted key was not put back")
-	c.WaitCalls(t, 20)
+	kratostest.WaitCalls(t, c, 20)
 
 	got, err := d.GetService(context.Background(), service)
 	require.NoError(t, err)

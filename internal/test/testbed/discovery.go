@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -127,8 +128,17 @@ func StartCaller(endpoints []string, service string, every time.Duration, health
 		_ = cli.Close()
 		return nil, err
 	}
+	c := CallHealth(conn, every, false)
+	c.cli = cli
+	return c, nil
+}
+
+// CallHealth calls Health/Check on conn every every, and counts the calls
+// that succeed and fail; with serving, an answer other than SERVING fails
+// too. Close closes conn.
+func CallHealth(conn *grpc.ClientConn, every time.Duration, serving bool) *Caller {
 	ctx, stop := context.WithCancel(context.Background())
-	c := &Caller{cli: cli, conn: conn, stop: stop}
+	c := &Caller{conn: conn, stop: stop}
 	hc := healthpb.NewHealthClient(conn)
 	c.wg.Go(func() {
 		t := time.NewTicker(every)
@@ -140,18 +150,20 @@ func StartCaller(endpoints []string, service string, every time.Duration, health
 			case <-t.C:
 			}
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
-			_, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
+			resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
 			cancel()
 			switch {
 			case ctx.Err() != nil:
 			case err != nil:
 				c.fail(err)
+			case serving && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
+				c.fail(fmt.Errorf("answered %v", resp.GetStatus()))
 			default:
 				c.OK.Add(1)
 			}
 		}
 	})
-	return c, nil
+	return c
 }
 
 func (c *Caller) fail(err error) {
@@ -169,7 +181,9 @@ func (c *Caller) Close() {
 	c.stop()
 	c.wg.Wait()
 	_ = c.conn.Close()
-	_ = c.cli.Close()
+	if c.cli != nil {
+		_ = c.cli.Close()
+	}
 }
 
 // FailedSince returns when the calls that failed at or after since failed.

@@ -126,7 +126,7 @@ func TestAgainstKratosRegistry(t *testing.T) {
 					present++
 				}
 			}
-			c.WaitCalls(t, 20)
+			kratostest.WaitCalls(t, c, 20)
 			outFailed := c.Failed.Load() - rollFailed
 
 			rows = append(rows, fmt.Sprintf("| %s | %d | %d | %s | %d of %d | %d |", r.name, rollOK+rollFailed, rollFailed,

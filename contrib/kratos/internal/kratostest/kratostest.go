@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,7 +16,8 @@ import (
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/leasekeeper/leasekeeper/internal/test/testbed"
 )
 
 // Service is the name the apps register.
@@ -68,57 +68,22 @@ func Present(cli *clientv3.Client, key string) bool {
 	return err == nil && len(resp.Kvs) == 1
 }
 
-// Caller calls the service through kratos's gRPC resolver every few
-// milliseconds, and counts the calls; a call answered NOT_SERVING fails.
-type Caller struct {
-	OK, Failed atomic.Int64
-
-	mu   sync.Mutex
-	errs []string
-}
-
-// StartCaller starts calling through d, and waits for the first answer.
-func StartCaller(t testing.TB, d registry.Discovery) *Caller {
+// StartCaller calls the service through kratos's gRPC resolver over d
+// every 5 ms (testbed.CallHealth: an answer other than SERVING fails), and
+// waits for the first answer.
+func StartCaller(t testing.TB, d registry.Discovery) *testbed.Caller {
 	t.Helper()
 	conn, err := kgrpc.DialInsecure(context.Background(), kgrpc.WithEndpoint("discovery:///"+Service),
 		kgrpc.WithDiscovery(d), kgrpc.WithPrintDiscoveryDebugLog(false), kgrpc.WithTimeout(time.Second))
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &Caller{}
-	hc := grpc_health_v1.NewHealthClient(conn)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for ctx.Err() == nil {
-			resp, err := hc.Check(ctx, &grpc_health_v1.HealthCheckRequest{})
-			switch {
-			case ctx.Err() != nil:
-			case err != nil || resp.GetStatus() != grpc_health_v1.HealthCheckResponse_SERVING:
-				c.Failed.Add(1)
-				c.mu.Lock()
-				c.errs = append(c.errs, fmt.Sprintf("%v %v", resp.GetStatus(), err))
-				c.mu.Unlock()
-			default:
-				c.OK.Add(1)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait(); _ = conn.Close() })
-	c.WaitCalls(t, 1)
+	c := testbed.CallHealth(conn, 5*time.Millisecond, true)
+	t.Cleanup(c.Close)
+	WaitCalls(t, c, 1)
 	return c
 }
 
-// Failures returns the errors of the failed calls.
-func (c *Caller) Failures() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.errs...)
-}
-
 // WaitCalls waits for n more calls answered.
-func (c *Caller) WaitCalls(t testing.TB, n int64) {
+func WaitCalls(t testing.TB, c *testbed.Caller, n int64) {
 	t.Helper()
 	base := c.OK.Load()
 	require.Eventually(t, func() bool { return c.OK.Load() >= base+n }, 10*time.Second, 5*time.Millisecond, "calls answered: %d", c.OK.Load())
@@ -126,13 +91,13 @@ func (c *Caller) WaitCalls(t testing.TB, n int64) {
 
 // RollingRestart stops each app in turn, starts its successor with start,
 // and waits for calls between, rounds times over.
-func RollingRestart(t testing.TB, apps []*App, c *Caller, rounds int, start func(id string) *App) {
+func RollingRestart(t testing.TB, apps []*App, c *testbed.Caller, rounds int, start func(id string) *App) {
 	t.Helper()
 	for round := range rounds {
 		for i, a := range apps {
 			require.NoError(t, a.Stop(), "stopping %s", a.ID)
 			apps[i] = start(fmt.Sprintf("a%d-%d", i, round+1))
-			c.WaitCalls(t, 20)
+			WaitCalls(t, c, 20)
 		}
 	}
 }
