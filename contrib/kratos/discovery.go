@@ -3,9 +3,7 @@ package kratos
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/go-kratos/kratos/v2/registry"
@@ -50,8 +48,8 @@ func (d *Discovery) GetService(ctx context.Context, name string) ([]*registry.Se
 // lists the service again once etcd answers, and never returns an error
 // but the context's, when ctx ends or Stop is called.
 func (d *Discovery) Watch(ctx context.Context, name string) (registry.Watcher, error) {
-	if name == "" || strings.Contains(name, "/") {
-		return nil, fmt.Errorf("kratos: service name must be non-empty and hold no /, got %q", name)
+	if err := checkName(name); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	return &watcher{d: d, name: name, ctx: ctx, cancel: cancel, first: true}, nil

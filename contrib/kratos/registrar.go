@@ -158,13 +158,22 @@ func (r *Registrar) Deregister(ctx context.Context, si *registry.ServiceInstance
 func (r *Registrar) Close(ctx context.Context) error { return r.k.Close(ctx) }
 
 func check(si *registry.ServiceInstance) error {
-	switch {
-	case si == nil:
+	if si == nil {
 		return errors.New("kratos: nil service instance")
-	case si.Name == "" || strings.Contains(si.Name, "/"):
-		return fmt.Errorf("kratos: service name must be non-empty and hold no /, got %q", si.Name)
-	case si.ID == "" || strings.Contains(si.ID, "/"):
+	}
+	if err := checkName(si.Name); err != nil {
+		return err
+	}
+	if si.ID == "" || strings.Contains(si.ID, "/") {
 		return fmt.Errorf("kratos: instance id must be non-empty and hold no /, got %q", si.ID)
+	}
+	return nil
+}
+
+// checkName checks a service name, which is one element of a key.
+func checkName(name string) error {
+	if name == "" || strings.Contains(name, "/") {
+		return fmt.Errorf("kratos: service name must be non-empty and hold no /, got %q", name)
 	}
 	return nil
 }
