@@ -253,13 +253,17 @@ func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 // lateReply takes in the reply to a keepalive for lease id sent at sent,
 // given up before it came at at, with the TTL the server reset the lease
 // to: the renewal happened, so D moves as for any other while the lease is
-// alive, the path learns how late it answered, and a Healthy keeper's
-// failures in a row start again, since the renewals they timed out on did
-// not fail. The state moves with the next attempt.
+// alive, the path learns how late it answered (and a keeper that took it
+// for one that answers at once learns it again: pathState.relearn), and a
+// Healthy keeper's failures in a row start again, since the renewals they
+// timed out on did not fail. The state moves with the next attempt.
 func (l *leaseLoop) lateReply(id clientv3.LeaseID, sent time.Time, ttl int64, at time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
+	if l.lease.id == id {
+		l.path.relearn()
+	}
 	if l.k.life.closed() || l.lease.id != id || !l.liveLocked(now) || sent.Before(l.path.proved) {
 		// Older than the renewal D rests on (a member that held it
 		// through a stall, say): it moves nothing and tells nothing of

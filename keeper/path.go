@@ -64,6 +64,7 @@ type pathState struct {
 	probe  bool          // in held mode, a probe is due (probeDue)
 	ref    time.Duration // in held mode, the longest period (most) when the last probe was due
 	proved time.Time     // when the keepalive that D rests on was sent
+	known  uint8         // keepalives answered promptly, each the first of its attempt, since the keeper last learned its path, up to learnAfter
 	fresh  bool          // the lease was just granted: no keepalive of it answered yet
 	second bool          // the next answer is the lease's second: no period ends with it
 }
@@ -114,8 +115,9 @@ func holdSlack(base timing) time.Duration {
 	return max(base.renewTimeout/2, 20*time.Millisecond)
 }
 
-// learnAfter is how many keepalives answered promptly, each the first of
-// its attempt, tell a path that answers at once.
+// learnAfter is how many keepalives answered promptly (no later than the
+// path's unary calls take, and holdSlack), each the first of its attempt,
+// tell a path that answers at once.
 const learnAfter = 3
 
 // learning reports whether the keeper does not know its path yet: it has
@@ -126,7 +128,26 @@ const learnAfter = 3
 // otherwise timed out and counted as failures before the keeper could see
 // that schedule.
 func (p *pathState) learning() bool {
-	return !p.held() && p.ka.n < learnAfter
+	return !p.held() && p.known < learnAfter
+}
+
+// relearn makes a keeper that does not renew on a held path's schedule
+// learn its path again, as at Start: a keepalive it gave up at its timeout
+// was answered after all (lateReply). That is what a path that holds
+// keepalives does to a keeper that took it for one that answers at once
+// (it learned the path through a member, or before a gRPC proxy held its
+// keepalives): each keepalive waits past the attempt's bound for the
+// proxy's next answer, which comes to the keepalives of several attempts
+// at once, after the failures that make it look like the end of an
+// outage (answered), and the keeper would never see the hold. While it
+// learns, a keepalive may wait for learnWait, and the first that waits for
+// a held answer puts the keeper in held mode. On a path that does answer
+// at once, learning again costs the few keepalives it takes to see
+// learnAfter prompt replies, after a reply that came too late.
+func (p *pathState) relearn() {
+	if !p.held() {
+		p.known, p.holds = 0, 0
+	}
 }
 
 // learnWait is how long a keepalive may wait for its reply while the
@@ -172,6 +193,9 @@ func (p *pathState) asking(now time.Time) {
 func (p *pathState) answered(sent, at time.Time, first bool, fails int, ttl time.Duration, base timing, b time.Duration) {
 	if first {
 		p.ka.sample(at.Sub(sent))
+		if at.Sub(sent) <= b+holdSlack(base) && p.known < learnAfter {
+			p.known++
+		}
 	}
 	asked := p.asked
 	if asked.IsZero() || asked.After(sent) {

@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,10 +46,20 @@ type proxyFake struct {
 	// later than its lessor's next tick (under the load of many new
 	// leases): two answers a tick and its round trip apart at the lease's
 	// start.
-	twice   bool
-	sent    int // keepalives the proxy got
-	renewed int // keepalives the proxy sent upstream
-	closed  bool
+	twice bool
+	// direct makes the path answer every keepalive at once, as a member
+	// does, until it is cleared: a keeper that learned such a path must
+	// learn the proxy's schedule when it comes in (a client whose
+	// balancer moved to a proxy, say).
+	direct bool
+	// newestFirst makes the proxy hand an answer to the keepalives
+	// waiting for it newest first: a keepalive given up and one sent
+	// after it, on two streams, are answered by one renewal, and either
+	// reply may reach the keeper first.
+	newestFirst bool
+	sent        int // keepalives the proxy got
+	renewed     int // keepalives the proxy sent upstream
+	closed      bool
 }
 
 // proxyLoop is the proxy's keepalive of one lease and the keepalives
@@ -94,6 +105,9 @@ func (p *proxyFake) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(in
 	if p.closed {
 		go done(0, context.Canceled)
 		return func() {}
+	}
+	if p.direct {
+		return p.fakeBackend.keepAliveAsync(id, hedge, done)
 	}
 	l := p.loops[id]
 	if l == nil {
@@ -168,7 +182,11 @@ func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
 	} else {
 		delete(p.loops, id) // the proxy's lessor lets an expired lease go
 	}
+	newestFirst := p.newestFirst
 	p.mu.Unlock()
+	if newestFirst {
+		slices.Reverse(waiting)
+	}
 	for _, c := range waiting {
 		if ttl <= 0 {
 			// As the real backend says it (renewals.go).

@@ -399,3 +399,40 @@ func TestProxySteadyCostsNoProbes(t *testing.T) {
 		})
 	}
 }
+
+// TestProxyAfterDirectPath: a keeper that learned a path answering at once
+// (it renews on the grid, its attempts bounded by the replies' latency)
+// finds that the path now holds keepalives, as when its client's balancer
+// moves to a gRPC proxy. Its keepalives wait past its attempts' bound, and
+// each answer comes as a burst to the keepalive given up and the one sent
+// after it, on two streams, in either order. The keeper must learn the
+// proxy's schedule from that within a few periods, whichever reply it
+// takes in first, and then stay Healthy with D never past the server's
+// expiry.
+func TestProxyAfterDirectPath(t *testing.T) {
+	for _, newestFirst := range []bool{false, true} {
+		for _, ttl := range []time.Duration{3 * time.Second, 10 * time.Second} {
+			t.Run(fmt.Sprintf("ttl %v newest first %v", ttl, newestFirst), func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					p := newProxyFake(time.Millisecond)
+					p.direct, p.newestFirst = true, newestFirst
+					k, rec := newProxyTest(t, p, ttl)
+					late := watchDeadline(p, k)
+					startHealthy(t, k, "svc/a")
+					time.Sleep(3 * ttl)
+					require.False(t, k.loop.path.held(), "held mode on a path that answers at once")
+					p.mu.Lock()
+					p.direct = false
+					p.mu.Unlock()
+					time.Sleep(3 * ttl)
+					from := time.Now()
+					time.Sleep(10 * ttl)
+					synctest.Wait()
+					assert.Zero(t, late(), "checks that found D later than the server's expiry")
+					assert.Zero(t, episodes(rec, from), "episodes in 10 TTLs, 3 TTLs after the path began to hold keepalives: %v", rec.path())
+					closeProxyTest(t, k, p)
+				})
+			})
+		}
+	}
+}
