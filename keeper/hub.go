@@ -150,7 +150,8 @@ func joinHub(key any, newBackend func() backend, cfg *Config) (*hub, *Config) {
 	h := hubs.m[key]
 	if h == nil {
 		b := newBackend()
-		h = &hub{key: key, b: b, watch: newWatchHub(b)}
+		h = &hub{key: key, b: b}
+		h.watch = newWatchHub(b, &h.calls)
 		hubs.m[key] = h
 	}
 	h.refs++

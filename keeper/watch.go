@@ -102,6 +102,7 @@ func (w *keyWatch) reconcile(key string, obs *mvccpb.KeyValue, rev int64) {
 // calls a keeper while holding it.
 type watchHub struct {
 	b       backend
+	calls   *callTiming   // the hub's unary round trips: they bound the read
 	rewatch chan struct{} // a key outside the range was registered: wakes a hub that watches nothing
 	wake    chan struct{} // an attempt succeeded: a broken watch need not wait out its backoff
 
@@ -115,8 +116,8 @@ type watchHub struct {
 	done    chan struct{}      // closed when it ended
 }
 
-func newWatchHub(b backend) *watchHub {
-	return &watchHub{b: b, rewatch: make(chan struct{}, 1), wake: make(chan struct{}, 1), owners: owners{one: map[string]*keyWatch{}}}
+func newWatchHub(b backend, calls *callTiming) *watchHub {
+	return &watchHub{b: b, calls: calls, rewatch: make(chan struct{}, 1), wake: make(chan struct{}, 1), owners: owners{one: map[string]*keyWatch{}}}
 }
 
 // join adds w's keys to the watch, and starts the watch for the first
@@ -303,12 +304,21 @@ func (h *watchHub) once(ctx context.Context, start, end string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cfg, _ := h.pace()
-	gctx, gcancel := context.WithTimeout(ctx, cfg.timingFor(0).renewTimeout)
+	// Bounded as the keepers' unary calls are, by the round trips the path
+	// showed (callTiming.timeout), never below the renew timeout: over a
+	// far link, or a gRPC proxy whose leg to etcd is slow, a read bounded
+	// by the renew timeout alone would time out every time, and the watch
+	// never start.
+	gctx, gcancel := context.WithTimeout(ctx, max(cfg.timingFor(0).renewTimeout, h.calls.timeout()))
+	sent := time.Now()
 	rev, kvs, err := h.b.read(gctx, start, end)
 	gcancel()
 	if err != nil {
 		return lkerrors.ClassifyConn(err, h.b.connState())
 	}
+	// How long a call takes, not a leg of the path: the read may have
+	// waited out the break it follows.
+	h.calls.take(sent, false)
 	found := make(map[string]*mvccpb.KeyValue, len(kvs))
 	for _, kv := range kvs {
 		found[string(kv.Key)] = kv

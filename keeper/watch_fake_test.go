@@ -41,6 +41,36 @@ func TestFakeWatchRestoresDeletedKey(t *testing.T) {
 	})
 }
 
+// TestFakeWatchOverASlowPath: over a path whose round trip is longer than
+// the renew timeout (TTL/10), the watch's read is bounded by the round
+// trips the keeper's calls showed, so the watch starts, restores a key
+// deleted behind the keeper's back, and does not read the keys again and
+// again.
+func TestFakeWatchOverASlowPath(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchingFake()
+		f.setLatency(400 * time.Millisecond)
+		evs := &keyEventLog{}
+		k, _ := newTest(t, f, func(c *Config) {
+			c.TTL = 3 * time.Second
+			c.Callbacks.OnKeyEvent = evs.record
+		})
+		require.NoError(t, k.Register(context.Background(), "svc/a", "mine"))
+		require.NoError(t, k.Start(context.Background()))
+		time.Sleep(5 * time.Second)
+		reads := f.count("read")
+		f.deleteKey("svc/a")
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		kv, ok := f.get("svc/a")
+		require.True(t, ok, "svc/a not restored")
+		assert.Equal(t, k.LeaseID(), kv.lease)
+		assert.Equal(t, []Change{Deleted}, evs.changes("svc/a"))
+		assert.LessOrEqual(t, reads, 2, "reads of the keys in the watch's first 5 s")
+		mustClose(t, k)
+	})
+}
+
 // TestNoWatchUnlessAsked: with the default config the keeper opens no
 // watch: a key deleted behind its back stays deleted and is not reported,
 // and the hub runs no watch goroutine. The keeper still writes every key
