@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
@@ -59,7 +60,8 @@ type subject struct {
 	lease clientv3.LeaseID // granted at the start
 
 	mu        sync.Mutex
-	attempts  []string // for debugging: when each attempt ended, and how
+	attempts  []string               // for debugging: when each attempt ended, and how
+	log       *observer.ObservedLogs // for debugging: the keeper's debug lines
 	ts        []statemachine.Transition
 	more      chan struct{}
 	deletedAt time.Time // the first DELETE of one of its keys the observer saw
@@ -141,6 +143,8 @@ func (s *scenario) newSubject(prefix string, endpoints []string, opts ...grpc.Di
 	cfg.WatchKeys = true // the suite deletes keys behind the keepers' backs too
 	cfg.Callbacks.OnTransition = sub.record
 	cfg.Observers = []keeper.Observer{sub}
+	core, logs := observer.New(zap.DebugLevel)
+	cfg.Logger, sub.log = zap.New(core), logs
 	if sub.k, err = keeper.New(sub.cli, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -519,6 +523,13 @@ func (s *scenario) debug() {
 			s.t.Logf("keeper %d: attempt ended +%v %s", i, time.UnixMilli(ms).Sub(start).Round(time.Millisecond), rest)
 		}
 		sub.mu.Unlock()
+		for _, e := range sub.log.All() {
+			var b strings.Builder
+			for k, v := range e.ContextMap() {
+				fmt.Fprintf(&b, " %s=%v", k, v)
+			}
+			s.t.Logf("keeper %d: log +%v %s%s", i, e.Time.Sub(start).Round(time.Millisecond), e.Message, b.String())
+		}
 	}
 	s.probe.mu.Lock()
 	defer s.probe.mu.Unlock()
