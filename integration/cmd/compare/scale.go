@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -427,6 +428,7 @@ func costChild(o options) error {
 	if !ok {
 		return fmt.Errorf("no holder %q", o.cost)
 	}
+	costKind = o.cost
 	u, err := cost(o.costTarget, o.costPid, o.costClients, o.costLeases, o.scaleFor, start, o.costEtcd)
 	if err != nil {
 		return err
@@ -550,7 +552,9 @@ func window(p *testbed.Proxy, serverPid int, f front, idle usage, d time.Duratio
 	start := measure(p, serverPid)
 	f.add(&start)
 	eps := episodes.Load()
+	stopProfile := profileWindow()
 	time.Sleep(d)
+	stopProfile()
 	end := measure(p, serverPid)
 	f.add(&end)
 	return usage{
@@ -736,4 +740,32 @@ func requests(leases int, rows []named) string {
 		parts = append(parts, fmt.Sprintf("%s: %s", r.name, perLease(r.u.calls, leases)))
 	}
 	return "Requests per lease in the window (a keepalive is one message on a `LeaseKeepAlive` stream): " + strings.Join(parts, "; ") + ".\n\n"
+}
+
+// costKind is the holder a cost child measures.
+var costKind string
+
+// profileWindow writes a CPU profile of a cost child's window to the file
+// LEASEKEEPER_COMPARE_CPUPROFILE names, with the holder's kind appended,
+// if it is set: where a holder's client CPU goes. The returned func stops
+// it.
+func profileWindow() func() {
+	path := os.Getenv("LEASEKEEPER_COMPARE_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(fmt.Sprintf("%s.%s.%d", path, costKind, os.Getpid()))
+	if err != nil {
+		progress("cpu profile: %v", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		progress("cpu profile: %v", err)
+		_ = f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}
 }
