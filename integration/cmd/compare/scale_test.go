@@ -1,0 +1,29 @@
+package main
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// TestNoMore: a figure no more than KeepAlive's is met; one more by no
+// more than either holder's two phases differ is met within the noise,
+// and says by how much; one more by more is missed.
+func TestNoMore(t *testing.T) {
+	phases := func(a, b time.Duration) usage { return both(usage{server: a}, usage{server: b}) }
+	ka := phases(700*time.Millisecond, 800*time.Millisecond) // 1.5 s, phases 0.1 s apart
+	for _, tc := range []struct {
+		name string
+		k    usage
+		want string
+	}{
+		{"less", phases(700*time.Millisecond, 700*time.Millisecond), "met"},
+		{"equal", phases(750*time.Millisecond, 750*time.Millisecond), "met"},
+		{"more within KeepAlive's spread", phases(760*time.Millisecond, 800*time.Millisecond), "met within the run's noise (more by 0.06 s, where the two phases of one holder differ by up to 0.10 s)"},
+		{"more within its own spread", phases(600*time.Millisecond, 1000*time.Millisecond), "met within the run's noise (more by 0.10 s, where the two phases of one holder differ by up to 0.40 s)"},
+		{"more than either spread", phases(800*time.Millisecond, 850*time.Millisecond), "**missed**"},
+	} {
+		assert.Equal(t, tc.want, noMore(tc.k, ka, serverOf, "s"), tc.name)
+	}
+}
