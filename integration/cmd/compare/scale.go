@@ -48,13 +48,10 @@ type usage struct {
 // episodes counts the holders' episodes in this process (usage.episodes).
 var episodes atomic.Int64
 
-// episodeCounter is an Observer that counts the times its keeper leaves
-// Healthy.
-type episodeCounter struct{}
-
-func (episodeCounter) ObserveAttempt(string, time.Duration, error) {}
-
-func (episodeCounter) ObserveTransition(t statemachine.Transition) {
+// countEpisode is the cost keepers' OnTransition: it counts the times a
+// keeper leaves Healthy. A callback, not an Observer, so that the keepers
+// report nothing per renewal, as the default config does not.
+func countEpisode(t statemachine.Transition) {
 	if t.From == statemachine.Healthy {
 		episodes.Add(1)
 	}
@@ -142,7 +139,8 @@ func scaleFigures(bin string, o options, r *report) error {
 		"ways in a proxy; goroutines, heap (the bytes of live objects after two collections, so that the buffers gRPC pools " +
 		"for reuse are not counted) and goroutine stacks are the increase over the idle clients, " +
 		"measured after one lease of the same kind was held and stopped on them (what the process does once is not a lease's cost). " +
-		"The keepers do not watch their keys (the default); the `KeepAlive` variant drains each channel in a " +
+		"The keepers do not watch their keys and have no observer (the default: an `OnTransition` callback counts " +
+		"their episodes); the `KeepAlive` variant drains each channel in a " +
 		"goroutine and stops by canceling its context, as users do.\n\n" +
 		fmt.Sprintf("### %d leases on one client\n\n", o.leases) +
 		table(header, [][]string{row("leasekeeper", kc), row("Lease.KeepAlive", ac), row("Lease.KeepAlive, context never canceled", tc)}) +
@@ -213,8 +211,9 @@ func scaleFigures(bin string, o options, r *report) error {
 }
 
 // startKeepers starts n keepers with one key each on cli, 32 at a time,
-// watching their keys or not, each with the observers obs(i) returns.
-func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string, watch bool, obs func(i int) []keeper.Observer) ([]*keeper.Keeper, error) {
+// watching their keys or not, each with its config changed by setup(i),
+// if set.
+func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string, watch bool, setup func(i int, cfg *keeper.Config)) ([]*keeper.Keeper, error) {
 	ks := make([]*keeper.Keeper, n)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -223,8 +222,8 @@ func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string,
 		cfg := keeper.DefaultConfig()
 		cfg.TTL = ttl
 		cfg.WatchKeys = watch
-		if obs != nil {
-			cfg.Observers = obs(i)
+		if setup != nil {
+			setup(i, &cfg)
 		}
 		k, err := keeper.New(cli, cfg)
 		if err != nil {
@@ -274,7 +273,7 @@ func keepersWatching(cli *clientv3.Client, prefix string, n int) (func(), error)
 }
 
 func holdKeepers(cli *clientv3.Client, prefix string, n int, watch bool) (func(), error) {
-	count := func(int) []keeper.Observer { return []keeper.Observer{episodeCounter{}} }
+	count := func(_ int, cfg *keeper.Config) { cfg.Callbacks.OnTransition = countEpisode }
 	ks, err := startKeepers(cli, n, 10*time.Second, prefix+"keeper/", watch, count)
 	return func() { closeKeepers(ks) }, err
 }

@@ -89,9 +89,9 @@ func soakFigure(bin string, o options, r *report) error {
 	s := &soakStats{}
 	watches := make([]*renewalWatch, o.soakKeepers)
 	t0 := time.Now()
-	ks, err := startKeepers(cli, o.soakKeepers, soakTTL, "soak/", true, func(i int) []keeper.Observer {
+	ks, err := startKeepers(cli, o.soakKeepers, soakTTL, "soak/", true, func(i int, cfg *keeper.Config) {
 		watches[i] = &renewalWatch{s: s}
-		return []keeper.Observer{watches[i]}
+		cfg.Observers = []keeper.Observer{watches[i]}
 	})
 	defer closeKeepers(ks)
 	if err != nil {
