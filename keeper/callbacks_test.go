@@ -2,11 +2,9 @@ package keeper
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -278,7 +276,7 @@ func TestReportsNobodyHearsAreDropped(t *testing.T) {
 		for r, want := range tc.want {
 			cfg := DefaultConfig()
 			tc.cfg(&cfg)
-			k := &Keeper{cfg: &cfg, hub: &hub{}}
+			k := &Keeper{cfg: &cfg}
 			k.disp.init(k)
 			assert.Equal(t, want, r.heard(&k.disp), "%s: %#v", tc.name, r)
 			k.disp.push(r)
@@ -297,54 +295,3 @@ type nopObserver struct{}
 
 func (nopObserver) ObserveAttempt(string, time.Duration, error) {}
 func (nopObserver) ObserveTransition(statemachine.Transition)   {}
-
-// goroutineObserver records the goroutine each attempt is reported on.
-type goroutineObserver struct {
-	mu  sync.Mutex
-	ids map[uint64]int
-	n   int
-}
-
-func (o *goroutineObserver) ObserveAttempt(string, time.Duration, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.ids[goid()]++
-	o.n++
-}
-
-func (o *goroutineObserver) ObserveTransition(statemachine.Transition) {}
-
-// TestKeepersOfAHubShareDeliveringGoroutines: the attempts of many keepers
-// on one client, each with an observer, are reported on a few goroutines
-// of the hub's pool, not on one started (and its ID read, which costs a
-// stack trace) for every renewal; once the keepers are closed, none of
-// those goroutines is left (synctest.Test waits for every one).
-func TestKeepersOfAHubShareDeliveringGoroutines(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newFake()
-		obs := &goroutineObserver{ids: map[uint64]int{}}
-		const keepers = 20
-		var ks []*Keeper
-		for i := range keepers {
-			k, _ := newTest(t, f, func(c *Config) {
-				c.TTL = 3 * time.Second
-				c.Observers = []Observer{obs}
-			})
-			startHealthy(t, k, fmt.Sprintf("svc/%d", i))
-			ks = append(ks, k)
-		}
-		time.Sleep(30 * time.Second)
-		synctest.Wait()
-		obs.mu.Lock()
-		n, ids := obs.n, len(obs.ids)
-		obs.mu.Unlock()
-		require.GreaterOrEqual(t, n, keepers*10, "attempts reported")
-		// A burst of keepers renewing on one grid point takes up to one
-		// goroutine each, and one may finish just after the next burst
-		// started: a few more than keepers, against one per attempt.
-		assert.LessOrEqual(t, ids, 2*keepers, "goroutines the %d attempts were reported on", n)
-		for _, k := range ks {
-			mustClose(t, k)
-		}
-	})
-}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"runtime"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -19,9 +18,8 @@ import (
 
 // dispatcher delivers what the keeper reports (transitions, key events,
 // attempts) to the callbacks and observers: in order, one at a time, from
-// a goroutine that holds no lock of the keeper and delivers for it only
-// while there is something to deliver, so an idle keeper has none (the
-// goroutines come from its hub's pool, deliverers). Every call into the
+// a goroutine that holds no lock of the keeper and runs only while there is
+// something to deliver, so an idle keeper has none. Every call into the
 // user's code goes through it, so that code may call any method of the
 // keeper. mu guards the queue and the goroutine's state; it is the
 // innermost lock of the keeper.
@@ -69,12 +67,11 @@ func (d *dispatcher) push(r report) {
 		return // the goroutine runs
 	}
 	d.drained = make(chan struct{})
-	d.k.hub.deliverers.start(d)
+	go d.run()
 }
 
-// run delivers the queue until it is empty, on the goroutine whose ID is
-// id.
-func (d *dispatcher) run(id uint64) {
+func (d *dispatcher) run() {
+	id := goid()
 	for {
 		d.mu.Lock()
 		d.gid = id
@@ -117,93 +114,6 @@ func (d *dispatcher) wait(ctx context.Context) {
 	case <-drained:
 	case <-ctx.Done():
 	}
-}
-
-// deliverers is a hub's pool of goroutines that deliver its keepers'
-// reports, one dispatcher's queue at a time. A dispatcher must know the ID
-// of the goroutine it delivers on (inCallback), and reading it (goid) costs
-// a stack trace: a goroutine started for every delivery, as for every
-// renewal of a keeper with an observer, spent more CPU on that than on the
-// renewal. A pooled goroutine reads its ID once, and waits for the next
-// dispatcher delivererLinger before it ends, so that the keepers of a busy
-// hub reuse a few goroutines and an idle one has none.
-type deliverers struct {
-	mu     sync.Mutex
-	idle   []*deliverer
-	closed bool // the hub ended: no goroutine waits for more
-}
-
-// deliverer is one goroutine of the pool.
-type deliverer struct {
-	id   uint64           // its goroutine's ID
-	next chan *dispatcher // the next dispatcher to deliver for; room for one, closed at the hub's end
-}
-
-// delivererLinger is how long a goroutine of the pool waits for another
-// dispatcher to deliver for before it ends: longer than a keeper renews
-// at the TTLs most use (every 3.75 s at 10 s), so that keepers renewing in
-// bursts on the renewal grid reuse the goroutines of the burst before.
-const delivererLinger = 5 * time.Second
-
-// start has d's queue delivered, on an idle goroutine of the pool or a new
-// one.
-func (p *deliverers) start(d *dispatcher) {
-	p.mu.Lock()
-	if n := len(p.idle); n > 0 {
-		w := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		w.next <- d // taken off the idle list here alone: never blocks
-		return
-	}
-	p.mu.Unlock()
-	go p.work(d)
-}
-
-// work delivers d's queue, then waits for another dispatcher, until it has
-// waited delivererLinger or the hub ended.
-func (p *deliverers) work(d *dispatcher) {
-	w := &deliverer{id: goid(), next: make(chan *dispatcher, 1)}
-	linger := time.NewTimer(delivererLinger)
-	defer linger.Stop()
-	for ok := true; ok; {
-		d.run(w.id)
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			return
-		}
-		p.idle = append(p.idle, w)
-		p.mu.Unlock()
-		linger.Reset(delivererLinger)
-		select {
-		case d, ok = <-w.next:
-			continue
-		case <-linger.C:
-		}
-		p.mu.Lock()
-		if i := slices.Index(p.idle, w); i >= 0 {
-			p.idle = slices.Delete(p.idle, i, i+1)
-			p.mu.Unlock()
-			return
-		}
-		p.mu.Unlock()
-		// Taken off the idle list as the timer fired: a dispatcher comes.
-		d, ok = <-w.next
-	}
-}
-
-// close ends the goroutines that wait for a dispatcher; those delivering
-// end when done. A dispatcher started after it gets a goroutine of its
-// own (a keeper's last transitions come after its hub ended).
-func (p *deliverers) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.closed = true
-	for _, w := range p.idle {
-		close(w.next)
-	}
-	p.idle = nil
 }
 
 // goid returns the ID of the calling goroutine, read from the first line of

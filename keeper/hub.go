@@ -26,10 +26,7 @@ type hub struct {
 	watch  *watchHub
 	timers alarm.Set  // the keepers' timers
 	calls  callTiming // the round trips of unary calls (rtt.go)
-	// deliverers are the goroutines that deliver the keepers' reports
-	// (dispatch.go).
-	deliverers deliverers
-	refs       int // keepers joined; guarded by hubs.mu
+	refs   int        // keepers joined; guarded by hubs.mu
 
 	// configs are the configs keepers of the hub share, guarded by hubs.mu:
 	// keepers configured alike, without callbacks or observers, point at one
@@ -186,6 +183,5 @@ func (h *hub) leave(ctx context.Context, cfg *Config) error {
 	err := h.watch.close(ctx)
 	h.b.close()
 	h.timers.Close()
-	h.deliverers.close()
 	return err
 }
