@@ -191,9 +191,10 @@ func (p *pathState) asking(now time.Time) {
 // late, and a fresh keepalive on another stream answered at once, say
 // nothing of how long the path waited to answer.
 func (p *pathState) answered(sent, at time.Time, first bool, fails int, ttl time.Duration, base timing, b time.Duration) {
+	prompt := b + holdSlack(base) // no later than an answer the path did not hold
 	if first {
 		p.ka.sample(at.Sub(sent))
-		if at.Sub(sent) <= b+holdSlack(base) && p.known < learnAfter {
+		if at.Sub(sent) <= prompt && p.known < learnAfter {
 			p.known++
 		}
 	}
@@ -202,7 +203,7 @@ func (p *pathState) answered(sent, at time.Time, first bool, fails int, ttl time
 		asked = sent
 	}
 	p.asked = time.Time{}
-	held := at.Sub(asked) > b+holdSlack(base)
+	held := at.Sub(asked) > prompt
 	gap, hadLast := at.Sub(p.last), !p.last.IsZero()
 	if p.fresh {
 		// The first answer for a new lease: a path that holds keepalives

@@ -150,8 +150,8 @@ func scaleFigures(bin string, o options, r *report) error {
 		fmt.Sprintf("A `KeepAlive` on a context that is never canceled (the third row) can be stopped only by revoking the lease "+
 			"or closing the client, and costs etcd's client one goroutine per lease less, the one that would close it with "+
 			"its context: beside it the keepers' client CPU is %s, etcd CPU %s, bytes %s and heap %s.\n\n",
-			compared(kc.cpu.Seconds(), tc.cpu.Seconds(), "s"), compared(kc.server.Seconds(), tc.server.Seconds(), "s"),
-			compared(float64(kc.bytes)/1024, float64(tc.bytes)/1024, "KiB"), compared(float64(kc.heap)/(1<<20), float64(tc.heap)/(1<<20), "MiB")) +
+			compared(cpuOf(kc), cpuOf(tc), "s"), compared(serverOf(kc), serverOf(tc), "s"),
+			compared(bytesOf(kc), bytesOf(tc), "KiB"), compared(heapOf(kc), heapOf(tc), "MiB")) +
 		requests(o.leases, []named{{"leasekeeper", kc}, {"Lease.KeepAlive", ac}, {"Lease.KeepAlive, context never canceled", tc}}) +
 		heapNote(kc, ac) +
 		fmt.Sprintf("### A fleet: %d clients with one lease each\n\n", o.fleet) +
