@@ -80,6 +80,9 @@ type result struct {
 	sent     time.Time        // when the successful lease request was sent
 	deadline time.Time        // the new local deadline when ttl > 0
 	err      error            // classified; nil when every key is written
+	// short says a renewal succeeded while the keeper was not Healthy,
+	// with a D too near to report Healthy on: prove asks the server.
+	short bool
 }
 
 // fire starts one attempt. It is the attempt alarm's function, so it must
@@ -129,17 +132,30 @@ func (l *leaseLoop) fire() {
 		a.tm.renewTimeout = l.usualLocked()
 		a.timeout = max(a.tm.renewTimeout, a.wait)
 	}
-	l.watchConnLocked()
+	if !a.clean || !a.live {
+		// A failed attempt before, or no live lease: follow the
+		// connection, so that its reconnect starts an attempt at once.
+		// After a success it was fine, and asking costs every renewal.
+		l.watchConnLocked()
+	}
 	l.mu.Unlock()
 
 	switch {
 	case !a.renew:
-		go func() { l.complete(a, "grant", l.regrant(a)) }()
+		l.goAttempt(a, "grant", l.regrant)
 	case a.pastDeadline():
-		go func() { l.complete(a, "renew", l.renewBeside(a)) }()
+		l.goAttempt(a, "renew", l.renewBeside)
 	default:
 		l.renewAsync(a)
 	}
+}
+
+// goAttempt runs attempt a on a goroutine of its own, and completes it
+// with what run returns. A function of its own, so that the attempt of a
+// renewal, the common case, which fire hands on by value, does not move to
+// the heap with the closure.
+func (l *leaseLoop) goAttempt(a attempt, op string, run func(attempt) result) {
+	go func() { l.complete(a, op, run(a)) }()
 }
 
 // complete reports attempt a's result r, feeds it to the state machine and
@@ -186,18 +202,51 @@ func (l *leaseLoop) renewAsync(a attempt) { l.keepAlive(a, nil) }
 // renewDone takes in what renewal a's keepalives came to, for renewAsync.
 func (l *leaseLoop) renewDone(a attempt, ka keepAliveResult) {
 	r := l.renewed(a, ka)
-	if r.err != nil || !l.k.reg.pending(a.id) {
+	if r.err != nil || (!r.short && !l.k.reg.pending(a.id)) {
 		l.complete(a, "renew", r)
 		return
 	}
 	go l.writeThenComplete(a, r)
 }
 
-// writeThenComplete writes the keys pending after renewal a, then completes
-// it.
+// writeThenComplete proves renewal a's D if it is short, writes the keys
+// pending after it, then completes it.
 func (l *leaseLoop) writeThenComplete(a attempt, r result) {
-	r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+	r = l.prove(a, r)
+	if r.err == nil {
+		r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+	}
 	l.complete(a, "renew", r)
+}
+
+// prove asks the server's time to live of the lease that renewal a
+// renewed, when its reply proved a D too near to report Healthy on
+// (r.short): behind a gRPC proxy the reply comes a proxy period after the
+// keepalive went, and D allows for b, the longest recent unary call, which
+// one call that waited out a fault makes long; so after an outage no
+// keepalive's reply may prove enough until b came down, call by call. The
+// answer owes nothing to either (timeLeft), and the attempt counts its D,
+// if later: the keeper is Healthy with this attempt, not renewals later.
+// If the probe fails the reply's D stands; a lease the server does not
+// know any more is lost.
+func (l *leaseLoop) prove(a attempt, r result) result {
+	if !r.short {
+		return r
+	}
+	ttl, sent, err := l.askTimeToLive(a.id, a.tm)
+	if err != nil {
+		return r
+	}
+	if ttl < 0 {
+		return result{id: a.id, err: l.classify(rpctypes.ErrLeaseNotFound)}
+	}
+	l.mu.Lock()
+	d := l.provenLocked(a.id, sent, ttl, time.Now())
+	l.mu.Unlock()
+	if d.After(r.deadline) {
+		r.deadline = d
+	}
+	return r
 }
 
 // renewBeside renews a lease whose D has passed: it may be gone on the
@@ -222,8 +271,10 @@ func (l *leaseLoop) renewBeside(a attempt) result {
 		return result{id: a.id, err: err}
 	}
 	l.discardSpare(sp)
-	r := l.renewed(a, ka)
-	r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+	r := l.prove(a, l.renewed(a, ka))
+	if r.err == nil {
+		r.err = l.k.reg.writePending(leaseView{id: a.id, deadline: r.deadline, tm: a.tm, live: true})
+	}
 	return r
 }
 
@@ -243,10 +294,16 @@ func (l *leaseLoop) renewed(a attempt, ka keepAliveResult) result {
 		base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
 		l.path.answered(ka.sent, ka.sent.Add(ka.rtt), ka.first, l.fails.n, l.lease.ttl, base, b)
 	}
+	now := time.Now()
 	if l.lease.id == a.id && !l.lease.gone && r.deadline.After(l.lease.deadline) {
+		// The check alarm is left where it is: D only moved later, and
+		// an alarm that rings before the state may move moves nothing
+		// (checkTimeLocked) and is set again; the attempt's completion
+		// sets it anyway. Setting it here too cost every renewal a
+		// second move in the hub's heap of alarms.
 		l.lease.deadline = r.deadline
-		l.rearmCheckLocked(time.Now())
 	}
+	r.short = l.lease.id == a.id && !l.lease.gone && l.tooNearLocked(now)
 	return r
 }
 
@@ -306,15 +363,10 @@ func (l *leaseLoop) probe(id clientv3.LeaseID) {
 			l.probing = false
 			l.mu.Unlock()
 		}()
-		// Bounded as a renewal of the path: a slower leg is what it is for.
-		ctx, cancel := l.attemptCtx(max(tm.call, tm.renewTimeout), time.Time{})
-		defer cancel()
-		sent := time.Now()
-		ttl, err := l.k.hub.b.timeToLive(ctx, id)
+		ttl, sent, err := l.askTimeToLive(id, tm)
 		if err != nil {
 			return
 		}
-		l.k.hub.calls.sample(sent)
 		if ttl < 0 {
 			l.writeFailed(id, rpctypes.ErrLeaseNotFound)
 			return
@@ -336,15 +388,45 @@ func (l *leaseLoop) timeLeft(id clientv3.LeaseID, sent time.Time, ttl int64) {
 	if l.k.life.closed() || l.lease.id != id || !l.liveLocked(now) || ttl <= 0 {
 		return
 	}
-	d := sent.Add(time.Duration(ttl)*time.Second - l.k.cfg.timingFor(l.lease.ttl).margin)
-	if ce := l.k.logger().Check(zap.DebugLevel, "time to live"); ce != nil {
-		ce.Write(leaseField(id), zap.Int64("ttl", ttl),
-			zap.Duration("answered", now.Sub(sent)), zap.Duration("proves", d.Sub(now)), zap.Duration("left", l.lease.deadline.Sub(now)))
-	}
+	d := l.provenLocked(id, sent, ttl, now)
 	if d.After(l.lease.deadline) {
 		l.lease.deadline = d
 		l.rearmCheckLocked(now)
 	}
+}
+
+// askTimeToLive asks the server how long lease id has left, bounded as a
+// renewal of the path in timing tm (a slower leg is what it is for), and
+// returns its answer and when it was sent; its round trip is a sample of
+// the unary calls.
+func (l *leaseLoop) askTimeToLive(id clientv3.LeaseID, tm timing) (int64, time.Time, error) {
+	ctx, cancel := l.attemptCtx(max(tm.call, tm.renewTimeout), time.Time{})
+	defer cancel()
+	sent := time.Now()
+	ttl, err := l.k.hub.b.timeToLive(ctx, id)
+	if err != nil {
+		return 0, sent, err
+	}
+	l.k.hub.calls.sample(sent)
+	return ttl, sent, nil
+}
+
+// provenLocked is the D that the server's answer of ttl whole seconds left
+// for lease id, to a LeaseTimeToLive sent at sent, proves: sent+ttl, less
+// the margin (timeLeft says why).
+func (l *leaseLoop) provenLocked(id clientv3.LeaseID, sent time.Time, ttl int64, now time.Time) time.Time {
+	d := sent.Add(time.Duration(ttl)*time.Second - l.baseTimingLocked().margin)
+	if ce := l.k.logger().Check(zap.DebugLevel, "time to live"); ce != nil {
+		ce.Write(leaseField(id), zap.Int64("ttl", ttl),
+			zap.Duration("answered", now.Sub(sent)), zap.Duration("proves", d.Sub(now)), zap.Duration("left", l.lease.deadline.Sub(now)))
+	}
+	return d
+}
+
+// tooNearLocked reports whether the keeper, not Healthy, is too near D at
+// now to report Healthy: the time left is below the degrade threshold.
+func (l *leaseLoop) tooNearLocked(now time.Time) bool {
+	return l.m.State() != statemachine.Healthy && !now.Before(l.lease.deadline.Add(-l.timingLocked().threshold))
 }
 
 // regrant grants a new lease and writes every key with it. The old lease
@@ -396,57 +478,108 @@ func (l *leaseLoop) adopt(a attempt, id clientv3.LeaseID, ttl int64, sent time.T
 }
 
 // gridPoints is how many points of the renewal grid one renewal interval
-// spans.
+// spans at most.
 const gridPoints = 8
 
-// gridSlack is the part of the latest renewal interval the grid leaves for
-// what the path adds to the margin and the renew timeout (b, a learned
-// bound) and for the alarm's lateness: on a LAN these are milliseconds, and
-// a keeper on the grid renews every gridPoints steps.
+// gridTick is the shortest step of the renewal grid: each burst of
+// keepalives costs both ends wake-ups and system calls whatever it
+// carries, so the keepers of a client gather theirs in fewer bursts than
+// etcd's own Lease.KeepAlive, which sends on a 500ms tick: at a TTL of 5s
+// a keeper renews every 2.09s, on a grid of two points 1.05s apart.
+const gridTick = time.Second
+
+// pointsIn is how many points of the renewal grid a renewal interval
+// spans: gridPoints, or fewer where its steps would be shorter than
+// gridTick (a short TTL), one at least.
+func pointsIn(interval time.Duration) time.Duration {
+	return max(1, min(gridPoints, interval/gridTick))
+}
+
+// gridSlack is the part of the room before the degrade threshold that the
+// interval leaves for what the path adds to the margin and the reply's
+// room (b, a learned bound) and for the alarm's lateness: on a LAN these
+// are milliseconds, and a keeper on the grid renews every interval.
 const gridSlack = 64
 
-// gridStep is the step of the renewal grid of a lease of ttl with the
-// configured timing base: an eighth of the latest renewal interval base
-// allows, less its gridSlack-th part. It derives from the configuration
-// alone, never from what a keeper learned of its path, so that every
-// keeper of one client with the same TTL and configuration shares the
-// grid.
-func gridStep(ttl time.Duration, base timing) time.Duration {
-	interval := ttl - base.margin - base.threshold - base.renewTimeout
-	return (interval - interval/gridSlack) / gridPoints
+// replyRoom is the time the renewal grid leaves for a renewal's reply
+// before the degrade threshold, on a path whose replies take up to reply
+// (the bound they showed), with the configured timing base: at least half
+// the configured renew timeout, so that a keepalive stuck on a silent
+// member is hedged on another member after a third of it (hedgeAfter) and
+// that one is answered within a sixth, and the keeper stays Healthy; as
+// long as the path's replies take where that is longer.
+func replyRoom(reply time.Duration, base timing) time.Duration {
+	return max(reply, base.renewTimeout/2)
+}
+
+// renewalInterval is how long a keeper renewing a lease of ttl with the
+// configured timing base waits between its renewals on a path that
+// answers at once: as long as the degrade threshold allows, less the
+// reply's room (replyRoom) and the grid's slack, so that a keepalive
+// answered at once, or hedged past a silent member, comes before the
+// keeper would have to report Degraded, and no keepalive goes that the
+// threshold does not call for.
+//
+// With the defaults (threshold TTL/2, margin TTL/40, renew timeout TTL/10)
+// that is 0.418 TTL: 2.09s at a TTL of 5s, 4.18s at 10s, 12.55s at 30s.
+// etcd's own Lease.KeepAlive renews a third of the TTL after each reply, in
+// the first round of its send loop after that, which sleeps 500ms between
+// rounds: every 2s at a TTL of 5s, 3.5s at 10s, 10.5s at 30s, at most 0.417
+// TTL at any TTL from 4s up (2.5s at 6s). So the keeper sends the cluster no
+// more keepalives than KeepAlive does at every TTL from 4s. At 3s KeepAlive
+// waits 1.5s, half the TTL: its lease is closer to its expiry than the
+// degrade threshold before every renewal, and a keeper renewing as seldom
+// would be Degraded before each one. There the keeper renews every 1.25s.
+// A longer interval makes the first signal of a fault come sooner, not
+// later: the threshold counts from the last renewal.
+func renewalInterval(ttl time.Duration, base timing) time.Duration {
+	room := ttl - base.margin - base.threshold - replyRoom(0, base)
+	return max(room-room/gridSlack, ttl/8)
+}
+
+// gridStep is the step of the renewal grid of a renewal interval (the
+// configured timing's, renewalInterval): an eighth of it, or a larger
+// part of it where an eighth is shorter than gridTick (pointsIn). It derives
+// from the configuration alone, never from what a keeper learned of its
+// path, so that every keeper of one client with the same TTL and
+// configuration shares the grid.
+func gridStep(interval time.Duration) time.Duration {
+	return interval / pointsIn(interval)
 }
 
 // renewalDue is when the renewal after one sent at sent is due, for a lease
-// of ttl renewed with timing tm (base is the configured timing): TTL/3
-// later, then on the next point of the renewal grid, but no later than the
-// latest point that still leaves a whole renew timeout before the degrade
-// threshold, so that a slow link that answers within the renew timeout
-// never makes the keeper Degraded.
+// of ttl renewed with timing tm (base is the configured timing) on a path
+// whose replies take up to reply: the
+// renewal interval later (renewalInterval), on the last point of the
+// renewal grid by then, but no later than the latest point that still leaves the
+// reply its room (replyRoom) before the degrade threshold, so that a slow
+// link that answers as late as it usually does never makes the keeper
+// Degraded.
 //
 // The grid's points are the multiples, on the wall clock, of gridStep,
 // shifted by phase (gridPhase, drawn once per process): the same for every
 // keeper of the process with the same timing, and apart for keepers of
 // different processes, so that a fleet of processes with synchronised
-// clocks does not renew in one burst on every grid point. A keeper on the grid renews gridPoints steps after
-// its last renewal, so it stays on the grid; one that is not yet (after a
-// grant) joins it at its next renewal. Keepers on one grid point renew
-// together: the hub's stream carries their keepalives in one write, and
-// etcd reads them in one read and answers them in one write, instead of a
-// system call and a wake-up on both sides for each, which is most of what
-// a renewal costs. etcd's own lessor gathers its keepalives the same way,
-// on a 500 ms tick. With the default timing a renewal is due 0.369 TTL
-// after the one before (3.69s at a TTL of 10s) on a grid of 461ms. Where
-// the path leaves less room (a far link, a long b), the renewal goes a
-// step or more earlier, on the grid still.
-func renewalDue(sent time.Time, ttl time.Duration, tm, base timing, phase time.Duration) time.Time {
-	early := sent.Add(ttl / 3)
-	latest := sent.Add(ttl - tm.margin - tm.threshold - tm.renewTimeout)
-	step := gridStep(ttl, base)
-	if !latest.After(early) || step <= 0 {
-		return early
-	}
-	due := onGrid(early, step, phase)
-	for due.After(latest) {
+// clocks does not renew in one burst on every grid point. A keeper on the
+// grid renews a whole interval, a whole number of steps, after its last
+// renewal, so it stays on the grid; one that is not yet (after a grant) joins it at its next renewal.
+// Keepers on one grid point renew together: the hub's stream carries
+// their keepalives in one write, and etcd reads them in one read and
+// answers them in one write, instead of a system call and a wake-up on
+// both sides for each, which is most of what a renewal costs. etcd's own
+// lessor gathers its keepalives the same way, on a 500 ms tick. Where the
+// path leaves less room (a far link, a long b), the renewal goes a step or
+// more earlier, on the grid still, but not within an eighth of the TTL of
+// the last: a path whose replies take so long that no renewal is
+// answered before the threshold gains nothing from renewing sooner still,
+// and the threshold in force for the cycle is lowered instead
+// (pathState.next).
+func renewalDue(sent time.Time, ttl time.Duration, tm, base timing, reply, phase time.Duration) time.Time {
+	interval := renewalInterval(ttl, base)
+	step := gridStep(interval)
+	latest := sent.Add(ttl - tm.margin - tm.threshold - replyRoom(reply, base))
+	due := onGrid(sent.Add(interval-step+1), step, phase)
+	for due.After(latest) && due.Add(-step).Sub(sent) > ttl/8 {
 		due = due.Add(-step)
 	}
 	return due
@@ -492,7 +625,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 	if r.err == nil {
 		l.traceLocked(r, now)
 		l.fails = failures{}
-		if l.m.State() != statemachine.Healthy && !now.Before(l.lease.deadline.Add(-l.timingLocked().threshold)) {
+		if l.tooNearLocked(now) {
 			// The reply came long after its request was sent (it waited out
 			// an outage), or D allows for a leg b that one call slowed by
 			// a fault made long: the lease is alive for less than the

@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+
+	"github.com/leasekeeper/leasekeeper/keeper/internal/alarm"
 )
 
 // putResult is what a successful put wrote: the revision of its
@@ -29,6 +31,23 @@ type acquireResult struct {
 	holder clientv3.LeaseID
 }
 
+// replier takes the reply to one keepalive (backend.keepAliveAsync): an
+// interface, not a func, so that the request that waits for the reply is
+// the replier, and a renewal allocates no closure for it.
+type replier interface {
+	reply(ttl int64, err error)
+}
+
+// canceler gives up one keepalive (backend.keepAliveAsync).
+type canceler interface {
+	cancel()
+}
+
+// cancelFunc is a func as a canceler.
+type cancelFunc func()
+
+func (f cancelFunc) cancel() { f() }
+
 // backend is everything the keeper asks of etcd. The real one wraps a
 // clientv3.Client; tests substitute a fake that runs on synctest's fake time.
 // Every method returns when ctx ends.
@@ -36,13 +55,13 @@ type backend interface {
 	// grant asks for a lease of ttl seconds and returns its ID and the TTL
 	// the server granted.
 	grant(ctx context.Context, ttl int64) (clientv3.LeaseID, int64, error)
-	// keepAliveAsync renews lease id once and calls done once with the TTL
-	// the server reset it to, or the error; a lease the server does not
-	// know is rpctypes.ErrLeaseNotFound. It does not block, and done must
-	// not either. cancel gives the request up; done may still be called
-	// after it. hedge says an earlier request of the same attempt went
-	// unanswered too long: this one goes another way.
-	keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(ttl int64, err error)) (cancel func())
+	// keepAliveAsync renews lease id once and gives rep once the TTL the
+	// server reset it to, or the error; a lease the server does not know
+	// is rpctypes.ErrLeaseNotFound. It does not block, and rep must not
+	// either. The canceler gives the request up; rep may still be given
+	// the reply after it. hedge says an earlier request of the same
+	// attempt went unanswered too long: this one goes another way.
+	keepAliveAsync(id clientv3.LeaseID, hedge bool, rep replier) canceler
 	// timeToLive asks the server how long lease id has left, in whole
 	// seconds rounded down; a lease it does not know has -1. It goes to
 	// the server on every path, through a gRPC proxy too.
@@ -92,6 +111,12 @@ type clientBackend struct {
 	renewals *renewals
 }
 
+// gatherer is a backend that sends the keepalives asked for by the alarms
+// of one batch together (renewals.gatherOn).
+type gatherer interface{ gatherOn(batch *alarm.Set) }
+
+func (b *clientBackend) gatherOn(batch *alarm.Set) { b.renewals.gatherOn(batch) }
+
 // newClientBackend returns the backend over cli; the keepers on cli share
 // it through their hub.
 func newClientBackend(cli *clientv3.Client) *clientBackend {
@@ -111,8 +136,8 @@ func (b *clientBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID,
 	return clientv3.LeaseID(r.ID), r.TTL, nil
 }
 
-func (b *clientBackend) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) func() {
-	return b.renewals.keepAliveAsync(id, hedge, done)
+func (b *clientBackend) keepAliveAsync(id clientv3.LeaseID, hedge bool, rep replier) canceler {
+	return b.renewals.keepAliveAsync(id, hedge, rep)
 }
 
 // close ends the renewal stream.

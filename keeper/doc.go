@@ -16,13 +16,14 @@
 // recent round trip of a unary call, which goes all the way to etcd on
 // every path. The keeper's local deadline is D = s + t - b - Margin: the
 // send time, never the receive time (deadlineLocked says why it holds on
-// every path). A renewal is due t/3 after the send time of the last
-// successful one, then waits for the next point of a grid the keepers of
-// one client share (see Transport; each process's grid has a phase of its
-// own, so that processes whose clocks agree do not renew in one burst), but
-// never past the latest point that leaves a whole renew timeout before the
-// degrade threshold, less a 64th for what the path adds: 0.369 t with
-// the defaults, where a keeper on the grid renews. Each attempt has its
+// every path). A renewal is due as late as the degrade threshold allows,
+// less a reply's room (half the renew timeout, so that a hedge past a
+// silent member is answered in time, or what the path's replies take where
+// that is longer) and a 64th for what the path adds, on a grid the keepers
+// of one client share (see Transport; each process's grid has a phase of
+// its own, so that processes whose clocks agree do not renew in one burst):
+// 0.418 t with the defaults, no more often than etcd's own KeepAlive renews
+// at any t from 4s (Config.RenewalInterval). Each attempt has its
 // own deadline (the renew timeout, never past D), so an attempt stuck on a
 // silent member is abandoned, and while a keepalive has no reply a fresh
 // one goes out every third of the renew timeout on a new stream, which the
@@ -69,9 +70,12 @@
 // it, so a silent member never holds the client's renewals hostage. The
 // renewal grid makes the keepers due within one step renew together: one
 // write carries their keepalives, and etcd reads and answers them in one
-// go. Its step is an eighth of the renewal interval, 461ms at a TTL of
-// 10s, and it derives from the configuration alone, so that keepers that
-// learned different paths still share it.
+// go, once all of them are queued. Its step is an eighth of the renewal
+// interval, or as large a part of it as keeps its points a second or more
+// apart (1.05s at a TTL of 10s), so that a client's keepers renew in fewer
+// bursts than etcd's own KeepAlive sends, on its 500ms tick; it derives
+// from the configuration alone, so that keepers that learned different
+// paths still share it.
 //
 // Once no live lease is left to protect, a request is always in flight:
 // each attempt stays outstanding for its backoff, sends a fresh keepalive

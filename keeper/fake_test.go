@@ -171,14 +171,14 @@ func (f *fakeBackend) grant(ctx context.Context, ttl int64) (clientv3.LeaseID, i
 }
 
 // keepAliveAsync runs keepAliveOnce on a goroutine of its own.
-func (f *fakeBackend) keepAliveAsync(id clientv3.LeaseID, _ bool, done func(int64, error)) func() {
+func (f *fakeBackend) keepAliveAsync(id clientv3.LeaseID, _ bool, rep replier) canceler {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		ttl, err := f.keepAliveOnce(ctx, id)
 		cancel()
-		done(ttl, err)
+		rep.reply(ttl, err)
 	}()
-	return cancel
+	return cancelFunc(cancel)
 }
 
 func (f *fakeBackend) keepAliveOnce(ctx context.Context, id clientv3.LeaseID) (int64, error) {

@@ -35,7 +35,8 @@ import (
 // comes back while nothing else is in flight ends the attempt: it goes
 // back to the backoff, so that errors that return at once cannot spin.
 func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
-	k := &keepAliveRun{l: l, a: a, wait: wait}
+	k := runs.Get().(*keepAliveRun)
+	*k = keepAliveRun{l: l, a: a, wait: wait}
 	now := time.Now()
 	k.end = attemptEnd(now, a.timeout, a.deadline)
 	// With a live lease: a fresh keepalive every third of the renew
@@ -72,7 +73,7 @@ func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
 		k.nextAt = now.Add(jittered(k.every, a.live))
 	}
 	k.tick.On(k)
-	l.k.hub.timers.Set(&k.tick, earlier(k.nextAt, k.end))
+	l.k.hub.ticks.Set(&k.tick, earlier(k.nextAt, k.end))
 	if !l.k.life.onClose(&k.closing, k) {
 		go k.onClose()
 	}
@@ -81,6 +82,12 @@ func (l *leaseLoop) keepAlive(a attempt, wait chan<- keepAliveResult) {
 	k.mu.Unlock()
 	k.send(req)
 }
+
+// runs holds the keepAliveRuns that ended with nothing left holding them,
+// for the renewals after them: one per renewal, of several hundred bytes,
+// was the largest allocation of the renewal path. A pool, not one kept by
+// each keeper, so that an idle keeper keeps none.
+var runs = sync.Pool{New: func() any { return new(keepAliveRun) }}
 
 // keepAliveResult is what a renewal's keepalives came to: the TTL and the
 // send time of the request that succeeded, and its round trip; or the
@@ -123,11 +130,17 @@ type keepAliveRun struct {
 }
 
 type keepAliveReq struct {
+	k        *keepAliveRun
 	sent     time.Time
 	hedge    bool // an earlier one of the attempt, or of the failed attempt before, went unanswered
 	answered bool
 	givenUp  bool
-	cancel   func() // the backend's, once keepAliveAsync returned
+	cancel   canceler // the backend's, once keepAliveAsync returned
+}
+
+// reply is the backend's reply to req.
+func (req *keepAliveReq) reply(ttl int64, err error) {
+	req.k.onReply(keepAliveReply{ttl, err, time.Now(), req})
 }
 
 type keepAliveReply struct {
@@ -145,7 +158,7 @@ func (k *keepAliveRun) addLocked() *keepAliveReq {
 	} else {
 		req = new(keepAliveReq)
 	}
-	*req = keepAliveReq{sent: time.Now(), hedge: k.n > 0 || !k.a.clean}
+	*req = keepAliveReq{k: k, sent: time.Now(), hedge: k.n > 0 || !k.a.clean}
 	k.reqs = append(k.reqs, req)
 	k.n++
 	return req
@@ -154,15 +167,13 @@ func (k *keepAliveRun) addLocked() *keepAliveReq {
 // send sends req. The backend may answer it before keepAliveAsync
 // returns, so mu is not held across the call.
 func (k *keepAliveRun) send(req *keepAliveReq) {
-	cancel := k.l.k.hub.b.keepAliveAsync(k.a.id, req.hedge, func(ttl int64, err error) {
-		k.onReply(keepAliveReply{ttl, err, time.Now(), req})
-	})
+	cancel := k.l.k.hub.b.keepAliveAsync(k.a.id, req.hedge, req)
 	k.mu.Lock()
 	req.cancel = cancel
 	late := req.givenUp // given up before the backend had it
 	k.mu.Unlock()
 	if late {
-		cancel()
+		cancel.cancel()
 	}
 }
 
@@ -194,7 +205,7 @@ func (k *keepAliveRun) onReply(r keepAliveReply) {
 	// A success or the server's word that the lease is gone decides. An
 	// early failure with nothing else in flight ends the attempt too:
 	// back to the backoff.
-	var cancels []func()
+	var cancels []canceler
 	if r.err == nil || lkerrors.KindOf(k.l.classify(r.err)) == lkerrors.LeaseExpired {
 		cancels = k.decidedLocked()
 	}
@@ -209,7 +220,7 @@ func (k *keepAliveRun) Ring() {
 		return
 	}
 	now := time.Now()
-	var cancels []func()
+	var cancels []canceler
 	var fresh *keepAliveReq
 	switch {
 	case !now.Before(k.end):
@@ -225,7 +236,7 @@ func (k *keepAliveRun) Ring() {
 		}
 	}
 	if len(k.reqs) > 0 {
-		k.l.k.hub.timers.Set(&k.tick, earlier(k.nextAt, k.end))
+		k.l.k.hub.ticks.Set(&k.tick, earlier(k.nextAt, k.end))
 	}
 	k.finishLocked(cancels)
 	if fresh != nil {
@@ -246,8 +257,8 @@ func (k *keepAliveRun) onClose() {
 
 // decidedLocked gives up every request in flight, which ends the attempt,
 // and returns the backend's cancels to call.
-func (k *keepAliveRun) decidedLocked() []func() {
-	var cancels []func()
+func (k *keepAliveRun) decidedLocked() []canceler {
+	var cancels []canceler
 	for _, req := range k.reqs {
 		cancels = append(cancels, k.giveUpLocked(req))
 	}
@@ -257,43 +268,53 @@ func (k *keepAliveRun) decidedLocked() []func() {
 
 // giveUpLocked gives req up and returns what cancels it at the backend:
 // nothing yet if keepAliveAsync did not return (send cancels it then).
-func (k *keepAliveRun) giveUpLocked(req *keepAliveReq) func() {
+func (k *keepAliveRun) giveUpLocked(req *keepAliveReq) canceler {
 	req.givenUp = true
 	if req.cancel == nil {
-		return func() {}
+		return cancelFunc(func() {})
 	}
 	return req.cancel
 }
 
 // finishLocked unlocks mu, calls cancels, and ends the attempt if nothing
 // is in flight any more.
-func (k *keepAliveRun) finishLocked(cancels []func()) {
+func (k *keepAliveRun) finishLocked(cancels []canceler) {
 	end := len(k.reqs) == 0 && !k.over
 	if end {
 		k.over = true
 	}
+	// One request, answered after send took in its canceler: the backend
+	// and send are done with it, and no late reply can come.
+	alone := k.n == 1 && k.req0.answered && !k.req0.givenUp && k.req0.cancel != nil
 	k.mu.Unlock()
 	callAll(cancels)
 	if !end {
 		return
 	}
-	k.l.k.hub.timers.Stop(&k.tick)
-	k.l.k.life.removeOnClose(&k.closing)
+	l, a, wait := k.l, k.a, k.wait
+	stopped := l.k.hub.ticks.Stop(&k.tick)
+	removed := l.k.life.removeOnClose(&k.closing)
 	f := k.first
 	r := keepAliveResult{err: f.err}
 	if f.err == nil {
 		r = keepAliveResult{ttl: f.ttl, sent: f.req.sent, rtt: f.at.Sub(f.req.sent), first: f.req == &k.req0}
 	}
-	if k.wait != nil {
-		k.wait <- r
+	if alone && stopped && removed {
+		// Nothing holds k any more (its alarm cannot ring, nor Close
+		// call it): a renewal after it reuses it. k is not touched
+		// after this.
+		runs.Put(k)
+	}
+	if wait != nil {
+		wait <- r
 		return
 	}
-	k.l.renewDone(k.a, r)
+	l.renewDone(a, r)
 }
 
-func callAll(fs []func()) {
-	for _, f := range fs {
-		f()
+func callAll(cs []canceler) {
+	for _, c := range cs {
+		c.cancel()
 	}
 }
 

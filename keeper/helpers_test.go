@@ -114,3 +114,8 @@ func mustClose(t *testing.T, k *Keeper) {
 func samePath(got []statemachine.State, want ...statemachine.State) bool {
 	return slices.Equal(got, want)
 }
+
+// replyFunc is a func as a replier.
+type replyFunc func(int64, error)
+
+func (f replyFunc) reply(ttl int64, err error) { f(ttl, err) }

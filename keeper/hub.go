@@ -24,9 +24,15 @@ type hub struct {
 	key    any // the client, or the tests' fake backend
 	b      backend
 	watch  *watchHub
-	timers alarm.Set  // the keepers' timers
-	calls  callTiming // the round trips of unary calls (rtt.go)
-	refs   int        // keepers joined; guarded by hubs.mu
+	timers alarm.Set // the keepers' timers
+	// ticks are the timers of the attempts in flight (a fresh keepalive
+	// due, an attempt's end): set when an attempt starts and stopped when
+	// it is answered, a few milliseconds later, so that the heap those
+	// two changes go through at every renewal holds the attempts in
+	// flight, not every keeper's.
+	ticks alarm.Set
+	calls callTiming // the round trips of unary calls (rtt.go)
+	refs  int        // keepers joined; guarded by hubs.mu
 
 	// configs are the configs keepers of the hub share, guarded by hubs.mu:
 	// keepers configured alike, without callbacks or observers, point at one
@@ -152,6 +158,11 @@ func joinHub(key any, newBackend func() backend, cfg *Config) (*hub, *Config) {
 		b := newBackend()
 		h = &hub{key: key, b: b}
 		h.watch = newWatchHub(b, &h.calls)
+		if g, ok := b.(gatherer); ok {
+			// The keepers renewing on one grid point are rung together:
+			// their keepalives go out once all are queued.
+			g.gatherOn(&h.timers)
+		}
 		hubs.m[key] = h
 	}
 	h.refs++
@@ -183,5 +194,6 @@ func (h *hub) leave(ctx context.Context, cfg *Config) error {
 	err := h.watch.close(ctx)
 	h.b.close()
 	h.timers.Close()
+	h.ticks.Close()
 	return err
 }

@@ -87,7 +87,7 @@ func TestRecoveryRewritesKeysInBatches(t *testing.T) {
 		if err := f.revoke(context.Background(), old); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(4 * time.Second)
+		time.Sleep(5 * time.Second) // past the next renewal
 		synctest.Wait()
 		if got := k.State(); got != statemachine.Healthy {
 			t.Fatalf("State() after external revoke = %v, want healthy", got)

@@ -121,15 +121,19 @@ func TestCloseDuringEveryPhase(t *testing.T) {
 		}, statemachine.Healthy, nil},
 		{"renewal in flight", func(t *testing.T, f *fakeBackend, k *Keeper) <-chan error {
 			startHealthy(t, k, "svc/a")
-			f.setLatency(900 * time.Millisecond)
-			time.Sleep(10*time.Second/3 + 100*time.Millisecond)
+			// The next renewal goes out, and is answered 300ms later.
+			f.setLatency(300 * time.Millisecond)
+			sent := f.count("keepalive")
+			for f.count("keepalive") == sent {
+				time.Sleep(10 * time.Millisecond)
+			}
 			synctest.Wait()
 			return nil
 		}, statemachine.Healthy, nil},
 		{"degraded", func(t *testing.T, f *fakeBackend, k *Keeper) <-chan error {
 			startHealthy(t, k, "svc/a")
 			f.setErr(rpctypes.ErrNoLeader)
-			time.Sleep(4 * time.Second)
+			time.Sleep(5 * time.Second)
 			synctest.Wait()
 			return nil
 		}, statemachine.Degraded, nil},

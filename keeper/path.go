@@ -11,8 +11,9 @@ import (
 //
 //   - A path that answers at once (straight to a member, near or far):
 //     every keepalive is answered a round trip after it was sent. The
-//     keeper renews a third of the TTL or so after the last renewal, on
-//     the renewal grid (renewalDue), and bounds each attempt by the
+//     keeper renews as late as the degrade threshold allows (0.418 TTL
+//     after the last renewal with the defaults), on the renewal grid
+//     (renewalDue), and bounds each attempt by the
 //     latency its replies showed (an rttEstimator, floored at the
 //     configured RenewTimeout), so a far link is not a timeout.
 //   - A path that holds keepalives and answers them on a schedule of its
@@ -403,14 +404,14 @@ func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b t
 		// on its own tick, and starts the lease's schedule with it).
 		// Renew half way to the degrade threshold, so that a late first
 		// answer is no fault.
-		due = earlier(renewalDue(sent, ttl, tm, base, phase), sent.Add((d.Sub(sent)-base.threshold)/2))
+		due = earlier(renewalDue(sent, ttl, tm, base, tm.renewTimeout, phase), sent.Add((d.Sub(sent)-base.threshold)/2))
 		answer = due.Add(tm.renewTimeout)
 	case p.held():
 		due = p.last.Add(p.period - p.lead(base, b))
 		answer = p.last.Add(p.latest() + holdSlack(base))
 	default:
-		due = renewalDue(sent, ttl, tm, base, phase)
-		answer = due.Add(tm.renewTimeout)
+		due = renewalDue(sent, ttl, tm, base, p.ka.bound(), phase)
+		answer = due.Add(replyRoom(p.ka.bound(), base))
 	}
 	p.thr = 0
 	if left := d.Sub(answer); left < base.threshold {

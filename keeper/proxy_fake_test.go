@@ -71,7 +71,7 @@ type proxyLoop struct {
 }
 
 type proxyCall struct {
-	done     func(int64, error)
+	rep      replier
 	canceled bool
 }
 
@@ -94,8 +94,8 @@ func nextTick(t time.Time) time.Time {
 	return t
 }
 
-func (p *proxyFake) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) func() {
-	c := &proxyCall{done: done}
+func (p *proxyFake) keepAliveAsync(id clientv3.LeaseID, hedge bool, rep replier) canceler {
+	c := &proxyCall{rep: rep}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sent++
@@ -103,11 +103,11 @@ func (p *proxyFake) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(in
 		p.hedges++
 	}
 	if p.closed {
-		go done(0, context.Canceled)
-		return func() {}
+		go rep.reply(0, context.Canceled)
+		return cancelFunc(func() {})
 	}
 	if p.direct {
-		return p.fakeBackend.keepAliveAsync(id, hedge, done)
+		return p.fakeBackend.keepAliveAsync(id, hedge, rep)
 	}
 	l := p.loops[id]
 	if l == nil {
@@ -116,11 +116,11 @@ func (p *proxyFake) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(in
 		p.scheduleLocked(id, l, nextTick(time.Now()))
 	}
 	l.waiting = append(l.waiting, c)
-	return func() {
+	return cancelFunc(func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		c.canceled = true
-	}
+	})
 }
 
 // scheduleLocked makes the proxy renew lease id upstream at at.
@@ -190,9 +190,9 @@ func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
 	for _, c := range waiting {
 		if ttl <= 0 {
 			// As the real backend says it (renewals.go).
-			c.done(0, rpctypes.ErrLeaseNotFound)
+			c.rep.reply(0, rpctypes.ErrLeaseNotFound)
 		} else {
-			c.done(ttl, nil)
+			c.rep.reply(ttl, nil)
 		}
 	}
 }
@@ -243,7 +243,7 @@ func (p *proxyFake) close() {
 	for id, l := range p.loops {
 		l.next.Stop()
 		for _, c := range l.waiting {
-			go c.done(0, context.Canceled)
+			go c.rep.reply(0, context.Canceled)
 		}
 		delete(p.loops, id)
 	}

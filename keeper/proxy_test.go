@@ -64,6 +64,17 @@ func newProxyTest(t *testing.T, p *proxyFake, ttl time.Duration) (*Keeper, *reco
 	return newTest(t, p, func(c *Config) { c.TTL = ttl })
 }
 
+// startProxyTest starts a keeper of ttl behind p and waits until it is
+// Healthy, with its deadline watched (watchDeadline): it returns the
+// keeper, a recorder of its transitions, and the watch's stop.
+func startProxyTest(t *testing.T, p *proxyFake, ttl time.Duration) (*Keeper, *recorder, func() int) {
+	t.Helper()
+	k, rec := newProxyTest(t, p, ttl)
+	late := watchDeadline(p, k)
+	startHealthy(t, k, "svc/a")
+	return k, rec, late
+}
+
 // episodes counts the times the keeper left Healthy after since.
 func episodes(rec *recorder, since time.Time) int {
 	n := 0
@@ -100,9 +111,7 @@ func TestProxySteady(t *testing.T) {
 		t.Run(fmt.Sprintf("ttl %v upstream %v", tc.ttl, tc.up), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				p := newProxyFake(tc.up)
-				k, rec := newProxyTest(t, p, tc.ttl)
-				late := watchDeadline(p, k)
-				startHealthy(t, k, "svc/a")
+				k, rec, late := startProxyTest(t, p, tc.ttl)
 				time.Sleep(3 * tc.ttl)
 				learned := time.Now()
 				sent0, hedges0, renewed0 := p.counts()
@@ -149,9 +158,7 @@ func steadyDespite(t *testing.T, quirk func(*proxyFake), learn, span time.Durati
 			synctest.Test(t, func(t *testing.T) {
 				p := newProxyFake(time.Millisecond)
 				quirk(p)
-				k, rec := newProxyTest(t, p, ttl)
-				late := watchDeadline(p, k)
-				startHealthy(t, k, "svc/a")
+				k, rec, late := startProxyTest(t, p, ttl)
 				time.Sleep(learn * ttl)
 				from := time.Now()
 				time.Sleep(span * ttl)
@@ -172,9 +179,7 @@ func TestProxyUpstreamStall(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const ttl = 3 * time.Second
 		p := newProxyFake(time.Millisecond)
-		k, rec := newProxyTest(t, p, ttl)
-		late := watchDeadline(p, k)
-		startHealthy(t, k, "svc/a")
+		k, rec, late := startProxyTest(t, p, ttl)
 		time.Sleep(3 * ttl)
 		old := k.LeaseID()
 		expiry, ok := p.expiry(old)
@@ -210,9 +215,7 @@ func TestProxyUpstreamSlowsDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const ttl = 3 * time.Second
 		p := newProxyFake(time.Millisecond)
-		k, _ := newProxyTest(t, p, ttl)
-		late := watchDeadline(p, k)
-		startHealthy(t, k, "svc/a")
+		k, _, late := startProxyTest(t, p, ttl)
 		time.Sleep(5 * ttl)
 		p.mu.Lock()
 		p.up = 400 * time.Millisecond
@@ -237,9 +240,7 @@ const cutTTL = 3 * time.Second
 func newCutTest(t *testing.T) (*proxyFake, *Keeper, *recorder, func() int) {
 	t.Helper()
 	p := newProxyFake(100 * time.Millisecond)
-	k, rec := newProxyTest(t, p, cutTTL)
-	late := watchDeadline(p, k)
-	startHealthy(t, k, "svc/a")
+	k, rec, late := startProxyTest(t, p, cutTTL)
 	time.Sleep(3 * cutTTL)
 	p.mu.Lock()
 	p.cutNext = true
@@ -314,7 +315,7 @@ type silentStream struct {
 	dropped int // keepalives sent on the silent stream
 }
 
-func (s *silentStream) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) func() {
+func (s *silentStream) keepAliveAsync(id clientv3.LeaseID, hedge bool, rep replier) canceler {
 	s.mu.Lock()
 	if hedge {
 		s.silent = false
@@ -325,9 +326,9 @@ func (s *silentStream) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func
 	}
 	s.mu.Unlock()
 	if silent {
-		return func() {}
+		return cancelFunc(func() {})
 	}
-	return s.proxyFake.keepAliveAsync(id, hedge, done)
+	return s.proxyFake.keepAliveAsync(id, hedge, rep)
 }
 
 func (s *silentStream) silence() (dropped int) {
@@ -383,9 +384,7 @@ func TestProxySteadyCostsNoProbes(t *testing.T) {
 		t.Run(ttl.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				p := newProxyFake(time.Millisecond)
-				k, rec := newProxyTest(t, p, ttl)
-				late := watchDeadline(p, k)
-				startHealthy(t, k, "svc/a")
+				k, rec, late := startProxyTest(t, p, ttl)
 				time.Sleep(10 * ttl)
 				learned := p.count("ttl")
 				time.Sleep(60 * ttl)
@@ -416,9 +415,7 @@ func TestProxyAfterDirectPath(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
 					p := newProxyFake(time.Millisecond)
 					p.direct, p.newestFirst = true, newestFirst
-					k, rec := newProxyTest(t, p, ttl)
-					late := watchDeadline(p, k)
-					startHealthy(t, k, "svc/a")
+					k, rec, late := startProxyTest(t, p, ttl)
 					time.Sleep(3 * ttl)
 					require.False(t, k.loop.path.held(), "held mode on a path that answers at once")
 					p.mu.Lock()
@@ -435,4 +432,43 @@ func TestProxyAfterDirectPath(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestProxyQuorumBackAfterLongCall: a unary call that waited out a frozen
+// member made b, the bound on a leg that D allows for, long (1.8 s at a
+// TTL of 3 s); then the cluster loses quorum for two TTLs, so the proxy
+// goes silent and the keeper is Failed, and the lease survives (no leader
+// expires it, and the new one gives it a full TTL). Once the cluster is
+// whole, each keepalive the proxy answers holds a D too near to report
+// Healthy, as the proxy answers a period after it was sent and D allows
+// for b; the server's time to live proves a later one. The keeper must be
+// Healthy on the lease within a proxy period and a second of the cluster
+// being whole, not only after its probes brought b down.
+func TestProxyQuorumBackAfterLongCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ttl = 3 * time.Second
+		p := newProxyFake(time.Millisecond)
+		k, rec, late := startProxyTest(t, p, ttl)
+		time.Sleep(4 * ttl)
+		old := k.LeaseID()
+		k.hub.calls.take(time.Now().Add(-1800*time.Millisecond), true)
+		p.fakeBackend.mu.Lock()
+		for _, l := range p.leases {
+			l.expires = time.Now().Add(time.Hour) // no leader expires it
+		}
+		p.fakeBackend.mu.Unlock()
+		p.setUpstreamStalled(true)
+		time.Sleep(2 * ttl)
+		require.Equal(t, statemachine.Failed, k.State(), "after losing quorum for 2×TTL: %v", rec.path())
+		p.restart() // the new leader gives every lease a full TTL
+		wholeAt := time.Now()
+		p.setUpstreamStalled(false)
+		time.Sleep(ttl/3 + proxyTick + time.Second)
+		assert.Equal(t, statemachine.Healthy, k.State(), "state a proxy period and a second after the cluster is whole: %v", rec.path())
+		trs := rec.transitions()
+		assert.True(t, trs[len(trs)-1].At.After(wholeAt), "healthy %v after the cluster was whole", trs[len(trs)-1].At.Sub(wholeAt))
+		assert.Equal(t, old, k.LeaseID(), "the lease the server kept")
+		assert.Zero(t, late(), "checks that found D later than the server's expiry")
+		closeProxyTest(t, k, p)
+	})
 }

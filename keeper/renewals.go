@@ -11,6 +11,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+
+	"github.com/leasekeeper/leasekeeper/keeper/internal/alarm"
 )
 
 // openTimeout bounds the opening of a renewal stream: with password auth
@@ -49,6 +51,14 @@ type renewals struct {
 	mu     sync.Mutex // guards cur, closed and every stream's line
 	cur    *renewStream
 	closed bool
+
+	// batch is the alarms of the keepers (gatherOn): a keepalive queued
+	// while a batch of them rings goes out when the batch has rung, with
+	// the others of the batch. gatherMu guards gathered, the streams with
+	// keepalives queued for the batch's end.
+	batch    *alarm.Set
+	gatherMu sync.Mutex
+	gathered []*renewStream
 }
 
 // renewStream is one LeaseKeepAlive stream and the keepalives waiting on it.
@@ -61,12 +71,12 @@ type renewStream struct {
 	sending bool               // a sender sends the queue
 
 	// Guarded by renewals.mu.
-	line    map[clientv3.LeaseID][]*keepalive // by lease, oldest first
-	early   []unsent                          // put in line before the stream opened: run sends them
-	waiting int                               // requests in line not given up
-	up      bool                              // opened: requests put in line are sent at once
-	dead    bool                              // broke or ended: takes no request
-	left    bool                              // a newer stream took over: ends when nothing waits
+	line    map[clientv3.LeaseID]*keepalive // by lease, the oldest first, each the next behind it
+	early   []unsent                        // put in line before the stream opened: run sends them
+	waiting int                             // requests in line not given up
+	up      bool                            // opened: requests put in line are sent at once
+	dead    bool                            // broke or ended: takes no request
+	left    bool                            // a newer stream took over: ends when nothing waits
 }
 
 // unsent is a request put in line before its stream opened.
@@ -77,11 +87,15 @@ type unsent struct {
 
 // keepalive is one request in a stream's line.
 type keepalive struct {
-	done    func(keepaliveReply) // called once, without the lock held; given up, only with its reply
-	fresh   bool                 // its stream was opened for it
+	c       *call      // its finish is called once, without the lock held; given up, only with the reply
+	next    *keepalive // the next request for its lease in its stream's line
+	fresh   bool       // its stream was opened for it
 	sent    bool
 	givenUp bool
 }
+
+// done hands rep to the call ka belongs to.
+func (ka *keepalive) done(rep keepaliveReply) { ka.c.finish(ka, rep) }
 
 type keepaliveReply struct {
 	ttl int64
@@ -94,11 +108,10 @@ func newRenewals(cli *clientv3.Client) *renewals {
 	return r
 }
 
-// keepAliveAsync sends a keepalive for id and calls done once with the TTL
-// the server reset it to or the error, from the goroutine that received
-// the reply; it never blocks, and done must not either. cancel gives the
-// request up: after it, done is called at most once more, with the reply if
-// it comes (the renewal it carries happened, late), never with the error of
+// keepAliveAsync sends a keepalive for id and gives rep once the TTL the
+// server reset it to or the error, from the goroutine that received the
+// reply; it never blocks, and rep must not either. Canceling gives the
+// request up: after it, rep is given at most one more reply, if it comes (the renewal it carries happened, late), never with the error of
 // a stream that broke. hedge says that an earlier request
 // for id, in the same attempt, went unanswered for too long: the stream it
 // waits on is left for a new one.
@@ -106,22 +119,24 @@ func newRenewals(cli *clientv3.Client) *renewals {
 // A stream that was open before the call may have died meanwhile (a
 // restarted member, an expired token) without anyone noticing: if it fails
 // the request, the request goes again once on a new stream.
-func (r *renewals) keepAliveAsync(id clientv3.LeaseID, hedge bool, done func(int64, error)) (cancel func()) {
-	c := &call{r: r, id: id, done: done}
+func (r *renewals) keepAliveAsync(id clientv3.LeaseID, hedge bool, rep replier) canceler {
+	c := &call{r: r, id: id, rep: rep}
 	c.start(hedge, false)
-	return c.cancel
+	return c
 }
 
 // call is one keepalive a keeper asked for, through its retry.
 type call struct {
-	r    *renewals
-	id   clientv3.LeaseID
-	done func(int64, error)
+	r   *renewals
+	id  clientv3.LeaseID
+	rep replier
 
 	mu       sync.Mutex // guards s, ka and canceled
 	s        *renewStream
 	ka       *keepalive
 	canceled bool
+
+	first keepalive // the first request's, which most calls send alone
 }
 
 // start puts the request in a stream's line and sends it, at once if the
@@ -129,28 +144,34 @@ type call struct {
 // requests waiting for a stream take no goroutine each. retried says this
 // is the one retry.
 func (c *call) start(hedge, retried bool) {
-	ka := &keepalive{}
-	ka.done = func(rep keepaliveReply) { c.finish(ka, rep, retried) }
+	ka := &c.first
+	if retried {
+		ka = new(keepalive)
+	}
+	ka.c = c
 	s, now, err := c.r.enqueue(c.id, hedge, ka)
 	if err != nil {
-		c.done(0, err)
+		c.rep.reply(0, err)
 		return
 	}
 	c.mu.Lock()
 	c.s, c.ka = s, ka
 	canceled := c.canceled
 	c.mu.Unlock()
-	switch {
-	case canceled:
+	if now {
+		// enqueue marked it sent: it goes, given up or not, so that no
+		// reply is taken for its.
+		c.r.queue(s, c.id)
+	}
+	if canceled {
 		c.r.giveUp(s, c.id, ka)
-	case now:
-		c.r.send(s, c.id, ka)
 	}
 }
 
 // finish hands the reply to ka to done, or retries once on a new stream
 // when a stream that was open before failed the request.
-func (c *call) finish(ka *keepalive, rep keepaliveReply, retried bool) {
+func (c *call) finish(ka *keepalive, rep keepaliveReply) {
+	retried := ka != &c.first
 	c.mu.Lock()
 	canceled := c.canceled
 	c.mu.Unlock()
@@ -158,11 +179,11 @@ func (c *call) finish(ka *keepalive, rep keepaliveReply, retried bool) {
 	case rep.err != nil && !ka.fresh && !retried && !canceled:
 		c.start(false, true)
 	case rep.err != nil:
-		c.done(0, rep.err)
+		c.rep.reply(0, rep.err)
 	case rep.ttl <= 0:
-		c.done(0, rpctypes.ErrLeaseNotFound)
+		c.rep.reply(0, rpctypes.ErrLeaseNotFound)
 	default:
-		c.done(rep.ttl, nil)
+		c.rep.reply(rep.ttl, nil)
 	}
 }
 
@@ -184,8 +205,9 @@ func (c *call) cancel() {
 // enqueue puts ka, a request for id, in the line of the current stream,
 // opening one if there is none, or if hedge and the current stream holds
 // an earlier request for id: then that stream is left. ka.fresh says the
-// stream was opened for it. now says the stream is open, and the caller
-// sends ka; otherwise the stream sends it once open.
+// stream was opened for it. now says the stream is open: ka is marked
+// sent, and the caller queues it (queue); otherwise the stream sends it
+// once open.
 func (r *renewals) enqueue(id clientv3.LeaseID, hedge bool, ka *keepalive) (s *renewStream, now bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -193,7 +215,7 @@ func (r *renewals) enqueue(id clientv3.LeaseID, hedge bool, ka *keepalive) (s *r
 		return nil, false, context.Canceled
 	}
 	s = r.cur
-	if s != nil && hedge && s.up && !s.dead && len(s.line[id]) > 0 {
+	if s != nil && hedge && s.up && !s.dead && s.line[id] != nil {
 		r.leaveLocked(s)
 		s = nil
 	}
@@ -201,44 +223,76 @@ func (r *renewals) enqueue(id clientv3.LeaseID, hedge bool, ka *keepalive) (s *r
 	if ka.fresh {
 		s = r.openLocked()
 	}
-	s.line[id] = append(s.line[id], ka)
+	ka.next = nil
+	if q := s.line[id]; q == nil {
+		s.line[id] = ka
+	} else {
+		for q.next != nil {
+			q = q.next
+		}
+		q.next = ka
+	}
 	s.waiting++
 	if !s.up {
 		s.early = append(s.early, unsent{id, ka})
 	}
+	ka.sent = s.up
 	return s, s.up, nil
 }
 
-// sendGather is how long the first of the keepalives sent together waits
-// for the others: keepers renewing on one grid point (onGrid) start their
-// attempts within it.
+// sendGather is how long the first of the keepalives queued outside a
+// batch of the keepers' alarms (a hedge, a retry) waits for others: the
+// keepers renewing on one grid point are gathered by their batch instead
+// (gatherOn).
 const sendGather = 2 * time.Millisecond
 
-// send sends ka, a keepalive for id, on s. The keepalives of keepers that
-// renew together go out together: the first one queued waits sendGather
-// for the others, then all go in one go, which gRPC writes in one or a few
-// system calls, and etcd reads in as few.
-func (r *renewals) send(s *renewStream, id clientv3.LeaseID, ka *keepalive) {
-	r.mu.Lock()
-	ka.sent = true
-	r.mu.Unlock()
-	r.queue(s, id)
-}
-
 // queue queues a keepalive for id, marked sent, to go out on s with the
-// others gathered.
+// others gathered. The keepalives of keepers that renew together go out
+// together: the first one queued waits sendGather for the others, then all
+// go in one go, which gRPC writes in one or a few system calls, and etcd
+// reads in as few.
 func (r *renewals) queue(s *renewStream, id clientv3.LeaseID) {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	s.queue = append(s.queue, id)
-	if !s.sending {
-		s.sending = true
-		time.AfterFunc(sendGather, func() { r.flush(s) })
+	if s.sending {
+		return
+	}
+	s.sending = true
+	if r.batch != nil && r.batch.Ringing() {
+		r.gatherMu.Lock()
+		r.gathered = append(r.gathered, s)
+		r.gatherMu.Unlock()
+		return
+	}
+	time.AfterFunc(sendGather, func() { r.flush(s) })
+}
+
+// gatherOn makes the keepalives queued while a batch of batch's alarms
+// rings go out when it has rung (sendGathered): the keepers renewing on
+// one point of the renewal grid are rung in one batch, and their
+// keepalives then go in one go, however long the batch took to ring.
+func (r *renewals) gatherOn(batch *alarm.Set) {
+	r.batch = batch
+	batch.AfterRings(r.sendGathered)
+}
+
+// sendGathered sends the keepalives queued while the batch rang, on a
+// goroutine of their own: a send may wait for the stream's flow control.
+func (r *renewals) sendGathered() {
+	r.gatherMu.Lock()
+	ss := r.gathered
+	r.gathered = nil
+	r.gatherMu.Unlock()
+	for _, s := range ss {
+		go r.flush(s)
 	}
 }
 
-// flush sends the queue of s until it is empty.
+// flush sends the queue of s until it is empty. One request message
+// carries every ID in turn: Send encodes it before it returns.
 func (r *renewals) flush(s *renewStream) {
+	var req pb.LeaseKeepAliveRequest
 	for {
 		s.sendMu.Lock()
 		q := s.queue
@@ -250,7 +304,8 @@ func (r *renewals) flush(s *renewStream) {
 		}
 		s.sendMu.Unlock()
 		for _, id := range q {
-			err := s.st.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)})
+			req.ID = int64(id)
+			err := s.st.Send(&req)
 			if err != nil && !errors.Is(err, io.EOF) {
 				// A broken stream's Send says only EOF, and its receiver
 				// says why; any other error the receiver may never see.
@@ -266,7 +321,7 @@ func (r *renewals) openLocked() *renewStream {
 		r.leaveLocked(r.cur)
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
-	s := &renewStream{cancel: cancel, line: map[clientv3.LeaseID][]*keepalive{}}
+	s := &renewStream{cancel: cancel, line: map[clientv3.LeaseID]*keepalive{}}
 	r.cur = s
 	r.wg.Add(1)
 	go r.run(ctx, s)
@@ -315,16 +370,15 @@ func (r *renewals) run(ctx context.Context, s *renewStream) {
 func (r *renewals) deliver(s *renewStream, resp *pb.LeaseKeepAliveResponse) {
 	id := clientv3.LeaseID(resp.ID)
 	r.mu.Lock()
-	q := s.line[id]
-	if len(q) == 0 {
+	ka := s.line[id]
+	if ka == nil {
 		r.mu.Unlock()
 		return
 	}
-	ka := q[0]
-	if len(q) == 1 {
+	if ka.next == nil {
 		delete(s.line, id)
 	} else {
-		s.line[id] = q[1:]
+		s.line[id] = ka.next
 	}
 	if !ka.givenUp {
 		s.waiting--
@@ -341,23 +395,24 @@ func (r *renewals) deliver(s *renewStream, resp *pb.LeaseKeepAliveResponse) {
 func (r *renewals) giveUp(s *renewStream, id clientv3.LeaseID, ka *keepalive) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	q := s.line[id]
-	i := -1
-	for j, x := range q {
-		if x == ka {
-			i = j
-		}
+	var prev *keepalive
+	x := s.line[id]
+	for x != nil && x != ka {
+		prev, x = x, x.next
 	}
-	if i < 0 || ka.givenUp {
+	if x == nil || ka.givenUp {
 		return // answered, or failed with the stream
 	}
 	ka.givenUp = true
 	s.waiting--
 	if !ka.sent {
-		if q = append(q[:i], q[i+1:]...); len(q) == 0 {
+		switch {
+		case prev != nil:
+			prev.next = ka.next
+		case ka.next == nil:
 			delete(s.line, id)
-		} else {
-			s.line[id] = q
+		default:
+			s.line[id] = ka.next
 		}
 	}
 	r.endIfLeftLocked(s)
@@ -376,7 +431,7 @@ func (r *renewals) fail(s *renewStream, err error) {
 	}
 	var failed []*keepalive
 	for _, q := range s.line {
-		for _, ka := range q {
+		for ka := q; ka != nil; ka = ka.next {
 			if !ka.givenUp {
 				failed = append(failed, ka)
 			}

@@ -101,6 +101,12 @@ type answer struct {
 	err error
 }
 
+// ask sends a keepalive for id on r, as keepAliveAsync does, with done
+// for its replier, and returns the func that gives it up.
+func ask(r *renewals, id clientv3.LeaseID, hedge bool, done func(int64, error)) func() {
+	return r.keepAliveAsync(id, hedge, replyFunc(done)).cancel
+}
+
 func answers() (chan answer, func(int64, error)) {
 	ch := make(chan answer, 1)
 	return ch, func(ttl int64, err error) { ch <- answer{ttl, err} }
@@ -126,9 +132,9 @@ func TestRenewalsShareOneStream(t *testing.T) {
 	defer r.close()
 	got1, done1 := answers()
 	got2, done2 := answers()
-	r.keepAliveAsync(1, false, done1)
+	ask(r, 1, false, done1)
 	ka1 := recvOrFail(t, f.reqs, "keepalive for lease 1")
-	r.keepAliveAsync(2, false, done2)
+	ask(r, 2, false, done2)
 	ka2 := recvOrFail(t, f.reqs, "keepalive for lease 2")
 	assert.Equal(t, ka1.stream, ka2.stream, "two streams for two leases")
 	ka2.reply(22)
@@ -139,7 +145,7 @@ func TestRenewalsShareOneStream(t *testing.T) {
 
 	// A lease the server does not know comes back as ErrLeaseNotFound.
 	got3, done3 := answers()
-	r.keepAliveAsync(3, false, done3)
+	ask(r, 3, false, done3)
 	recvOrFail(t, f.reqs, "keepalive for lease 3").reply(0)
 	assert.ErrorIs(t, recvOrFail(t, got3, "answer for lease 3").err, rpctypes.ErrLeaseNotFound)
 }
@@ -152,11 +158,11 @@ func TestRenewalsGivenUpKeepTheirPlace(t *testing.T) {
 	r := newRenewals(cli)
 	defer r.close()
 	gotOld, doneOld := answers()
-	cancel := r.keepAliveAsync(5, false, doneOld)
+	cancel := ask(r, 5, false, doneOld)
 	old := recvOrFail(t, f.reqs, "first keepalive")
 	cancel()
 	got, done := answers()
-	r.keepAliveAsync(5, false, done)
+	ask(r, 5, false, done)
 	next := recvOrFail(t, f.reqs, "second keepalive")
 	require.Equal(t, old.stream, next.stream)
 	old.reply(1)
@@ -174,12 +180,12 @@ func TestRenewalsLeaveAnOverdueStream(t *testing.T) {
 	r := newRenewals(cli)
 	defer r.close()
 	gotStuck, doneStuck := answers()
-	cancelStuck := r.keepAliveAsync(7, false, doneStuck)
+	cancelStuck := ask(r, 7, false, doneStuck)
 	stuck := recvOrFail(t, f.reqs, "the keepalive that gets no reply")
 	first := recvOrFail(t, f.opened, "first stream")
 
 	got, done := answers()
-	r.keepAliveAsync(7, true, done)
+	ask(r, 7, true, done)
 	hedge := recvOrFail(t, f.reqs, "the hedge")
 	second := recvOrFail(t, f.opened, "second stream")
 	assert.NotEqual(t, stuck.stream, hedge.stream, "the hedge went on the overdue stream")
@@ -188,7 +194,7 @@ func TestRenewalsLeaveAnOverdueStream(t *testing.T) {
 	assert.Equal(t, answer{ttl: 10}, recvOrFail(t, got, "answer to the hedge"))
 
 	gotNext, doneNext := answers()
-	r.keepAliveAsync(8, false, doneNext)
+	ask(r, 8, false, doneNext)
 	next := recvOrFail(t, f.reqs, "a later keepalive")
 	assert.Equal(t, hedge.stream, next.stream, "a later keepalive went back to the overdue stream")
 	next.reply(10)
@@ -206,12 +212,12 @@ func TestRenewalsEndWithTheHub(t *testing.T) {
 	f, cli := startFakeLeases(t, 1)
 	r := newRenewals(cli)
 	got, done := answers()
-	r.keepAliveAsync(9, false, done)
+	ask(r, 9, false, done)
 	recvOrFail(t, f.reqs, "keepalive")
 	r.close()
 	assert.Error(t, recvOrFail(t, got, "the request's failure").err)
 	gotAfter, doneAfter := answers()
-	r.keepAliveAsync(9, false, doneAfter)
+	ask(r, 9, false, doneAfter)
 	assert.Error(t, recvOrFail(t, gotAfter, "refusal after close").err, "a closed hub took a request")
 }
 
@@ -239,16 +245,23 @@ func TestRenewalsWaitForTheStreamWithoutGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	got1, done1 := answers()
 	got3, done3 := answers()
-	r.keepAliveAsync(1, false, done1)
-	cancel2 := r.keepAliveAsync(2, false, func(int64, error) { t.Error("a request given up before it was sent was answered") })
-	r.keepAliveAsync(3, false, done3)
-	for range 10 {
-		r.keepAliveAsync(4, false, func(int64, error) {})
+	ask(r, 1, false, done1)
+	cancel2 := ask(r, 2, false, func(int64, error) { t.Error("a request given up before it was sent was answered") })
+	ask(r, 3, false, done3)
+	// Ten for one lease, of which the first, the fifth and the last are
+	// given up before the stream opens: the others keep their order.
+	got4 := make(chan int, 10)
+	var cancel4 []func()
+	for i := range 10 {
+		cancel4 = append(cancel4, ask(r, 4, false, func(int64, error) { got4 <- i }))
 	}
 	// The stream's own goroutine waits at the gate; the 13 requests wait
 	// in its line.
 	assert.LessOrEqual(t, runtime.NumGoroutine()-before, 2, "goroutines per request waiting for the stream")
 	cancel2()
+	for _, i := range []int{0, 4, 9} {
+		cancel4[i]()
+	}
 	close(gate)
 
 	first := recvOrFail(t, f.reqs, "first keepalive")
@@ -259,8 +272,12 @@ func TestRenewalsWaitForTheStreamWithoutGoroutines(t *testing.T) {
 	second.reply(33)
 	assert.Equal(t, answer{ttl: 11}, recvOrFail(t, got1, "answer for lease 1"))
 	assert.Equal(t, answer{ttl: 33}, recvOrFail(t, got3, "answer for lease 3"))
-	for range 10 {
-		assert.Equal(t, clientv3.LeaseID(4), recvOrFail(t, f.reqs, "keepalive for lease 4").id)
+	for _, want := range []int{1, 2, 3, 5, 6, 7, 8} {
+		ka := recvOrFail(t, f.reqs, "keepalive for lease 4")
+		require.Equal(t, clientv3.LeaseID(4), ka.id)
+		ka.reply(4)
+		assert.Equal(t, want, recvOrFail(t, got4, "answer for lease 4"), "the request an answer for lease 4 reached")
 	}
+	assert.Empty(t, f.reqs, "requests given up before the stream opened went out")
 	assert.EqualValues(t, 1, f.streams.Load())
 }

@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,6 +54,10 @@ type callTiming struct {
 	mu   sync.Mutex
 	est  rttEstimator
 	peak time.Duration // the longest recent round trip: follows a longer one at once, a shorter one by an eighth
+
+	// What leg and timeout return, kept by take: every renewal of every
+	// keeper of the hub reads them, and only calls write them.
+	legNow, timeoutNow atomic.Int64
 }
 
 // sample takes in a call sent at sent that returned now.
@@ -66,6 +71,7 @@ func (c *callTiming) take(sent time.Time, leg bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.est.sample(r)
+	c.timeoutNow.Store(int64(c.est.bound()))
 	if !leg {
 		return
 	}
@@ -74,6 +80,7 @@ func (c *callTiming) take(sent time.Time, leg bool) {
 	} else {
 		c.peak += (r - c.peak) / 8
 	}
+	c.legNow.Store(int64(c.peak))
 }
 
 // initialCallTimeout bounds a unary call before any returned, RFC 6298's
@@ -84,6 +91,9 @@ const initialCallTimeout = time.Second
 // timeout is how long a unary call may take before it is late: the
 // estimator's bound, or initialCallTimeout before the first call returned.
 func (c *callTiming) timeout() time.Duration {
+	if t := c.timeoutNow.Load(); t != 0 {
+		return time.Duration(t)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.est.n == 0 {
@@ -95,8 +105,4 @@ func (c *callTiming) timeout() time.Duration {
 // leg is a bound on the one-way time of any leg of the path, b: a whole
 // round trip, the longest of the recent ones, so that a path that just
 // became slower counts at once. Zero before the first call returned.
-func (c *callTiming) leg() time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.peak
-}
+func (c *callTiming) leg() time.Duration { return time.Duration(c.legNow.Load()) }

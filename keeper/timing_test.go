@@ -12,13 +12,11 @@ import (
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
 
-// With the defaults (TTL 10s): renew every 3.69s on the renewal grid
-// (3.23s to 3.69s after the grant), attempt timeout 1s, margin 0.25s,
-// degraded below 5s left.
+// With the defaults (TTL 10s): renew every 4.18s on the renewal grid,
+// attempt timeout 1s, margin 0.25s, degraded below 5s left.
 
-// TestRenewsOnScheduleForAnHour: renewals go out every 0.369 TTL once on
-// the renewal grid (TTL/3, then the grid's next point), and the lease never
-// changes.
+// TestRenewsOnScheduleForAnHour: renewals go out every 0.418 TTL once on
+// the renewal grid, and the lease never changes.
 func TestRenewsOnScheduleForAnHour(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
@@ -29,10 +27,9 @@ func TestRenewsOnScheduleForAnHour(t *testing.T) {
 		assert.Equal(t, learnAfter, learned, "keepalives that learned the path")
 		time.Sleep(time.Hour)
 		synctest.Wait()
-		// 3600s / 3.69s = 975 renewals.
-		if got := f.count("keepalive") - learned; got < 973 || got > 976 {
-			t.Errorf("keepalives in an hour = %d, want about 975", got)
-		}
+		// 3600s / 4.18s = 860 renewals.
+		got := f.count("keepalive") - learned
+		assert.InDelta(t, 860, got, 2, "keepalives in an hour")
 		if got := k.LeaseID(); got != id {
 			t.Errorf("LeaseID() = %d, want %d (unchanged)", got, id)
 		}
@@ -309,39 +306,56 @@ func TestHealsWithinARoundTripAfterSilentPartition(t *testing.T) {
 	}
 }
 
-// TestSlowLinkNeverFails: keepalives that take 0.8 of the renew timeout
-// are answered in time: the fresh ones sent meanwhile do not cancel them.
+// TestSlowLinkNeverFails: keepalives that take up to 0.8 of the renew
+// timeout are answered in time: the fresh ones sent meanwhile do not
+// cancel them, and the keeper never fails. Renewals leave a reply half the
+// renew timeout before the degrade threshold, and more once replies took
+// longer: a link that becomes slower by 0.45 of the renew timeout costs no
+// Degraded episode; one that becomes slower by 0.8 of it costs one, for
+// the first reply that came past the threshold, and none after it.
 func TestSlowLinkNeverFails(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newFake()
-		k, rec := newTest(t, f, nil)
-		startHealthy(t, k, "svc/a")
-		f.setLatency(800 * time.Millisecond)
-		time.Sleep(time.Minute)
-		synctest.Wait()
-		assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
-		assert.Nil(t, k.Err())
-		f.setLatency(0)
-		mustClose(t, k)
-	})
+	for _, tc := range []struct {
+		latency time.Duration
+		want    [][]statemachine.State // one of
+	}{
+		{450 * time.Millisecond, [][]statemachine.State{{statemachine.Idle, statemachine.Healthy}}},
+		// Whether the first slow reply comes past the threshold depends on
+		// where the keeper's first renewal fell against the grid.
+		{800 * time.Millisecond, [][]statemachine.State{{statemachine.Idle, statemachine.Healthy},
+			{statemachine.Idle, statemachine.Healthy, statemachine.Degraded, statemachine.Healthy}}},
+	} {
+		t.Run(tc.latency.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake()
+				k, rec := newTest(t, f, nil)
+				startHealthy(t, k, "svc/a")
+				f.setLatency(tc.latency)
+				time.Sleep(time.Minute)
+				synctest.Wait()
+				assert.Contains(t, tc.want, rec.path())
+				assert.Nil(t, k.Err())
+				f.setLatency(0)
+				mustClose(t, k)
+			})
+		})
+	}
 }
 
 // dueAfter is when a renewal is due after one sent at sent with the
 // default timing for ttl.
 func dueAfter(k *Keeper, sent time.Time, ttl time.Duration) time.Time {
-	return renewalDue(sent, ttl, defaultTiming(ttl), defaultTiming(ttl), gridPhase)
+	return renewalDue(sent, ttl, defaultTiming(ttl), defaultTiming(ttl), 0, gridPhase)
 }
 
 // TestRenewalsOnTheGrid: keepers that started apart join the renewal grid
 // at their second renewal (the first goes early: no keepalive was answered
-// yet) and stay on it, renewing every eight grid steps (0.369 TTL, short
-// of the latest that leaves a whole renew timeout before the degrade
-// threshold),
-// so that the keepalives of keepers on one grid point go out together.
+// yet) and stay on it, renewing every renewal interval (0.418 TTL, four
+// grid steps at a TTL of 10s), so that the keepalives of keepers on one
+// grid point go out together.
 func TestRenewalsOnTheGrid(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ttl := 10 * time.Second
-		step := gridStep(ttl, defaultTiming(ttl))
+		step := gridStep(renewalInterval(ttl, defaultTiming(ttl)))
 		f := newFake()
 		var ks []*Keeper
 		for i := range 3 {
@@ -350,14 +364,15 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 			ks = append(ks, k)
 			time.Sleep(step / 3) // apart by a third of a step
 		}
-		time.Sleep(gridPoints * step) // the first renewal, half way to the degrade threshold
+		every := renewalInterval(ttl, defaultTiming(ttl))
+		time.Sleep(every) // the first renewal, half way to the degrade threshold
 		for range 3 {
-			time.Sleep(gridPoints * step)
+			time.Sleep(every)
 			synctest.Wait()
 			for _, k := range ks {
 				sent := k.Deadline().Add(-ttl + ttl/40)
 				assert.Zero(t, gridOffset(sent, step, gridPhase), "renewal sent off the grid at %v", sent)
-				assert.WithinDuration(t, time.Now(), sent, gridPoints*step, "no renewal in the last interval")
+				assert.WithinDuration(t, time.Now(), sent, every, "no renewal in the last interval")
 			}
 		}
 		for _, k := range ks {
@@ -374,7 +389,7 @@ func TestRenewalsOnTheGrid(t *testing.T) {
 func TestClientsOfOneProcessShareTheGrid(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ttl := 10 * time.Second
-		step := gridStep(ttl, defaultTiming(ttl))
+		step := gridStep(renewalInterval(ttl, defaultTiming(ttl)))
 		f1, f2 := newFake(), newFake()
 		a, _ := newTest(t, f1, nil)
 		b, _ := newTest(t, f1, nil)
@@ -394,50 +409,123 @@ func TestClientsOfOneProcessShareTheGrid(t *testing.T) {
 	})
 }
 
-// TestRenewalDue: a renewal is due no sooner than TTL/3 after the last one
-// was sent, except when it joins the grid, and no later than the latest
-// point that leaves a whole renew timeout before the degrade threshold; a
-// keeper on the grid renews eight steps later, whatever its path added to
-// its margin and renew timeout within the grid's slack, so that keepers
+// TestRenewalDue: a renewal is due the renewal interval after the last
+// one was sent, on the nearest point of the grid, and no later than the
+// latest point that leaves a reply its room before the degrade threshold;
+// a keeper on the grid renews eight steps later, whatever its path added
+// to its margin and reply bound within the grid's slack, so that keepers
 // that learned different paths still share the grid.
 func TestRenewalDue(t *testing.T) {
 	ttl := 10 * time.Second
 	tm := defaultTiming(ttl)
-	latest := ttl - tm.margin - tm.threshold - tm.renewTimeout
-	require.Equal(t, 3750*time.Millisecond, latest)
-	step := gridStep(ttl, tm)
-	require.InDelta(t, 3.6914, (gridPoints * step).Seconds(), 1e-4)
+	latest := ttl - tm.margin - tm.threshold - tm.renewTimeout/2
+	require.Equal(t, 4250*time.Millisecond, latest)
+	interval := renewalInterval(ttl, tm)
+	step := gridStep(interval)
+	require.Equal(t, latest-latest/64, interval)
+	// Four points of a second or more: eight would be shorter than gridTick.
+	require.Equal(t, interval/4, step)
 	base := time.Unix(1_700_000_000, 0)
 	// Two hubs' grids: the wall clock's multiples, and one shifted by a
 	// phase of more than a step, as a random hub's is.
 	for _, phase := range []time.Duration{0, 7*step + step/3} {
 		for _, off := range []time.Duration{0, time.Millisecond, step / 2, step - time.Nanosecond, 3 * step / 2} {
 			sent := base.Add(off)
-			due := renewalDue(sent, ttl, tm, tm, phase)
+			due := renewalDue(sent, ttl, tm, tm, 0, phase)
 			assert.False(t, due.After(sent.Add(latest)), "phase %v, off %v: due %v after the latest point", phase, off, due.Sub(sent))
 			assert.Zero(t, gridOffset(due, step, phase), "phase %v, off %v: due off the grid", phase, off)
-			assert.Greater(t, due.Sub(sent), latest-step, "phase %v, off %v: due %v too early", phase, off, due.Sub(sent))
+			assert.Greater(t, due.Sub(sent), interval-step, "phase %v, off %v: due %v too early", phase, off, due.Sub(sent))
 		}
-		// On the grid it stays there, eight steps later, with a b of 20ms
-		// in its margin and a renew timeout learned 30ms longer too.
+		// On the grid it stays there, an interval (four steps) later, with a b of 20ms
+		// in its margin and replies that took up to 30ms.
 		onGridSent := base.Add(-gridOffset(base, step, phase))
 		learned := tm
 		learned.margin += 20 * time.Millisecond
-		learned.renewTimeout += 30 * time.Millisecond
-		for _, in := range []timing{tm, learned} {
-			assert.Equal(t, onGridSent.Add(gridPoints*step), renewalDue(onGridSent.Add(time.Millisecond), ttl, in, tm, phase), "phase %v", phase)
+		for _, reply := range []time.Duration{0, 30 * time.Millisecond} {
+			for _, in := range []timing{tm, learned} {
+				assert.Equal(t, onGridSent.Add(interval/step*step), renewalDue(onGridSent.Add(time.Millisecond), ttl, in, tm, reply, phase), "phase %v", phase)
+			}
 		}
-		// A far path leaves less room: a step earlier, on the grid still.
-		far := tm
-		far.renewTimeout += 100 * time.Millisecond
-		assert.Equal(t, onGridSent.Add((gridPoints-1)*step), renewalDue(onGridSent.Add(time.Millisecond), ttl, far, tm, phase), "phase %v", phase)
+		// A far path, whose replies take longer than half the renew
+		// timeout, leaves less room: a step earlier, on the grid still.
+		assert.Equal(t, onGridSent.Add((interval/step-1)*step), renewalDue(onGridSent.Add(time.Millisecond), ttl, tm, tm, 600*time.Millisecond, phase), "phase %v", phase)
 	}
 	// The shifted grid's points are the phase's offset off the wall
 	// clock's.
 	assert.Equal(t, step-step*2/3, gridOffset(base.Add(-gridOffset(base, step, 0)), step, step*2/3))
-	// No room past TTL/3 (a long renew timeout): TTL/3, off the grid.
-	tm.renewTimeout = 2 * time.Second
-	assert.Equal(t, base.Add(ttl/3), renewalDue(base, ttl, tm, tm, 0))
+	// No room (the path's replies take most of the TTL): the first point
+	// past an eighth of the TTL whose point before is not.
+	due := renewalDue(base, ttl, tm, tm, 8*time.Second, 0)
+	assert.Greater(t, due.Sub(base), ttl/8)
+	assert.LessOrEqual(t, due.Sub(base), ttl/8+step)
+	assert.Zero(t, gridOffset(due, step, 0))
+}
+
+// keepAlivePeriod is how often etcd's own Lease.KeepAlive (clientv3
+// v3.7.3, lease.go) renews a lease of ttl on a path that answers at once:
+// recvKeepAlive schedules the next keepalive TTL/3 after the reply, and
+// sendKeepAliveLoop sends the leases due, then sleeps 500ms (retryConnWait)
+// before the next round, so the keepalive goes in the first round after
+// TTL/3 and a round trip: TTL/3 rounded up past the next 500ms. Each
+// round's own time makes the real period a little longer, or, where TTL/3
+// is a whole number of rounds and the rounds' drift outgrows the round
+// trip, a round shorter.
+func keepAlivePeriod(ttl time.Duration) time.Duration {
+	const round = 500 * time.Millisecond
+	return (ttl/3/round + 1) * round
+}
+
+// TestRenewalIntervalAgainstKeepAlive: at every TTL from 4s to 60s a
+// keeper with the defaults renews no more often than etcd's own KeepAlive;
+// at 3s, where KeepAlive's 1.5s is half the TTL, as seldom as the degrade
+// threshold allows: its renewal and a reply's room (half the renew
+// timeout) fit before the time left falls below half the TTL.
+func TestRenewalIntervalAgainstKeepAlive(t *testing.T) {
+	for s := 3; s <= 60; s++ {
+		c := DefaultConfig()
+		c.TTL = time.Duration(s) * time.Second
+		every := c.RenewalInterval()
+		r := c.resolved()
+		assert.LessOrEqual(t, every+r.RenewTimeout/2, r.TTL-r.Margin-r.DegradeThreshold, "TTL %v: renewing every %v leaves a reply no room before the threshold", c.TTL, every)
+		if s > 3 {
+			assert.GreaterOrEqual(t, every, keepAlivePeriod(c.TTL), "TTL %v", c.TTL)
+		}
+	}
+	c := DefaultConfig()
+	for ttl, want := range map[time.Duration]time.Duration{
+		3 * time.Second: 1255078125, 5 * time.Second: 2091796875, 10 * time.Second: 4183593750, 30 * time.Second: 12550781250,
+	} {
+		c.TTL = ttl
+		assert.Equal(t, want, c.RenewalInterval(), "TTL %v", ttl)
+	}
+	assert.Equal(t, 1500*time.Millisecond, keepAlivePeriod(3*time.Second))
+	assert.Equal(t, 2*time.Second, keepAlivePeriod(5*time.Second))
+	assert.Equal(t, 3500*time.Millisecond, keepAlivePeriod(10*time.Second))
+	assert.Equal(t, 10500*time.Millisecond, keepAlivePeriod(30*time.Second))
+}
+
+// TestNoMoreKeepalivesThanKeepAlive: a Healthy keeper sends no more
+// keepalives in ten minutes than etcd's KeepAlive renews in them, at
+// every TTL from 4s (here 4s, 5s, 6s, 30s and 60s), and stays Healthy.
+func TestNoMoreKeepalivesThanKeepAlive(t *testing.T) {
+	for _, ttl := range []time.Duration{4 * time.Second, 5 * time.Second, 6 * time.Second, 30 * time.Second, time.Minute} {
+		t.Run(ttl.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFake()
+				k, rec := newTest(t, f, func(c *Config) { c.TTL = ttl })
+				startHealthy(t, k, "svc/a")
+				learned := f.count("keepalive")
+				const d = 10 * time.Minute
+				time.Sleep(d)
+				synctest.Wait()
+				got := f.count("keepalive") - learned
+				assert.LessOrEqual(t, got, int(d/keepAlivePeriod(ttl)), "keepalives in %v", d)
+				assert.Greater(t, got, int(d/ttl*2), "keepalives in %v", d)
+				assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
+				mustClose(t, k)
+			})
+		})
+	}
 }
 
 // firstDueAfter is when a keeper's first renewal is due after the grant
@@ -447,7 +535,7 @@ func firstDueAfter(k *Keeper, sent time.Time, ttl time.Duration, tm timing) time
 	// The keeper learned its path in the instant after Start, on a fake
 	// that answers at once (path.go): its first renewal after that is on
 	// the grid.
-	return renewalDue(sent, ttl, tm, defaultTiming(ttl), gridPhase)
+	return renewalDue(sent, ttl, tm, defaultTiming(ttl), 0, gridPhase)
 }
 
 func defaultTiming(ttl time.Duration) timing {

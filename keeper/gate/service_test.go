@@ -58,7 +58,13 @@ func TestServiceIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = k.Close(context.Background()) }()
+	defer func() {
+		// Bounded: etcd may be down when a check fails, and Close honours
+		// its context while it revokes.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = k.Close(ctx)
+	}()
 	m.Track(k)
 
 	// A gRPC server where Health/Check stands for a write and Health/List

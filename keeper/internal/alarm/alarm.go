@@ -6,6 +6,7 @@ package alarm
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,8 +20,11 @@ import (
 // An alarm rings on the goroutine of the runtime timer, one after the
 // other with every alarm due at the same time: its Ringer must not block.
 type Set struct {
+	ringing atomic.Bool // fire rings a batch
+	after   func()      // run after every batch; set before the first alarm
+
 	mu    sync.Mutex
-	heap  []*Alarm    // by at, earliest first
+	heap  []slot      // by at, earliest first
 	t     *time.Timer // fires at armed, for heap[0]
 	armed time.Time   // zero while t is stopped or firing
 	base  time.Time   // what the alarms' times count from: the first set
@@ -32,6 +36,14 @@ type Alarm struct {
 	r  Ringer
 	at time.Duration // since the Set's base: 8 bytes, not a time.Time's 24
 	i  int           // index in the heap plus one; 0 while not set
+}
+
+// slot is an alarm in the heap, with its time beside it: the heap's
+// comparisons read the slots, which lie together, and not the alarms,
+// which lie wherever their keepers do.
+type slot struct {
+	at time.Duration
+	a  *Alarm
 }
 
 // Ringer is what an Alarm calls.
@@ -49,10 +61,10 @@ func (s *Set) Set(a *Alarm, at time.Time) {
 	}
 	a.at = at.Sub(s.base)
 	if a.i == 0 {
-		s.heap = append(s.heap, a)
+		s.heap = append(s.heap, slot{a.at, a})
 		a.i = len(s.heap)
 		s.up(a.i - 1)
-	} else if !s.up(a.i - 1) {
+	} else if s.heap[a.i-1].at = a.at; !s.up(a.i - 1) {
 		s.down(a.i - 1)
 	}
 	s.armLocked()
@@ -101,16 +113,31 @@ func (s *Set) fire() {
 	now := time.Since(s.base)
 	var due []*Alarm
 	for len(s.heap) > 0 && s.heap[0].at <= now {
-		a := s.heap[0]
+		a := s.heap[0].a
 		s.removeLocked(a)
 		due = append(due, a)
 	}
 	s.armLocked()
 	s.mu.Unlock()
+	s.ringing.Store(true)
 	for _, a := range due {
 		a.r.Ring()
 	}
+	s.ringing.Store(false)
+	if s.after != nil {
+		s.after()
+	}
 }
+
+// AfterRings makes f run after every batch of alarms rung together, on
+// their goroutine, once the last of them returned: what their Ringers
+// began together (keepalives queued to be sent) can end together. It must
+// not block. Call it before the first Set.
+func (s *Set) AfterRings(f func()) { s.after = f }
+
+// Ringing reports whether a batch of alarms is ringing: a Ringer's work
+// may then wait for the batch's end (AfterRings).
+func (s *Set) Ringing() bool { return s.ringing.Load() }
 
 // armLocked makes the runtime timer fire when the earliest alarm is due,
 // unless it already fires no later.
@@ -135,7 +162,7 @@ func (s *Set) removeLocked(a *Alarm) {
 	if i != last {
 		s.swap(i, last)
 	}
-	s.heap[last] = nil
+	s.heap[last] = slot{}
 	s.heap = s.heap[:last]
 	a.i = 0
 	if i != last && !s.up(i) {
@@ -147,7 +174,7 @@ func (s *Set) less(i, j int) bool { return s.heap[i].at < s.heap[j].at }
 
 func (s *Set) swap(i, j int) {
 	s.heap[i], s.heap[j] = s.heap[j], s.heap[i]
-	s.heap[i].i, s.heap[j].i = i+1, j+1
+	s.heap[i].a.i, s.heap[j].a.i = i+1, j+1
 }
 
 // up moves the alarm at i towards the root while it is due sooner than
