@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -66,14 +67,23 @@ func StartWith(dir string, timeout time.Duration, opts Options) (*Server, error)
 	return s, s.start(timeout)
 }
 
+// start starts etcd and waits until it serves, at most timeout. Its ports
+// were free when they were picked; while the server was stopped another
+// process may have taken one (an outgoing connection's local port, say),
+// so a start that finds a port in use tries again until timeout.
 func (s *Server) start(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	e, err := embed.StartEtcd(s.cfg)
+	for err != nil && errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		e, err = embed.StartEtcd(s.cfg)
+	}
 	if err != nil {
 		return fmt.Errorf("embedetcd: start: %w", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-	case <-time.After(timeout):
+	case <-time.After(time.Until(deadline)):
 		e.Close()
 		return fmt.Errorf("embedetcd: not ready after %s", timeout)
 	}

@@ -109,8 +109,29 @@ type Cluster struct {
 }
 
 // StartCluster starts n members with data under dir and waits until they
-// serve.
+// serve. Its ports were free a moment before the members bind them; a
+// member that exits before it serves (another process took its port, say)
+// makes it start the cluster again on fresh ports and fresh data, up to
+// three times.
 func StartCluster(bin, dir string, n int) (*Cluster, error) {
+	return startTries(func(try int) (*Cluster, error) { return startCluster(bin, dir, n, try) })
+}
+
+// errExited marks a process that exited before it served.
+var errExited = errors.New("exited before it served")
+
+// startTries calls start, try 0 first, up to three times while it fails
+// with errExited: its process exited before it served (another process
+// took its port, say), and start picks fresh ports each time.
+func startTries[T any](start func(try int) (T, error)) (T, error) {
+	v, err := start(0)
+	for try := 1; try < 3 && errors.Is(err, errExited); try++ {
+		v, err = start(try)
+	}
+	return v, err
+}
+
+func startCluster(bin, dir string, n, try int) (*Cluster, error) {
 	ports, err := freeport.Get(2 * n)
 	if err != nil {
 		return nil, err
@@ -124,6 +145,9 @@ func StartCluster(bin, dir string, n int) (*Cluster, error) {
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 		}
 		m.dataDir = filepath.Join(dir, m.Name)
+		if try > 0 {
+			m.dataDir = filepath.Join(dir, fmt.Sprintf("%s.%d", m.Name, try))
+		}
 		initial = append(initial, m.Name+"="+m.PeerURL)
 		c.Members = append(c.Members, m)
 	}
@@ -144,15 +168,72 @@ func StartCluster(bin, dir string, n int) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if err := c.WaitReady(30 * time.Second); err != nil {
+	if err := c.waitStarted(time.Now().Add(30 * time.Second)); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return c, nil
 }
 
+// waitStarted waits until each member serves, or deadline passes.
+func (c *Cluster) waitStarted(deadline time.Time) error {
+	for _, m := range c.Members {
+		if err := waitUp(m.ClientURL, m.exited, deadline, m.dataDir+".log"); err != nil {
+			return fmt.Errorf("%s: %w", m.Name, err)
+		}
+	}
+	return nil
+}
+
+// waitUp waits until a linearizable read on url, asked alone, succeeds.
+// It gives up early, with errExited, when exited closes first (the
+// process behind url exited), and names the end of the process's log
+// when it fails.
+func waitUp(url string, exited <-chan struct{}, deadline time.Time, log string) error {
+	cli, err := newClient([]string{url})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = cli.Close() }()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err = cli.Get(ctx, "health")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			err = fmt.Errorf("%s not serving by the deadline: %w", url, err)
+			break
+		}
+		select {
+		case <-exited:
+			err = fmt.Errorf("%s not serving: %w", url, errExited)
+		case <-time.After(100 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if log != "" {
+		err = fmt.Errorf("%w; its log ends: %s", err, logTail(log))
+	}
+	return err
+}
+
+// logTail returns the end of the log file at path, for an error.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return strings.TrimSpace(string(b))
+}
+
 func (c *Cluster) start(m *Member) error {
-	m.cmd = exec.Command(c.bin, m.args...)
+	cmd := exec.Command(c.bin, m.args...)
 	// etcd logs errors it recovers from (a restarted member's storage
 	// version, say); keep them beside the data, out of the test output.
 	log, err := os.OpenFile(m.dataDir+".log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
@@ -160,11 +241,11 @@ func (c *Cluster) start(m *Member) error {
 		return err
 	}
 	defer func() { _ = log.Close() }()
-	m.cmd.Stdout, m.cmd.Stderr = log, log
-	if err := m.cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", m.Name, err)
 	}
-	m.exited = make(chan struct{})
+	m.cmd, m.exited = cmd, make(chan struct{})
 	go m.reap(m.cmd, m.exited)
 	return nil
 }
@@ -238,38 +319,12 @@ func (c *Cluster) Leader(ctx context.Context) (int, error) {
 	return -1, errors.New("no leader")
 }
 
-// WaitReady waits until a linearizable read succeeds on every running
-// member.
-func (c *Cluster) WaitReady(timeout time.Duration) error {
-	var eps []string
-	for _, m := range c.Members {
-		if m.cmd != nil {
-			eps = append(eps, m.ClientURL)
-		}
-	}
-	return WaitServing(eps, time.Now().Add(timeout))
-}
-
 // WaitServing waits until a linearizable read succeeds on each endpoint,
 // asked alone, or deadline passes.
 func WaitServing(endpoints []string, deadline time.Time) error {
 	for _, ep := range endpoints {
-		cli, err := newClient([]string{ep})
-		if err != nil {
+		if err := waitUp(ep, nil, deadline, ""); err != nil {
 			return err
-		}
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, err = cli.Get(ctx, "health")
-			cancel()
-			if err == nil || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		_ = cli.Close()
-		if err != nil {
-			return fmt.Errorf("%s not serving by the deadline: %w", ep, err)
 		}
 	}
 	return nil

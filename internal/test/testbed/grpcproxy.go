@@ -28,42 +28,46 @@ type GRPCProxy struct {
 }
 
 // StartGRPCProxy starts a gRPC proxy of the etcd binary bin in front of
-// upstream (client URLs), logging to log, and waits until it serves.
+// upstream (client URLs), logging to log, and waits until it serves. A
+// proxy that exits before it serves (another process took its port, say)
+// is started again on a fresh port, up to three times.
 func StartGRPCProxy(bin, log string, upstream []string) (*GRPCProxy, error) {
-	ports, err := freeport.Get(1)
-	if err != nil {
-		return nil, err
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	hosts := make([]string, len(upstream))
 	for i, u := range upstream {
 		hosts[i] = strings.TrimPrefix(u, "http://")
 	}
-	// The proxy dials its advertised address (127.0.0.1:23790 unless told):
-	// v3.5 exits after 5 s when nothing answers there.
-	p := &GRPCProxy{URL: "http://" + addr, bin: bin, log: log, upstream: upstream,
-		args: []string{"grpc-proxy", "start", "--endpoints", strings.Join(hosts, ","), "--listen-addr", addr,
-			"--advertise-client-url", addr}}
-	if err := p.start(); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return startTries(func(int) (*GRPCProxy, error) {
+		ports, err := freeport.Get(1)
+		if err != nil {
+			return nil, err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+		// The proxy dials its advertised address (127.0.0.1:23790 unless
+		// told): v3.5 exits after 5 s when nothing answers there.
+		p := &GRPCProxy{URL: "http://" + addr, bin: bin, log: log, upstream: upstream,
+			args: []string{"grpc-proxy", "start", "--endpoints", strings.Join(hosts, ","), "--listen-addr", addr,
+				"--advertise-client-url", addr}}
+		if err := p.start(); err != nil {
+			return nil, err
+		}
+		return p, nil
+	})
 }
 
 func (p *GRPCProxy) start() error {
-	p.cmd = exec.Command(p.bin, p.args...)
+	cmd := exec.Command(p.bin, p.args...)
 	log, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Close() }()
-	p.cmd.Stdout, p.cmd.Stderr = log, log
-	if err := p.cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start grpc-proxy: %w", err)
 	}
-	p.exited = make(chan struct{})
+	p.cmd, p.exited = cmd, make(chan struct{})
 	go reapProcess(p.cmd, p.exited)
-	if err := WaitServing([]string{p.URL}, time.Now().Add(30*time.Second)); err != nil {
+	if err := waitUp(p.URL, p.exited, time.Now().Add(30*time.Second), p.log); err != nil {
 		p.Kill()
 		return fmt.Errorf("grpc-proxy: %w", err)
 	}
