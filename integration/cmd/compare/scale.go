@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,8 +40,11 @@ type usage struct {
 	episodes int64
 	calls    string // requests sent in the window, by method (calls.since)
 	setup    string // requests sent from the holders' start to the window
-	// phases are the two phases both summed into this one (abba).
+	// phases are the phases both summed into this one (abba), and places
+	// their places in the run, from 1.
 	phases []usage
+	places []int
+	window time.Duration // how long its figures were measured, in all
 }
 
 // episodes counts the holders' episodes in this process (usage.episodes).
@@ -97,32 +99,43 @@ func measure(p *testbed.Proxy, serverPid int) usage {
 }
 
 func scaleFigures(bin string, o options, r *report) error {
-	progress("renewal cost: %d keepers and %d KeepAlive leases on one client, %s each", o.leases, o.leases, o.scaleFor)
-	kc, ac, err := abba(bin, 1, o.leases, o.scaleFor, "keepers", "keepalives", "")
-	if err != nil {
-		return err
+	fleet := costSpec{clients: o.fleet, n: 1, ttl: 10 * time.Second, d: o.scaleFor, spread: true}
+	if o.onlyProxy {
+		kp, ap, err := proxiedFleet(bin, o, fleet)
+		if err != nil {
+			return err
+		}
+		r.add("## 4. Cost of renewing leases\n" + proxyFleet(o, kp, ap))
+		return nil
 	}
-	progress("renewal cost: %d KeepAlive leases on contexts never canceled, on one client for %s", o.leases, o.scaleFor)
-	tc, err := phase(bin, 1, o.leases, o.scaleFor, "keepalives-uncanceled", "")
-	if err != nil {
-		return err
+	var perTTL []ttlCost
+	for _, ttl := range o.ttls {
+		progress("renewal cost at TTL %s: %d keepers and %d KeepAlive leases on one client, %s each", ttl, o.leases, o.leases, o.costFor)
+		k, a, err := abba(bin, costSpec{clients: 1, n: o.leases, ttl: ttl, d: o.costFor, spread: true}, "keepers", "keepalives")
+		if err != nil {
+			return err
+		}
+		perTTL = append(perTTL, ttlCost{ttl, k, a})
+	}
+	if o.onlyTTLs {
+		r.add("## 4. Cost of renewing leases\n\n" + ttlSection(o, perTTL))
+		return nil
 	}
 	progress("fleet cost: %d clients with one keeper each and %d with one KeepAlive lease each, %s each", o.fleet, o.fleet, o.scaleFor)
-	kf, af, err := abba(bin, o.fleet, 1, o.scaleFor, "keepers", "keepalives", "")
+	kf, af, err := abba(bin, fleet, "keepers", "keepalives")
 	if err != nil {
 		return err
 	}
 	progress("fleet cost: %d clients with one keeper each, watching its key, for %s", o.fleet, o.scaleFor)
-	kw, err := phase(bin, o.fleet, 1, o.scaleFor, "keepers-watching", "")
+	watching := fleet
+	watching.kind, watching.d = "keepers-watching", af.window/2
+	kw, err := phase(bin, watching)
 	if err != nil {
 		return err
 	}
-	var kp, ap usage
-	if !o.skipProxy {
-		progress("fleet behind an etcd gRPC proxy: %d clients with one keeper each and with one KeepAlive lease each, %s each", o.fleet, o.proxyFor)
-		if kp, ap, err = abba(bin, o.fleet, 1, o.proxyFor, "keepers", "keepalives", bin); err != nil {
-			return err
-		}
+	kp, ap, err := proxiedFleet(bin, o, fleet)
+	if err != nil {
+		return err
 	}
 	row := func(name string, u usage) []string {
 		return []string{name, fmt.Sprintf("%.2f", u.cpu.Seconds()), fmt.Sprintf("%.2f", u.server.Seconds()),
@@ -130,31 +143,23 @@ func scaleFigures(bin string, o options, r *report) error {
 			fmt.Sprintf("%.1f", float64(u.stacks)/(1<<20))}
 	}
 	header := []string{"client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "goroutines", "heap (MiB)", "goroutine stacks (MiB)"}
-	r.add(fmt.Sprintf("## 4. Cost of renewing leases for %s\n\n", o.scaleFor) +
-		"TTL 10 s, one key per lease, side by side in one run, each phase in a process of its own and against an etcd member of its own " +
+	r.add("## 4. Cost of renewing leases\n\n" +
+		"One key per lease, side by side in one run, each phase in a process of its own and against an etcd member of its own " +
 		"(so that none inherits what another left in the Go runtime). The keepers and `KeepAlive` are each measured twice, " +
-		"in the order keepers, `KeepAlive`, `KeepAlive`, keepers, for half the time each, so that neither gains from its place; " +
-		"their rows sum the two phases (and average goroutines and heap). Client CPU is that " +
+		"in the order keepers, `KeepAlive`, `KeepAlive`, keepers, so that neither gains from its place; " +
+		"their figures sum the two phases (and average goroutines and heap). Client CPU is that " +
 		"process's user+system time and etcd CPU the member process's (from /proc); bytes are counted both " +
 		"ways in a proxy; goroutines, heap (the bytes of live objects after two collections, so that the buffers gRPC pools " +
 		"for reuse are not counted) and goroutine stacks are the increase over the idle clients, " +
 		"measured after one lease of the same kind was held and stopped on them (what the process does once is not a lease's cost). " +
 		"The keepers do not watch their keys and have no observer (the default: an `OnTransition` callback counts " +
 		"their episodes); the `KeepAlive` variant drains each channel in a " +
-		"goroutine and stops by canceling its context, as users do.\n\n" +
-		fmt.Sprintf("### %d leases on one client\n\n", o.leases) +
-		table(header, [][]string{row("leasekeeper", kc), row("Lease.KeepAlive", ac), row("Lease.KeepAlive, context never canceled", tc)}) +
-		fmt.Sprintf("\nTarget, client CPU, etcd CPU, bytes and heap no more than `KeepAlive`'s (the second row): "+
-			"client CPU %s, etcd CPU %s, bytes %s, heap %s.\n\n",
-			noMore(kc, ac, cpuOf, "s"), noMore(kc, ac, serverOf, "s"), noMore(kc, ac, bytesOf, "KiB"), noMore(kc, ac, heapOf, "MiB")) +
-		fmt.Sprintf("A `KeepAlive` on a context that is never canceled (the third row) can be stopped only by revoking the lease "+
-			"or closing the client, and costs etcd's client one goroutine per lease less, the one that would close it with "+
-			"its context: beside it the keepers' client CPU is %s, etcd CPU %s, bytes %s and heap %s.\n\n",
-			compared(cpuOf(kc), cpuOf(tc), "s"), compared(serverOf(kc), serverOf(tc), "s"),
-			compared(bytesOf(kc), bytesOf(tc), "KiB"), compared(heapOf(kc), heapOf(tc), "MiB")) +
-		requests(o.leases, []named{{"leasekeeper", kc}, {"Lease.KeepAlive", ac}, {"Lease.KeepAlive, context never canceled", tc}}) +
-		heapNote(kc, ac) +
+		"goroutine and stops by canceling its context, as users do. Each window begins once every lease was renewed twice; " +
+		"on a path that answers at once it lasts a whole number of the keepers' renewal intervals " +
+		"(`Config.RenewalInterval`), since the keepers of one grid point renew together.\n\n" +
+		ttlSection(o, perTTL) +
 		fmt.Sprintf("### A fleet: %d clients with one lease each\n\n", o.fleet) +
+		"The clients start evenly over one period of `KeepAlive` (TTL/3 and 500 ms).\n\n" +
 		table(header, [][]string{row("leasekeeper", kf), row("Lease.KeepAlive", af), row("leasekeeper, WatchKeys", kw)}) +
 		fmt.Sprintf("\nTarget, etcd CPU, bytes, and heap and goroutines per client no more than `KeepAlive`'s: etcd CPU %s, "+
 			"bytes %s, heap %s (%.1f against %.1f KiB a client), goroutines %s (%.0f against %.0f a client).\n\n",
@@ -210,15 +215,28 @@ func scaleFigures(bin string, o options, r *report) error {
 	return nil
 }
 
+// proxiedFleet measures fleet behind an etcd gRPC proxy, for o.proxyFor
+// each holder, unless o.skipProxy.
+func proxiedFleet(bin string, o options, fleet costSpec) (k, a usage, err error) {
+	if o.skipProxy {
+		return usage{}, usage{}, nil
+	}
+	progress("fleet behind an etcd gRPC proxy: %d clients with one keeper each and with one KeepAlive lease each, %s each", o.fleet, o.proxyFor)
+	fleet.d, fleet.etcdBin = o.proxyFor, bin
+	return abbabaab(bin, fleet, "keepers", "keepalives")
+}
+
 // startKeepers starts n keepers with one key each on cli, 32 at a time,
-// watching their keys or not, each with its config changed by setup(i),
-// if set.
-func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string, watch bool, setup func(i int, cfg *keeper.Config)) ([]*keeper.Keeper, error) {
+// spread evenly over spread, watching their keys or not, each with its
+// config changed by setup(i), if set.
+func startKeepers(cli *clientv3.Client, n int, ttl time.Duration, prefix string, watch bool, spread time.Duration, setup func(i int, cfg *keeper.Config)) ([]*keeper.Keeper, error) {
 	ks := make([]*keeper.Keeper, n)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
+	due := paced(n, spread)
 	for i := range ks {
+		due(i)
 		cfg := keeper.DefaultConfig()
 		cfg.TTL = ttl
 		cfg.WatchKeys = watch
@@ -259,36 +277,37 @@ func closeKeepers(ks []*keeper.Keeper) {
 	}
 }
 
-// holder starts n leases of TTL 10 s, one key each, on cli, and returns
-// what stops them.
-type holder func(cli *clientv3.Client, prefix string, n int) (stop func(), err error)
+// holder starts n leases of ttl, one key each, on cli, spread evenly over
+// spread, and returns what stops them.
+type holder func(cli *clientv3.Client, prefix string, n int, ttl, spread time.Duration) (stop func(), err error)
 
-func keepers(cli *clientv3.Client, prefix string, n int) (func(), error) {
-	return holdKeepers(cli, prefix, n, false)
+func keepers(cli *clientv3.Client, prefix string, n int, ttl, spread time.Duration) (func(), error) {
+	return holdKeepers(cli, prefix, n, ttl, spread, false)
 }
 
 // keepersWatching holds n keepers that watch their keys (WatchKeys).
-func keepersWatching(cli *clientv3.Client, prefix string, n int) (func(), error) {
-	return holdKeepers(cli, prefix, n, true)
+func keepersWatching(cli *clientv3.Client, prefix string, n int, ttl, spread time.Duration) (func(), error) {
+	return holdKeepers(cli, prefix, n, ttl, spread, true)
 }
 
-func holdKeepers(cli *clientv3.Client, prefix string, n int, watch bool) (func(), error) {
+func holdKeepers(cli *clientv3.Client, prefix string, n int, ttl, spread time.Duration, watch bool) (func(), error) {
 	count := func(_ int, cfg *keeper.Config) { cfg.Callbacks.OnTransition = countEpisode }
-	ks, err := startKeepers(cli, n, 10*time.Second, prefix+"keeper/", watch, count)
+	ks, err := startKeepers(cli, n, ttl, prefix+"keeper/", watch, spread, count)
 	return func() { closeKeepers(ks) }, err
 }
 
-func keepAlives(cli *clientv3.Client, prefix string, n int) (func(), error) {
+func keepAlives(cli *clientv3.Client, prefix string, n int, ttl, spread time.Duration) (func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	return holdKeepAlives(ctx, cancel, cli, prefix, n)
+	return holdKeepAlives(ctx, cancel, cli, prefix, n, ttl, spread)
 }
 
-// holdKeepAlives grants n leases of TTL 10 s on cli, puts a key with
-// each, and keeps each alive with KeepAlive on ctx, draining its channel in
-// a goroutine. stop cancels ctx, if cancel is set, and waits for those
-// goroutines; then it revokes the leases, as a service that shuts down
-// cleanly does, so that none expires during the next phase's window.
-func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv3.Client, prefix string, n int) (func(), error) {
+// holdKeepAlives grants n leases of ttl on cli, spread evenly over
+// spread, puts a key with each, and keeps each alive with KeepAlive on
+// ctx, draining its channel in a goroutine. stop cancels ctx, if cancel is
+// set, and waits for those goroutines; then it revokes the leases, as a
+// service that shuts down cleanly does, so that none expires during the
+// next phase's window.
+func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv3.Client, prefix string, n int, ttl, spread time.Duration) (func(), error) {
 	var wg sync.WaitGroup
 	var ids []clientv3.LeaseID
 	stop := func() {
@@ -302,8 +321,10 @@ func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv
 			rcancel()
 		}
 	}
+	due := paced(n, spread)
 	for i := range n {
-		g, err := cli.Grant(ctx, 10)
+		due(i)
+		g, err := cli.Grant(ctx, int64(ttl/time.Second))
 		if err != nil {
 			return stop, err
 		}
@@ -329,49 +350,116 @@ func holdKeepAlives(ctx context.Context, cancel context.CancelFunc, cli *clientv
 }
 
 // holders are the holders a cost child runs, by name.
-var holders = map[string]holder{"keepers": keepers, "keepers-watching": keepersWatching, "keepalives": keepAlives, "keepalives-uncanceled": keepAlivesUncanceled}
+var holders = map[string]holder{"keepers": keepers, "keepers-watching": keepersWatching, "keepalives": keepAlives}
+
+// costSpec is what one cost phase holds: clients clients with n leases
+// of ttl each, held by kind, measured for d; with etcdBin set, behind an
+// etcd gRPC proxy of that binary; with spread, the leases of all clients
+// started evenly over one period of etcd's KeepAlive (spreadFor), so that
+// their renewals are too, as those of services started at unrelated times.
+// Behind a gRPC proxy that matters to etcd: the proxy renews every lease
+// on a 500 ms tick of its own, all the leases due at one tick in one
+// burst, and etcd's cost is per burst as much as per keepalive.
+type costSpec struct {
+	clients, n int
+	ttl, d     time.Duration
+	kind       string
+	etcdBin    string
+	spread     bool
+}
 
 // abba measures kinds a and b side by side in the order a, b, b, a, each
-// phase for half of d on an etcd member of its own, so that neither gains
+// phase for half of s.d on an etcd member of its own, so that neither gains
 // from going first or last (a member's CPU falls over its first minutes),
 // and returns each kind's figures over its two phases: CPU, bytes,
 // episodes and requests summed (over d in all), goroutines, heap and
-// stacks averaged.
-func abba(bin string, clients, n int, d time.Duration, a, b, etcdBin string) (ua, ub usage, err error) {
-	var us [4]usage
-	for i, kind := range []string{a, b, b, a} {
-		progress("  phase %d of 4: %s for %s", i+1, kind, d/2)
-		if us[i], err = phase(bin, clients, n, d/2, kind, etcdBin); err != nil {
-			return usage{}, usage{}, err
-		}
-	}
-	return both(us[0], us[3]), both(us[1], us[2]), nil
+// stacks averaged. On a path that answers at once each phase lasts a whole
+// number of the keepers' renewal intervals, at least half of s.d: keepers
+// on one grid point renew together, so a window that ended part way
+// through an interval would count the renewals of some points once more
+// than others', by where the window fell.
+func abba(bin string, s costSpec, a, b string) (ua, ub usage, err error) {
+	return inOrder(bin, s, a, b, "abba")
 }
 
-// both is the figures of two phases of one kind, as abba gives them.
-func both(x, y usage) usage {
-	return usage{
-		cpu:        x.cpu + y.cpu,
-		server:     x.server + y.server,
-		goroutines: (x.goroutines + y.goroutines) / 2,
-		heap:       (x.heap + y.heap) / 2,
-		stacks:     (x.stacks + y.stacks) / 2,
-		bytes:      x.bytes + y.bytes,
-		proxy:      x.proxy + y.proxy,
-		upBytes:    x.upBytes + y.upBytes,
-		episodes:   x.episodes + y.episodes,
-		calls:      addCounts(x.calls, y.calls),
-		setup:      addCounts(x.setup, y.setup),
-		phases:     []usage{x, y},
+// abbabaab is abba twice, the second time with the kinds swapped: each
+// kind takes four of eight places, 1, 4, 6 and 7 against 2, 3, 5 and 8,
+// which sum to the same and whose squares do too, so that a drift of the
+// figures over the run that is linear or quadratic in time (the machine
+// warming, a member's first minutes) falls on both kinds alike. Each phase
+// lasts a quarter of s.d.
+func abbabaab(bin string, s costSpec, a, b string) (ua, ub usage, err error) {
+	return inOrder(bin, s, a, b, "abbabaab")
+}
+
+// inOrder measures kinds a and b in the order of phases that order spells
+// with the letters a and b, as abba says, each phase for s.d over half the
+// number of phases.
+func inOrder(bin string, s costSpec, a, b, order string) (ua, ub usage, err error) {
+	s.d /= time.Duration(len(order) / 2)
+	if s.etcdBin == "" {
+		cfg := keeper.DefaultConfig()
+		cfg.TTL = s.ttl
+		every := cfg.RenewalInterval()
+		s.d = (s.d + every - 1) / every * every
 	}
+	var as, bs []usage
+	var at, bt []int
+	for i, c := range order {
+		s.kind = a
+		if c == 'b' {
+			s.kind = b
+		}
+		progress("  phase %d of %d: %s for %s", i+1, len(order), s.kind, s.d.Round(time.Millisecond))
+		u, err := phase(bin, s)
+		if err != nil {
+			return usage{}, usage{}, err
+		}
+		if c == 'b' {
+			bs, bt = append(bs, u), append(bt, i+1)
+		} else {
+			as, at = append(as, u), append(at, i+1)
+		}
+	}
+	ua, ub = both(as...), both(bs...)
+	ua.places, ub.places = at, bt
+	ua.window, ub.window = time.Duration(len(as))*s.d, time.Duration(len(bs))*s.d
+	return ua, ub, nil
+}
+
+// both is the figures of the phases of one kind, as abba gives them: CPU,
+// bytes, episodes and requests summed, goroutines, heap and stacks
+// averaged.
+func both(phases ...usage) usage {
+	var u usage
+	for _, x := range phases {
+		u.cpu += x.cpu
+		u.server += x.server
+		u.goroutines += x.goroutines
+		u.heap += x.heap
+		u.stacks += x.stacks
+		u.bytes += x.bytes
+		u.proxy += x.proxy
+		u.upBytes += x.upBytes
+		u.episodes += x.episodes
+		u.calls = addCounts(u.calls, x.calls)
+		u.setup = addCounts(u.setup, x.setup)
+	}
+	if n := len(phases); n > 0 {
+		u.goroutines /= n
+		u.heap /= uint64(n)
+		u.stacks /= uint64(n)
+	}
+	u.phases = phases
+	return u
 }
 
 // noMore is the verdict on the target that figure f of k, the keepers,
-// is no more than a's, KeepAlive's, where each is two phases summed (or
+// is no more than a's, KeepAlive's, where each is phases summed (or
 // averaged) by both: met if it is no more; else met within the run's noise
 // if k exceeds a by no more than either holder's figure differs between
-// its own two phases (what the figure varies by between two runs of the
-// same thing, on this machine, in this run), which is said with both
+// two of its own phases (what the figure varies by between two runs of
+// the same thing, on this machine, in this run), which is said with both
 // differences; else missed. A target where both do the same work by
 // construction (what etcd does for a fleet behind a gRPC proxy, which
 // renews every lease upstream on its own schedule whatever its clients
@@ -382,12 +470,14 @@ func noMore(k, a usage, f func(usage) float64, unit string) string {
 	}
 	spread := 0.0
 	for _, u := range []usage{k, a} {
-		if len(u.phases) == 2 {
-			spread = max(spread, math.Abs(f(u.phases[0])-f(u.phases[1])))
+		for _, x := range u.phases {
+			for _, y := range u.phases {
+				spread = max(spread, f(x)-f(y))
+			}
 		}
 	}
 	if f(k)-f(a) <= spread {
-		return fmt.Sprintf("met within the run's noise (more by %.2f %s, where the two phases of one holder differ by up to %.2f %s)",
+		return fmt.Sprintf("met within the run's noise (more by %.2f %s, where two phases of one holder differ by up to %.2f %s)",
 			f(k)-f(a), unit, spread, unit)
 	}
 	return verdict(false)
@@ -417,14 +507,16 @@ func addCounts(x, y string) string {
 // phase runs costIn on an etcd member of its own, started for it, so that
 // no phase pays for what an earlier one left in the member (its database,
 // its runtime's heap).
-func phase(bin string, clients, n int, d time.Duration, kind, etcdBin string) (usage, error) {
+func phase(bin string, s costSpec) (usage, error) {
 	c, stop, err := oneMember(bin)
 	if err != nil {
 		return usage{}, err
 	}
 	defer stop()
 	m := c.Members[0]
-	return costIn(strings.TrimPrefix(m.ClientURL, "http://"), m, clients, n, d, kind, etcdBin)
+	u, err := costIn(strings.TrimPrefix(m.ClientURL, "http://"), m, s)
+	u.window = s.d
+	return u, err
 }
 
 // costIn runs cost in a process of its own (this command again, with
@@ -433,27 +525,27 @@ func phase(bin string, clients, n int, d time.Duration, kind, etcdBin string) (u
 // otherwise be free for the phase after the one that made them, and its
 // heap would look smaller than it is.
 //
-// With etcdBin set, the clients reach the member through an etcd gRPC
+// With s.etcdBin set, the clients reach the member through an etcd gRPC
 // proxy of that binary, which the child runs.
-func costIn(target string, m *testbed.Member, clients, n int, d time.Duration, kind, etcdBin string) (usage, error) {
-	cmd := exec.Command(os.Args[0], "-cost", kind, "-cost-target", target, "-cost-pid", strconv.Itoa(m.Pid()),
-		"-cost-clients", strconv.Itoa(clients), "-cost-leases", strconv.Itoa(n), "-scale-for", d.String(),
-		"-cost-etcd", etcdBin)
+func costIn(target string, m *testbed.Member, s costSpec) (usage, error) {
+	cmd := exec.Command(os.Args[0], "-cost", s.kind, "-cost-target", target, "-cost-pid", strconv.Itoa(m.Pid()),
+		"-cost-clients", strconv.Itoa(s.clients), "-cost-leases", strconv.Itoa(s.n), "-cost-ttl", s.ttl.String(),
+		"-scale-for", s.d.String(), "-cost-etcd", s.etcdBin, "-cost-spread="+strconv.FormatBool(s.spread))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return usage{}, fmt.Errorf("cost of %d %s on %d clients: %w", n, kind, clients, err)
+		return usage{}, fmt.Errorf("cost of %d %s on %d clients: %w", s.n, s.kind, s.clients, err)
 	}
 	var u usage
 	var cpu, server, proxy int64
 	lines := strings.Split(string(out), "\n")
 	if len(lines) < 3 {
-		return usage{}, fmt.Errorf("cost of %d %s: reading %q: want three lines", n, kind, out)
+		return usage{}, fmt.Errorf("cost of %d %s: reading %q: want three lines", s.n, s.kind, out)
 	}
 	u.calls, u.setup = lines[1], lines[2]
 	if _, err := fmt.Sscan(lines[0], &cpu, &server, &u.goroutines, &u.heap, &u.stacks, &u.bytes,
 		&proxy, &u.upBytes, &u.episodes); err != nil {
-		return usage{}, fmt.Errorf("cost of %d %s: reading %q: %w", n, kind, out, err)
+		return usage{}, fmt.Errorf("cost of %d %s: reading %q: %w", s.n, s.kind, out, err)
 	}
 	u.cpu, u.server, u.proxy = time.Duration(cpu), time.Duration(server), time.Duration(proxy)
 	return u, nil
@@ -467,7 +559,8 @@ func costChild(o options) error {
 		return fmt.Errorf("no holder %q", o.cost)
 	}
 	costKind = o.cost
-	u, err := cost(o.costTarget, o.costPid, o.costClients, o.costLeases, o.scaleFor, start, o.costEtcd)
+	spec := costSpec{clients: o.costClients, n: o.costLeases, ttl: o.costTTL, d: o.scaleFor, kind: o.cost, etcdBin: o.costEtcd, spread: o.costSpread}
+	u, err := cost(o.costTarget, o.costPid, spec, start)
 	if err != nil {
 		return err
 	}
@@ -477,21 +570,13 @@ func costChild(o options) error {
 	return nil
 }
 
-// keepAlivesUncanceled holds n leases as keepAlives does, but each
-// KeepAlive on a context that is never canceled: etcd's client then runs
-// no goroutine of its own per lease to close it, and the leases end only
-// when they are revoked (at stop).
-func keepAlivesUncanceled(cli *clientv3.Client, prefix string, n int) (func(), error) {
-	return holdKeepAlives(context.Background(), nil, cli, prefix, n)
-}
-
-// cost measures clients clients, each with n leases held by start, for d,
-// through one counting proxy in front of target (the member process
-// serverPid), or, with etcdBin set, in front of an etcd gRPC proxy of
-// that binary in front of a counting proxy in front of target.
-func cost(target string, serverPid, clients, n int, d time.Duration, start holder, etcdBin string) (usage, error) {
+// cost measures what s says, its leases held by start, through one
+// counting proxy in front of target (the member process serverPid), or,
+// with s.etcdBin set, in front of an etcd gRPC proxy of that binary in
+// front of a counting proxy in front of target.
+func cost(target string, serverPid int, s costSpec, start holder) (usage, error) {
 	var f front
-	if etcdBin != "" {
+	if etcdBin := s.etcdBin; etcdBin != "" {
 		up, err := testbed.NewProxy(target)
 		if err != nil {
 			return usage{}, err
@@ -515,7 +600,7 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 		return usage{}, err
 	}
 	defer p.Close()
-	clis := make([]*clientv3.Client, clients)
+	clis := make([]*clientv3.Client, s.clients)
 	defer func() {
 		for _, cli := range clis {
 			if cli != nil {
@@ -535,7 +620,7 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 	// the process does once (protobuf's tables of the messages it sends
 	// for the first time, gRPC's first stream of a kind) is not counted as
 	// the leases' cost.
-	stop, err := start(clis[0], "cost/warm-up/", 1)
+	stop, err := start(clis[0], "cost/warm-up/", 1, s.ttl, 0)
 	if stop != nil {
 		stop()
 	}
@@ -550,8 +635,16 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 			stop()
 		}
 	}()
+	spread := time.Duration(0)
+	if s.spread {
+		spread = spreadFor(s.ttl)
+	}
+	// The leases of all clients start evenly over spread: the clients a
+	// share of it apart, each client's leases over its share.
+	due := paced(len(clis), spread)
 	for i, cli := range clis {
-		stop, err := start(cli, fmt.Sprintf("cost/%d/", i), n)
+		due(i)
+		stop, err := start(cli, fmt.Sprintf("cost/%d/", i), s.n, s.ttl, spread/time.Duration(len(clis)))
 		stops = append(stops, stop)
 		if err != nil {
 			return usage{}, err
@@ -560,13 +653,13 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 	// Behind a gRPC proxy, a keeper learns in its first TTLs that the path
 	// holds keepalives (path.go), with a probe or two: the window begins
 	// after that, and the requests of the start are counted apart.
-	settle := settleDirect
+	settle := settleDirect(s.ttl)
 	if f.gp != nil {
 		settle = settleProxy
 	}
 	time.Sleep(settle)
 	before := counted.snapshot()
-	u := window(p, serverPid, f, idle, d)
+	u := window(p, serverPid, f, idle, s.d)
 	u.calls, u.setup = since(before, counted.snapshot()), since(atStart, before)
 	return u, nil
 }
@@ -574,15 +667,31 @@ func cost(target string, serverPid, clients, n int, d time.Duration, start holde
 // counted counts the requests of a cost child's clients.
 var counted calls
 
-// settleDirect is how long the setup settles before a window: more than
-// the renewal interval of a TTL of 10 s, so that every lease was renewed
-// once and every client opened its renewal stream before the window.
-// settleProxy is as long behind a gRPC proxy: three TTLs of 10 s, so that
-// every keeper learned the proxy's schedule.
-const (
-	settleDirect = 5 * time.Second
-	settleProxy  = 30 * time.Second
-)
+// settleDirect is how long the setup of leases of ttl settles before a
+// window, once they all started: so long that every lease was renewed
+// twice, and every keeper renews on the grid. settleProxy is as long
+// behind a gRPC proxy: three TTLs of 10 s, so that every keeper learned
+// the proxy's schedule.
+func settleDirect(ttl time.Duration) time.Duration { return ttl + time.Second }
+
+const settleProxy = 30 * time.Second
+
+// spreadFor is how long the leases of ttl of one client start over when
+// they are spread (costSpec.spread): one period of etcd's KeepAlive, TTL/3
+// and a round of its send loop, so that its renewals, and the keepers',
+// spread evenly over it.
+func spreadFor(ttl time.Duration) time.Duration { return ttl/3 + 500*time.Millisecond }
+
+// paced returns a func that waits until the i-th of n starts spread evenly
+// over spread from now is due.
+func paced(n int, spread time.Duration) func(i int) {
+	t0 := time.Now()
+	return func(i int) {
+		if spread > 0 && n > 0 {
+			time.Sleep(time.Until(t0.Add(spread * time.Duration(i) / time.Duration(n))))
+		}
+	}
+}
 
 // window measures the cost of d of steady state, from now: CPU and bytes
 // over d, goroutines and heap above idle at its end.
@@ -706,7 +815,7 @@ func footprint(target string, o options, watch bool) (float64, float64, error) {
 		return 0, 0, err
 	}
 	idle := measure(nil, 0)
-	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/", watch, nil)
+	ks, err := startKeepers(cli, o.keepers, time.Minute, "idle/", watch, 0, nil)
 	defer closeKeepers(ks)
 	if err != nil {
 		return 0, 0, err
@@ -717,25 +826,17 @@ func footprint(target string, o options, watch bool) (float64, float64, error) {
 	return float64(u.goroutines-idle.goroutines) / n, float64(u.heap-min(u.heap, idle.heap)) / n, nil
 }
 
-// compared says how a figure of the keepers' compares with another's.
-func compared(ours, theirs float64, unit string) string {
-	rel := "more than"
-	if ours <= theirs {
-		rel = "no more than"
+// heapNote says why the keepers' heap is larger than KeepAlive's, where
+// it is at some TTL.
+func heapNote(rows []ttlCost) string {
+	for _, r := range rows {
+		if r.k.heap > r.a.heap {
+			return "Heap: each keeper keeps its own state in the heap (one object with its lease, its deadline, its state " +
+				"machine, its first key and its callbacks' queue; figure 6 gives the bytes per idle keeper), where " +
+				"the cost of a `KeepAlive` lease is mostly its goroutines, whose stacks are outside the heap.\n\n"
+		}
 	}
-	return fmt.Sprintf("%s its (%.2f against %.2f %s)", rel, ours, theirs, unit)
-}
-
-// heapNote says why the keepers' heap is larger than KeepAlive's, when it
-// is.
-func heapNote(kc, ac usage) string {
-	if kc.heap <= ac.heap {
-		return ""
-	}
-	return "Heap: each keeper keeps its own state in the heap (one object with its lease, its deadline, its state " +
-		"machine, its first key and its callbacks' queue; figure 6 gives the bytes per idle keeper), where " +
-		"the cost of a `KeepAlive` lease is mostly its goroutines, whose stacks are outside the heap " +
-		"(the last column).\n\n"
+	return ""
 }
 
 // proxyFleet is the fleet's figure behind an etcd gRPC proxy: k for the
@@ -752,6 +853,9 @@ func proxyFleet(o options, k, a usage) string {
 	return fmt.Sprintf("\n### The fleet behind one etcd gRPC proxy, for %s\n\n", o.proxyFor) +
 		fmt.Sprintf("The same %d clients with one lease each (TTL 10 s), each reaching the member through one `etcd grpc-proxy start` "+
 			"of the same etcd binary, which runs one keepalive of its own per lease upstream and answers the clients' on its schedule. "+
+			"The proxy renews its leases on a 500 ms tick of its own, all the leases due at one tick in one burst, and etcd's cost "+
+			"follows the bursts as much as the keepalives: so the clients start evenly over one period of `KeepAlive`, as services "+
+			"started at unrelated times do, and each tick carries as many leases whichever holder keeps them. "+
 			"False episodes are a keeper leaving Healthy, or a `KeepAlive` channel closing before its context ended, with nothing "+
 			"wrong; the proxy's CPU is its process's, and bytes are counted on both of its sides.\n\n", o.fleet) +
 		table(header, [][]string{row("leasekeeper", k), row("Lease.KeepAlive", a)}) +
@@ -759,10 +863,31 @@ func proxyFleet(o options, k, a usage) string {
 			"episodes %s, etcd CPU %s, proxy CPU %s, bytes proxy–etcd %s, bytes clients–proxy %s.\n",
 			verdict(k.episodes == 0), noMore(k, a, serverOf, "s"), noMore(k, a, proxyOf, "s"),
 			noMore(k, a, upBytesOf, "KiB"), noMore(k, a, bytesOf, "KiB")) +
+		fmt.Sprintf("\nThe holders ran in the order keepers, `KeepAlive`, `KeepAlive`, keepers, then the other way round, "+
+			"%s each phase, so that a drift over the run falls on both alike; etcd CPU (s) by phase, in that order: %s.\n",
+			(o.proxyFor/time.Duration(max(1, len(k.phases)))).Round(time.Second), byPlace(k, a, serverOf)) +
 		fmt.Sprintf("\nEach row's window begins %s after its clients started, when every keeper has learned that the path holds "+
 			"keepalives; from the start to then the keepers sent, per lease: %s; `KeepAlive`: %s.\n\n",
 			settleProxy, perLease(k.setup, o.fleet), perLease(a.setup, o.fleet)) +
 		requests(o.fleet, []named{{"leasekeeper", k}, {"Lease.KeepAlive", a}})
+}
+
+// byPlace lists figure f of the phases of k, the keepers, and a,
+// KeepAlive, in the order they ran, each with its holder's initial (k or
+// a).
+func byPlace(k, a usage, f func(usage) float64) string {
+	parts := make([]string, len(k.phases)+len(a.phases))
+	for _, h := range []struct {
+		u usage
+		l string
+	}{{k, "k"}, {a, "a"}} {
+		for i, at := range h.u.places {
+			if at >= 1 && at <= len(parts) && i < len(h.u.phases) {
+				parts[at-1] = fmt.Sprintf("%s %.2f", h.l, f(h.u.phases[i]))
+			}
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // named is a row's holder and what it used.
@@ -806,4 +931,109 @@ func profileWindow() func() {
 		pprof.StopCPUProfile()
 		_ = f.Close()
 	}
+}
+
+// ttlCost is the cost of the leases on one client at one TTL: k for the
+// keepers, a for KeepAlive.
+type ttlCost struct {
+	ttl  time.Duration
+	k, a usage
+}
+
+// ttlSection is the cost of o.leases leases on one client at each TTL: the
+// figures of both holders, then each of the keepers' as a ratio to
+// KeepAlive's, with the target that none is above 1.
+func ttlSection(o options, rows []ttlCost) string {
+	var abs, ratios [][]string
+	var notes, met, missed []string
+	for _, r := range rows {
+		for _, h := range []named{{"leasekeeper", r.k}, {"Lease.KeepAlive", r.a}} {
+			u := h.u
+			abs = append(abs, []string{r.ttl.String(), h.name, fmt.Sprintf("%.2f", cpuOf(u)), fmt.Sprintf("%.2f", serverOf(u)),
+				fmt.Sprintf("%.0f", bytesOf(u)), fmt.Sprintf("%.1f", heapOf(u)),
+				fmt.Sprintf("%.2f", perMinute(u, o.leases, "LeaseKeepAlive")), fmt.Sprintf("%.3f", perMinute(u, o.leases, "LeaseKeepAlive.open")),
+				fmt.Sprint(u.episodes), u.window.Round(time.Millisecond).String()})
+		}
+		ratio := func(f func(usage) float64) float64 { return f(r.k) / f(r.a) }
+		rs := []float64{ratio(cpuOf), ratio(serverOf), ratio(bytesOf), ratio(heapOf),
+			perMinute(r.k, o.leases, "LeaseKeepAlive") / perMinute(r.a, o.leases, "LeaseKeepAlive")}
+		ok := r.k.episodes == 0
+		row := []string{r.ttl.String()}
+		for _, x := range rs {
+			row = append(row, fmt.Sprintf("%.2f×", x))
+			ok = ok && x <= 1
+		}
+		if ok {
+			met = append(met, r.ttl.String())
+		} else {
+			missed = append(missed, r.ttl.String())
+		}
+		ratios = append(ratios, append(row, verdict(ok)))
+		notes = append(notes, fmt.Sprintf("TTL %s: %s", r.ttl, requests(o.leases, []named{{"leasekeeper", r.k}, {"Lease.KeepAlive", r.a}})))
+	}
+	var ttls []string
+	for _, r := range rows {
+		ttls = append(ttls, r.ttl.String())
+	}
+	var verdicts []string
+	if len(met) > 0 {
+		verdicts = append(verdicts, fmt.Sprintf("at TTL %s, %s", strings.Join(met, ", "), verdict(true)))
+	}
+	if len(missed) > 0 {
+		verdicts = append(verdicts, fmt.Sprintf("at TTL %s, %s", strings.Join(missed, ", "), verdict(false)))
+	}
+	return fmt.Sprintf("### %d leases on one client, at TTL %s\n\n", o.leases, strings.Join(ttls, ", ")) +
+		"Each client's leases start spread evenly over one period of `KeepAlive` (TTL/3 and 500 ms), so that " +
+		"neither holder's renewals bunch at the window's ends. Keepalives and streams opened are counted on the client " +
+		"(a hedge, or the one retry of a keepalive a broken stream failed, opens a new stream); episodes are keepers " +
+		"leaving Healthy, or `KeepAlive` channels closing, with nothing wrong. The last column is each holder's window, in all.\n\n" +
+		table([]string{"TTL", "client", "client CPU (s)", "etcd CPU (s)", "bytes (KiB)", "heap (MiB)",
+			"keepalives a lease a minute", "streams opened a lease a minute", "episodes", "window"}, abs) +
+		"\nThe keepers' figures as a ratio to `KeepAlive`'s. Target, at every TTL: each ratio no more than 1.00×, " +
+		"and no episode.\n\n" +
+		table([]string{"TTL", "client CPU", "etcd CPU", "bytes", "heap", "keepalives", "target"}, ratios) +
+		fmt.Sprintf("\nAll targets: %s.\n\n", strings.Join(verdicts, "; ")) + shortTTLNote(o, rows) +
+		strings.Join(notes, "") + heapNote(rows)
+}
+
+// perMinute is how many requests of method u's clients sent a lease a
+// minute of its window, for leases leases.
+func perMinute(u usage, leases int, method string) float64 {
+	return float64(callCount(u.calls, method)) / float64(leases) / u.window.Minutes()
+}
+
+// shortTTLNote says why the keepers renew more often than KeepAlive at a
+// TTL of 3s, where they do, from KeepAlive's interval in the run.
+func shortTTLNote(o options, rows []ttlCost) string {
+	for _, r := range rows {
+		if r.ttl != 3*time.Second {
+			continue
+		}
+		cfg := keeper.DefaultConfig()
+		cfg.TTL = r.ttl
+		third := cfg
+		third.DegradeThreshold = r.ttl / 3
+		every := time.Duration(float64(time.Minute) / perMinute(r.a, o.leases, "LeaseKeepAlive"))
+		return fmt.Sprintf("At a TTL of 3 s `KeepAlive` renewed every %s in this run (a minute over its keepalives a lease a minute), "+
+			"about half the TTL. The default degrade threshold is half the TTL (the design's contract): a Healthy keeper must have "+
+			"each renewal answered while more than 1.5 s is left before its local deadline, which lies the margin short of the TTL "+
+			"after the renewal before. So its renewals can be no further apart than half the TTL less the margin and a reply's room, "+
+			"and a keeper renewing as seldom as `KeepAlive` would report Degraded before every renewal with nothing wrong. "+
+			"The keepers renew every %s there (`Config.RenewalInterval`), so at this TTL only they send more keepalives. "+
+			"With `DegradeThreshold` set to a third of the TTL, `Config.RenewalInterval` is %s at this TTL.\n\n",
+			every.Round(time.Millisecond), cfg.RenewalInterval().Round(time.Millisecond), third.RenewalInterval().Round(time.Millisecond))
+	}
+	return ""
+}
+
+// callCount is how many requests of method counts (since's form) holds.
+func callCount(counts, method string) int64 {
+	for _, f := range strings.Fields(counts) {
+		if m, n, ok := strings.Cut(f, "="); ok && m == method {
+			var v int64
+			_, _ = fmt.Sscan(n, &v)
+			return v
+		}
+	}
+	return 0
 }

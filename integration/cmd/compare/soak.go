@@ -17,9 +17,8 @@ const soakTTL = 10 * time.Second
 
 // renewalWatch follows one keeper's renewals from the outside: after each
 // successful renewal it reads the keeper's deadline, D = sent + TTL -
-// margin, to learn when the renewal was sent, and compares that with when
-// it was due: TTL/3 after the previous one was sent, on the renewal grid,
-// as keeper's doc says. It also counts the transitions away from Healthy.
+// margin, to learn when the renewal was sent. It also counts the
+// transitions away from Healthy.
 type renewalWatch struct {
 	k        atomic.Pointer[keeper.Keeper] // set once the keeper is made
 	s        *soakStats
@@ -31,8 +30,8 @@ type soakStats struct {
 	measuring atomic.Bool
 	left      atomic.Int64 // transitions away from Healthy while measuring
 
-	mu       sync.Mutex
-	lateness []time.Duration
+	mu   sync.Mutex
+	sent []time.Time // renewals sent while measuring
 }
 
 func (w *renewalWatch) ObserveAttempt(op string, _ time.Duration, err error) {
@@ -44,25 +43,49 @@ func (w *renewalWatch) ObserveAttempt(op string, _ time.Duration, err error) {
 		return
 	}
 	sent := k.Deadline().Add(-soakTTL + soakTTL/40)
-	prev := w.lastSent
-	w.lastSent = sent
-	if prev.IsZero() || !w.s.measuring.Load() || !sent.After(prev) {
+	if !w.s.measuring.Load() || !sent.After(w.lastSent) {
 		return
 	}
-	// The default timing: due TTL/3 after, on the next point of a grid of
-	// an eighth of 0.375 TTL, but no later than 0.375 TTL after.
-	latest := prev.Add(soakTTL * 375 / 1000)
-	step := int64(soakTTL * 375 / 1000 / 8)
-	due := prev.Add(soakTTL / 3)
-	if rem := due.UnixNano() % step; rem != 0 {
-		due = due.Add(time.Duration(step - rem))
-	}
-	if due.After(latest) {
-		due = due.Add(-time.Duration(step))
-	}
+	w.lastSent = sent
 	w.s.mu.Lock()
-	w.s.lateness = append(w.s.lateness, sent.Sub(due))
+	w.s.sent = append(w.s.sent, sent)
 	w.s.mu.Unlock()
+}
+
+// gridStep is the step of the keepers' renewal grid for a renewal
+// interval: an eighth of it, or as many points of a second or more as it
+// holds, one at least (keeper's pointsIn, which the package keeps to
+// itself).
+func gridStep(interval time.Duration) time.Duration {
+	return interval / max(1, min(8, interval/time.Second))
+}
+
+// lateness is how late each renewal in sent went against the renewal
+// grid of step, whose phase (drawn at random by each process) it finds
+// from the renewals themselves: a renewal goes on a grid point or after
+// it, so their offsets into the step gather just after the points, and
+// the longest stretch of the step without one ends at a point.
+func lateness(sent []time.Time, step time.Duration) []time.Duration {
+	if len(sent) == 0 || step <= 0 {
+		return nil
+	}
+	offs := make([]time.Duration, len(sent))
+	for i, t := range sent {
+		offs[i] = time.Duration(t.UnixNano() % int64(step))
+	}
+	slices.Sort(offs)
+	point, gap := offs[0], offs[0]+step-offs[len(offs)-1]
+	for i := 1; i < len(offs); i++ {
+		if d := offs[i] - offs[i-1]; d > gap {
+			point, gap = offs[i], d
+		}
+	}
+	late := make([]time.Duration, len(offs))
+	for i, o := range offs {
+		late[i] = (o - point + step) % step
+	}
+	slices.Sort(late)
+	return late
 }
 
 func (w *renewalWatch) ObserveTransition(t statemachine.Transition) {
@@ -89,7 +112,7 @@ func soakFigure(bin string, o options, r *report) error {
 	s := &soakStats{}
 	watches := make([]*renewalWatch, o.soakKeepers)
 	t0 := time.Now()
-	ks, err := startKeepers(cli, o.soakKeepers, soakTTL, "soak/", true, func(i int, cfg *keeper.Config) {
+	ks, err := startKeepers(cli, o.soakKeepers, soakTTL, "soak/", true, 0, func(i int, cfg *keeper.Config) {
 		watches[i] = &renewalWatch{s: s}
 		cfg.Observers = []keeper.Observer{watches[i]}
 	})
@@ -101,7 +124,7 @@ func soakFigure(bin string, o options, r *report) error {
 	for i, k := range ks {
 		watches[i].k.Store(k)
 	}
-	time.Sleep(settleDirect)
+	time.Sleep(settleDirect(soakTTL))
 	progress("many keepers: %d keepers for %s", o.soakKeepers, o.soakFor)
 	s.measuring.Store(true)
 	before := measure(nil, m.Pid())
@@ -114,10 +137,12 @@ func soakFigure(bin string, o options, r *report) error {
 			healthy++
 		}
 	}
+	cfg := keeper.DefaultConfig()
+	cfg.TTL = soakTTL
+	step := gridStep(cfg.RenewalInterval())
 	s.mu.Lock()
-	late := slices.Clone(s.lateness)
+	late := lateness(s.sent, step)
 	s.mu.Unlock()
-	slices.Sort(late)
 	pct := func(p float64) string {
 		if len(late) == 0 {
 			return "n/a"
@@ -127,8 +152,8 @@ func soakFigure(bin string, o options, r *report) error {
 	ok := s.left.Load() == 0 && healthy == len(ks)
 	r.add(fmt.Sprintf("## 8. %d keepers on one client for %s\n\n", o.soakKeepers, o.soakFor) +
 		fmt.Sprintf("TTL %s, one key each, watched (the default), against one etcd member; starting them took %s. "+
-			"Lateness is when a renewal was sent (read from the keeper's deadline after it) less when it was due: "+
-			"TTL/3 after the one before was sent, then the renewal grid's next point (0.375 TTL after it once on the grid).\n\n", soakTTL, started.Round(time.Second)) +
+			"Lateness is when a renewal was sent (read from the keeper's deadline after it) less the point of the renewal grid "+
+			"(%s) it was due on.\n\n", soakTTL, started.Round(time.Second), step) +
 		table([]string{"measure", "value", "target"}, [][]string{
 			{"keepers Healthy at the end", fmt.Sprintf("%d of %d", healthy, len(ks)), ""},
 			{"transitions away from Healthy", fmt.Sprint(s.left.Load()), fmt.Sprintf("all Healthy throughout: %s", verdict(ok))},
