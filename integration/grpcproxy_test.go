@@ -101,6 +101,7 @@ func TestGRPCProxySteady(t *testing.T) {
 			}
 			if n != 0 {
 				t.Errorf("%d Degraded episodes in steady state behind the proxy, want 0", n)
+				s.debug()
 			}
 		})
 	}

@@ -58,6 +58,8 @@ type pathState struct {
 	prompt uint8         // prompt replies in a row, in held mode
 	period time.Duration // in held mode, at most the shortest time between the path's answers; zero outside it
 	most   time.Duration // in held mode, the longest
+	least  time.Duration // in held mode, the shortest period seen
+	reach  time.Duration // in held mode, how long its schedule may let the path wait to answer, shown or not (latest)
 	seen   uint8         // periods seen in held mode, up to trustAfter
 	last   time.Time     // when the last keepalive was answered
 	asked  time.Time     // when the first attempt since then began; zero before it
@@ -250,6 +252,7 @@ func (p *pathState) answered(sent, at time.Time, first bool, fails int, ttl time
 			// so that the next keepalive is sent before the next answer
 			// whichever the gap was; a shorter gap lowers it at once.
 			p.most = answerPeriod(gap, ttl)
+			p.least = p.most
 			p.period, p.prompt, p.seen = p.most*2/3, 0, 0
 			// Probe at once (probeDue): the keepalive that showed the
 			// hold waited a whole period, so the D it proves may not
@@ -260,7 +263,7 @@ func (p *pathState) answered(sent, at time.Time, first bool, fails int, ttl time
 		// Answered sooner than the lead before the answer it was sent
 		// for: nothing held it.
 		if p.prompt++; p.prompt >= leaveAfter {
-			p.period, p.most, p.holds = 0, 0, 0
+			p.period, p.most, p.least, p.reach, p.holds = 0, 0, 0, 0, 0
 		}
 	default:
 		p.prompt = 0
@@ -311,6 +314,15 @@ func (p *pathState) answered(sent, at time.Time, first bool, fails int, ttl time
 		} else {
 			p.most += (gap - p.most) / 64
 		}
+		// least mirrors most: a shorter gap at once, a longer one slowly,
+		// so that one answer the keeper saw late does not lower it for
+		// good.
+		if gap < p.least {
+			p.least = gap
+		} else {
+			p.least += (gap - p.least) / 64
+		}
+		p.reach = min(ttl/3+b+lessorTick, p.least*3/2)
 	}
 }
 
@@ -329,16 +341,28 @@ func answerPeriod(gap, ttl time.Duration) time.Duration {
 }
 
 // latest is how long after its last answer a path that holds keepalives
-// answers next at the latest: the longest period seen, and until the path
-// showed trustAfter periods, half as long again (etcd's gRPC proxy answers
-// a third of the TTL or up to 500 ms later: the first gaps it shows may all
-// be the shorter).
+// answers next at the latest: the longest period seen, and no less than
+// its schedule allows (reach). etcd's gRPC proxy renews a lease a third of
+// the TTL after its upstream answer, on the first tick of its lessor from
+// then, and answers a round trip later: up to lessorTick later than the
+// third and the round trip, and never more than half as long again as the
+// shortest period it showed (the tick is no more than half the third from
+// a TTL of 3 s up). Which gap it shows depends on how its rounds fall
+// against the round trip to etcd: against etcd 3.5 on loopback the third
+// came for runs of 16 and more, then the tick later once, and a keeper that
+// took the longest gap it saw for the latest went Degraded for the 350 ms
+// the answer came after it (TestProxyAnswersLateAtTimes). Until the path
+// showed trustAfter periods, half as long again as the longest seen.
 func (p *pathState) latest() time.Duration {
 	if p.seen < trustAfter {
 		return max(p.most, p.period) * 3 / 2
 	}
-	return p.most
+	return max(p.most, p.reach)
 }
+
+// lessorTick is how often clientv3's lessor sends the keepalives due, and
+// so etcd's gRPC proxy, which renews its leases with one.
+const lessorTick = 500 * time.Millisecond
 
 // overdue reports whether a reply at at, on a path that holds keepalives,
 // comes after the latest answer its schedule allows: the longest period

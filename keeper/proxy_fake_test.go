@@ -39,7 +39,14 @@ type proxyFake struct {
 	// against the answers, and a round that ran late puts a tick right
 	// after the earliest time (1 s and 1.5 s gaps at a TTL of 3 s, the
 	// shorter rare).
-	early  int
+	early int
+	// late makes the proxy renew every lease a third of the TTL after its
+	// last answer exactly, and every late-th renewal a tick later: the
+	// real proxy's rounds run so fast against the round trip to etcd that
+	// the tick after the earliest time is due at once, and only a round
+	// trip slower than usual waits for the tick after it (1 s gaps at a
+	// TTL of 3 s, and now and then 1.5 s, against etcd 3.5 on loopback).
+	late   int
 	rounds int
 	// twice makes the proxy renew each lease a second time one tick after
 	// its first renewal, as the real one does when etcd answers the first
@@ -76,7 +83,7 @@ type proxyCall struct {
 }
 
 // proxyTick is the proxy's lessor tick.
-const proxyTick = 500 * time.Millisecond
+const proxyTick = lessorTick
 
 func newProxyFake(up time.Duration) *proxyFake {
 	f := newFake()
@@ -172,7 +179,12 @@ func (p *proxyFake) renew(id clientv3.LeaseID, l *proxyLoop) {
 	}
 	if ttl > 0 {
 		at := time.Now().Add(time.Duration(ttl) * time.Second / 3)
-		if p.rounds++; p.early == 0 || p.rounds%p.early != 0 {
+		switch p.rounds++; {
+		case p.late > 0:
+			if p.rounds%p.late == 0 {
+				at = at.Add(proxyTick)
+			}
+		case p.early == 0 || p.rounds%p.early != 0:
 			at = nextTick(at)
 		}
 		if l.renewals++; p.twice && l.renewals == 1 {
