@@ -230,6 +230,7 @@ func TestSlowDirectLink(t *testing.T) {
 	}
 	if steady != 0 {
 		t.Errorf("%d Degraded episodes in 6×TTL over a link of RTT TTL/6, want 0", steady)
+		s.debug()
 	}
 }
 
