@@ -658,7 +658,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		l.k.watch.kick()
 		// Count the renewal interval from when the server reset the lease
 		// (the send time), so round trips do not eat into the time left.
-		l.scheduleLocked(max(l.nextDueLocked(r.sent).Sub(now), 0))
+		l.scheduleLocked(max(l.nextDueLocked(r.sent, now).Sub(now), 0))
 		if base := l.baseTimingLocked(); !r.granted && (l.path.probeDue(base) || l.lease.deadline.Sub(now) < base.threshold+base.renewTimeout) {
 			// Also where the D this renewal proved leaves less than a
 			// renewal cycle before the degrade threshold: D allows for b,

@@ -203,12 +203,13 @@ func (l *leaseLoop) deadlineLocked(sent, at time.Time, ttl time.Duration) time.T
 }
 
 // nextDueLocked returns when the renewal after the one whose keepalive was
-// sent at sent is due, and sets the cycle's degrade threshold (path.go).
-func (l *leaseLoop) nextDueLocked(sent time.Time) time.Time {
+// sent at sent and answered at at is due, and sets the cycle's degrade
+// threshold (path.go).
+func (l *leaseLoop) nextDueLocked(sent, at time.Time) time.Time {
 	base, b := l.baseTimingLocked(), l.k.hub.calls.leg()
 	tm := l.timingLocked()
 	tm.threshold = base.threshold
-	return l.path.next(sent, l.lease.ttl, tm, base, b, l.lease.deadline, gridPhase)
+	return l.path.next(sent, at, l.lease.ttl, tm, base, b, l.lease.deadline, gridPhase)
 }
 
 // start schedules the first attempt and waits until the keeper is Healthy,

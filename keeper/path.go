@@ -407,10 +407,16 @@ func (p *pathState) hedgeAfter(timeout time.Duration) time.Duration {
 }
 
 // next returns when the renewal after one whose keepalive was sent at sent
-// is due, and sets the degrade threshold for the cycle: tm is the timing in
-// force (its margin holds b, its renew timeout the attempt's bound), base
-// the configured one, d the new deadline D.
-func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b time.Duration, d time.Time, phase time.Duration) time.Time {
+// and answered at at is due, and sets the degrade threshold for the cycle:
+// tm is the timing in force (its margin holds b, its renew timeout the
+// attempt's bound), base the configured one, d the new deadline D.
+//
+// Where the path answers on its own (not held), the next renewal is
+// answered at the latest its reply's bound after it goes, and it goes no
+// sooner than at: a renewal due before the reply that scheduled it came
+// (a far link, whose round trip is longer than the grid leaves) goes at
+// once, and its answer counts from then.
+func (p *pathState) next(sent, at time.Time, ttl time.Duration, tm, base timing, b time.Duration, d time.Time, phase time.Duration) time.Time {
 	var due, answer time.Time // when the next renewal goes, and when it is answered at the latest
 	switch {
 	case p.learning():
@@ -421,7 +427,7 @@ func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b t
 		// answers on its own tick), and the keeper renews on its schedule
 		// from then on. Until then a reply may take learnWait.
 		due = sent
-		answer = later(due, p.last).Add(max(tm.renewTimeout, learnWait(ttl)))
+		answer = later(due, at).Add(max(tm.renewTimeout, learnWait(ttl)))
 	case p.fresh || p.ka.n == 0:
 		// No keepalive of the lease answered yet: the path may answer far
 		// later than it answers a grant (a gRPC proxy answers the first
@@ -429,13 +435,13 @@ func (p *pathState) next(sent time.Time, ttl time.Duration, tm, base timing, b t
 		// Renew half way to the degrade threshold, so that a late first
 		// answer is no fault.
 		due = earlier(renewalDue(sent, ttl, tm, base, tm.renewTimeout, phase), sent.Add((d.Sub(sent)-base.threshold)/2))
-		answer = due.Add(tm.renewTimeout)
+		answer = later(due, at).Add(tm.renewTimeout)
 	case p.held():
 		due = p.last.Add(p.period - p.lead(base, b))
 		answer = p.last.Add(p.latest() + holdSlack(base))
 	default:
 		due = renewalDue(sent, ttl, tm, base, p.ka.bound(), phase)
-		answer = due.Add(replyRoom(p.ka.bound(), base))
+		answer = later(due, at).Add(replyRoom(p.ka.bound(), base))
 	}
 	p.thr = 0
 	if left := d.Sub(answer); left < base.threshold {

@@ -548,9 +548,21 @@ func defaultTiming(ttl time.Duration) timing {
 // the keeper bounds its renewals by the latency its calls show (RFC 6298),
 // so Start works at once, no attempt fails and the keeper never leaves
 // Healthy. With the configured timeout alone every renewal timed out.
+// Where the renewal grid falls against the first reply varies from process
+// to process (gridPhase), so the test runs at phases a sixteenth of a grid
+// step apart.
 func TestSlowLinkIsLearned(t *testing.T) {
+	const ttl = 3 * time.Second
+	step := gridStep(renewalInterval(ttl, defaultTiming(ttl)))
+	defer func(p time.Duration) { gridPhase = p }(gridPhase)
+	for i := range 16 {
+		gridPhase = step * time.Duration(i) / 16
+		t.Run(fmt.Sprintf("phase %d of 16", i), func(t *testing.T) { slowLinkIsLearned(t, ttl) })
+	}
+}
+
+func slowLinkIsLearned(t *testing.T, ttl time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
-		const ttl = 3 * time.Second
 		f := newFake()
 		f.setLatency(500 * time.Millisecond)
 		log := &AttemptLog{}
@@ -569,6 +581,43 @@ func TestSlowLinkIsLearned(t *testing.T) {
 		assert.Equal(t, []statemachine.State{statemachine.Idle, statemachine.Healthy}, rec.path())
 		mustClose(t, k)
 	})
+}
+
+// TestFarLinkRenewalAnsweredBeforeThreshold: over a link whose round trip
+// (500 ms) is longer than the grid leaves between a reply and the next
+// renewal point, the renewal after a reply may be due before the reply
+// came; it goes at once, and the degrade threshold of its cycle must leave
+// its answer, a round trip after that, room. The keeper once counted the
+// answer from the due time, and was Degraded for the difference at some
+// phases of the grid (seen once in CI, over a link of 500 ms against etcd).
+func TestFarLinkRenewalAnsweredBeforeThreshold(t *testing.T) {
+	const (
+		ttl = 3 * time.Second
+		rtt = 500 * time.Millisecond
+		b   = rtt + 4*time.Millisecond // the unary calls' round trip
+	)
+	base := defaultTiming(ttl)
+	step := gridStep(renewalInterval(ttl, base))
+	for i := range 64 {
+		p := &pathState{known: learnAfter}
+		for range 40 {
+			p.ka.sample(rtt)
+		}
+		tm := base
+		tm.margin += b
+		tm.renewTimeout = p.waitBound(base, b, 0)
+		sent := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(step * time.Duration(i) / 64)
+		at := sent.Add(rtt)
+		d := sent.Add(ttl - base.margin - b)
+		due := p.next(sent, at, ttl, tm, base, b, d, 0)
+		thr := base.threshold
+		if p.thr > 0 {
+			thr = p.thr
+		}
+		answer := later(due, at).Add(rtt)
+		assert.False(t, answer.After(d.Add(-thr)), "phase %d/64: renewal due %v after the send, answered %v past the degrade threshold",
+			i, due.Sub(sent), answer.Sub(d.Add(-thr)))
+	}
 }
 
 // TestLongCallDoesNotHoldDeadlineDown: one unary call that waited out a
