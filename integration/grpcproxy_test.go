@@ -48,10 +48,10 @@ func newProxyScenario(t *testing.T, name string, ttl time.Duration, setup func(*
 	}
 	s := newScenarioOn(t, name, ttl, []string{gp.URL}, c.DirectEndpoints())
 	s.c = c
-	// The gRPC proxy's process, and its connections through the member's
-	// fault proxy, outlive the keepers: they go with the test's cleanup.
+	// The gRPC proxy's process (its waiter, reapProcess, is ignored for
+	// every scenario) and its connections through the member's fault
+	// proxy outlive the keepers: they go with the test's cleanup.
 	s.ignore = append(s.ignore,
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.reapProcess"),
 		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.(*Proxy).pipe"),
 		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.(*Proxy).pipe.func1"))
 	return &proxyScenario{scenario: s, gp: gp}

@@ -92,7 +92,7 @@ func newScenarioOn(t *testing.T, name string, ttl time.Duration, endpoints, obse
 	s := &scenario{t: t, name: name, ttl: ttl, ignore: []goleak.Option{
 		goleak.IgnoreCurrent(),
 		// Members restarted during the scenario get a new process waiter.
-		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.(*Member).reap"),
+		goleak.IgnoreAnyFunction("github.com/leasekeeper/leasekeeper/internal/test/testbed.reapProcess"),
 	}}
 	var err error
 	s.obs, err = clientv3.New(clientv3.Config{

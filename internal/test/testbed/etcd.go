@@ -246,15 +246,8 @@ func (c *Cluster) start(m *Member) error {
 		return fmt.Errorf("start %s: %w", m.Name, err)
 	}
 	m.cmd, m.exited = cmd, make(chan struct{})
-	go m.reap(m.cmd, m.exited)
+	go reapProcess(m.cmd, m.exited)
 	return nil
-}
-
-// reap waits for the process to exit and closes exited. Tests that check
-// for leaked goroutines ignore it: it lives as long as the member.
-func (m *Member) reap(cmd *exec.Cmd, exited chan struct{}) {
-	_ = cmd.Wait()
-	close(exited)
 }
 
 // Endpoints returns the proxies' URLs, for the clients under test.
