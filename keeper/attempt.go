@@ -128,7 +128,7 @@ func (l *leaseLoop) fire() {
 		// the next attempt starts when this one ends: one is always in flight.
 		// The path's usual timeout, not the wait allowed while learning:
 		// a fresh keepalive goes every BaseDelay while none is answered.
-		a.wait = l.k.cfg.Backoff.delay(max(l.fails.n, 1), l.fails.kind, rand.Float64())
+		a.wait = l.k.cfg.Backoff.delay(max(l.fails.n, 1), l.fails.pace, rand.Float64())
 		a.tm.renewTimeout = l.usualLocked()
 		a.timeout = max(a.tm.renewTimeout, a.wait)
 	}
@@ -673,8 +673,7 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 	}
 
 	kind := lkerrors.KindOf(r.err)
-	l.fails.last, l.fails.kind = r.err, kind
-	l.fails.n++
+	l.fails.add(r.err, kind)
 	l.logFailureLocked(r, kind, now)
 	switch {
 	case kind == lkerrors.LeaseExpired:
@@ -687,14 +686,15 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		l.checkTimeLocked(now)
 	}
 	if l.recoveringLocked() {
-		l.scheduleLocked(l.nextAfterFailureLocked(a, kind, now))
+		l.scheduleLocked(l.nextAfterFailureLocked(a, l.fails.pace, now))
 	}
 	l.watchConnLocked()
 }
 
 // nextAfterFailureLocked is the wait before the attempt after a failed one,
-// counted from now. The backoff counts from the start of the failed
-// attempt: an attempt that waited out its timeout already spent it.
+// counted from now, by the backoff of kind (failures.pace). The backoff
+// counts from the start of the failed attempt: an attempt that waited out
+// its timeout already spent it.
 func (l *leaseLoop) nextAfterFailureLocked(a attempt, kind lkerrors.Kind, now time.Time) time.Duration {
 	spent := now.Sub(a.start)
 	switch {

@@ -8,6 +8,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	lkerrors "github.com/leasekeeper/leasekeeper/errors"
 	"github.com/leasekeeper/leasekeeper/statemachine"
 )
@@ -82,6 +84,56 @@ func TestPermissionRevokedWhileRunning(t *testing.T) {
 				t.Errorf("%s = %+v (present %v), want it on lease %x", key, v, ok, k.LeaseID())
 			}
 		}
+		mustClose(t, k)
+	})
+}
+
+// TestPermissionRefusedAcrossDeadline: an attempt sent while the server
+// refuses the keeper, and cut short by D with no answer (here the
+// connection stalls around D), says nothing new of the server: the next
+// attempt keeps the refusals' pace, one per backoff cap. It went at once
+// before (seen in CI under load, where a refused renewal took 30 ms and
+// the one after it started just before D): two attempts 30 ms apart.
+func TestPermissionRefusedAcrossDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const capDelay = 500 * time.Millisecond
+		f := newFake()
+		obs := &AttemptLog{}
+		k, _ := newTest(t, f, func(c *Config) {
+			c.TTL = 3 * time.Second
+			c.Backoff.BaseDelay, c.Backoff.MaxDelay = capDelay/10, capDelay
+			c.Observers = []Observer{obs}
+		})
+		startHealthy(t, k, "svc/a")
+		f.setRefuse("svc/")
+		revoked := time.Now()
+		time.Sleep(k.cfg.TTL / 2)
+		require.Equal(t, statemachine.Failed, k.State())
+		d := k.Deadline()
+		// An attempt starts within any 1.3 caps (the backoff's jitter adds
+		// at most a fifth): stall the connection from so long before D
+		// until just after it, and one attempt is cut short by D.
+		time.Sleep(time.Until(d.Add(-capDelay * 13 / 10)))
+		f.setStalled(true)
+		time.Sleep(time.Until(d.Add(10 * time.Millisecond)))
+		f.setStalled(false)
+		time.Sleep(5 * capDelay)
+		synctest.Wait()
+
+		tries := obs.Since(revoked)
+		cut := 0
+		for i, a := range tries {
+			if a.Kind == lkerrors.Timeout {
+				cut++
+			}
+			if i == 0 || tries[i-1].Err == nil || tries[i-1].Kind == lkerrors.LeaseExpired {
+				continue
+			}
+			if gap := a.At.Sub(tries[i-1].At); gap < capDelay {
+				t.Errorf("attempt %d (%s, %v) came %v after a %v failure, want at least the cap %v", i, a.Op, a.Kind, gap, tries[i-1].Kind, capDelay)
+			}
+		}
+		require.Positive(t, cut, "no attempt was cut short by D: %v", tries)
 		mustClose(t, k)
 	})
 }

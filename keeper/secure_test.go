@@ -320,6 +320,11 @@ func TestSecurePermissionRevoked(t *testing.T) {
 			t.Errorf("attempt %d came %v after a %v failure, want at least %v", i, gap, prev.Kind, capDelay)
 		}
 	}
+	if t.Failed() {
+		for i, a := range tries {
+			t.Logf("attempt %d: %s at +%v took %v: %v", i, a.Op, a.At.Sub(revoked).Round(time.Millisecond), a.Took.Round(time.Millisecond), a.Err)
+		}
+	}
 	if got := k.State(); got != statemachine.Failed {
 		t.Errorf("State() while revoked = %v, want failed", got)
 	}
