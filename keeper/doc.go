@@ -189,7 +189,8 @@
 // PermissionDenied: a wrong password, a permission the user's role lacks,
 // a TLS handshake that refused a certificate. Such an error makes the
 // keeper Failed at once (Start returns it at the first refusal) and is
-// retried at most once per Backoff.MaxDelay, never in a hot loop; once an
+// retried at most once per Backoff.MaxDelay, never in a hot loop, also when
+// an attempt after it gets no answer at all (a timeout); once an
 // operator grants the permission back, the next attempt heals the
 // registration. etcd (v3.7) refuses to renew a lease when the user may no
 // longer write one of its keys, so a revoked permission shows at the next
