@@ -686,17 +686,17 @@ func (l *leaseLoop) applyLocked(a attempt, r result) {
 		l.checkTimeLocked(now)
 	}
 	if l.recoveringLocked() {
-		l.scheduleLocked(l.nextAfterFailureLocked(a, l.fails.pace, now))
+		l.scheduleLocked(l.nextAfterFailureLocked(a, now))
 	}
 	l.watchConnLocked()
 }
 
 // nextAfterFailureLocked is the wait before the attempt after a failed one,
-// counted from now, by the backoff of kind (failures.pace). The backoff
-// counts from the start of the failed attempt: an attempt that waited out
-// its timeout already spent it.
-func (l *leaseLoop) nextAfterFailureLocked(a attempt, kind lkerrors.Kind, now time.Time) time.Duration {
-	spent := now.Sub(a.start)
+// counted from now, by the backoff of the failures' pace (failures.add).
+// The backoff counts from the start of the failed attempt: an attempt that
+// waited out its timeout already spent it.
+func (l *leaseLoop) nextAfterFailureLocked(a attempt, now time.Time) time.Duration {
+	spent, kind := now.Sub(a.start), l.fails.pace
 	switch {
 	case !a.live:
 		// One attempt in flight at a time: the next starts when this one

@@ -17,16 +17,22 @@ type retryPolicy struct {
 	slowest bool
 	// steps: count the failure as this many more, to back off faster.
 	steps int
+	// silent: the failure carries no word from the server. After failures
+	// at the slowest pace it keeps that pace (failures.add): nothing says
+	// a refusal is over.
+	silent bool
 }
 
 // retryPolicies is the one table every retry decision reads; kinds not in
 // it retry by the plain backoff. LeaseExpired is not retried at all: the
 // keeper grants a new lease at once.
 var retryPolicies = map[lkerrors.Kind]retryPolicy{
-	lkerrors.PermissionDenied: {permanent: true, slowest: true},
-	lkerrors.InvalidArgument:  {permanent: true, slowest: true},
-	lkerrors.NoSpace:          {slowest: true},
-	lkerrors.RateLimited:      {steps: 1},
+	lkerrors.PermissionDenied:   {permanent: true, slowest: true},
+	lkerrors.InvalidArgument:    {permanent: true, slowest: true},
+	lkerrors.NoSpace:            {slowest: true},
+	lkerrors.RateLimited:        {steps: 1},
+	lkerrors.Timeout:            {silent: true},
+	lkerrors.ClusterUnreachable: {silent: true},
 }
 
 func policyOf(k lkerrors.Kind) retryPolicy { return retryPolicies[k] }

@@ -66,15 +66,14 @@ type failures struct {
 }
 
 // add takes in a failure err of kind. The next attempt keeps the backoff
-// of kind, unless err carries no word from the server (a timeout, no
-// member reached) and the failures before it were at the slowest pace (a
+// of kind, unless err carries no word from the server (retryPolicy.silent:
+// a timeout, no member reached) and the failures before it were at the slowest pace (a
 // refusal, a full disk): nothing says the refusal is over, so the keeper
 // keeps trying once per backoff cap. An attempt sent while the server
 // refused the keeper and cut short by D with no answer went again at once,
 // two attempts a few milliseconds apart.
 func (f *failures) add(err error, kind lkerrors.Kind) {
-	silent := kind == lkerrors.Timeout || kind == lkerrors.ClusterUnreachable
-	if f.last == nil || !silent || !policyOf(f.pace).slowest {
+	if f.last == nil || !policyOf(kind).silent || !policyOf(f.pace).slowest {
 		f.pace = kind
 	}
 	f.last, f.kind = err, kind
